@@ -1,0 +1,54 @@
+"""deft_jax: token-level SFT objectives (NLL ... DEFT) in JAX/Flax."""
+import setuptools
+
+# Pins: jax, jaxlib, flax and orbax-checkpoint move together. These versions resolve without conflicts
+# on Python 3.11 here (DESIGN §5); newer jax releases have broken older flax and orbax before, so bump
+# all of them at once, and only after the test suite passes on the new set. On a GPU image that ships
+# its own JAX, install with `pip install --no-deps -e .` and the project runs on what is present.
+CORE = [
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "chex>=0.1.90",
+    "ml-collections>=1.0",
+    "absl-py>=2.0",
+    "numpy>=1.26",
+    # Models and tokenizers.
+    "safetensors>=0.4",
+    "gguf>=0.17",
+    "tokenizers>=0.20",
+    "jinja2>=3.1",
+    # Data.
+    "grain==0.2.18",
+    "tensorflow-datasets>=4.9.9",
+    "array-record>=0.8",
+    "pyarrow>=15",
+    "reasoning-gym>=0.1.25",
+    "pyfiglet>=1.0",
+    # Logging, evaluation, plots.
+    "tensorboardX>=2.6",
+    "tqdm>=4.66",
+    "math-verify>=0.8",
+    "matplotlib>=3.8",
+]
+
+TEST = [
+    "pytest>=8",
+    "pytest-xdist>=3.5",
+    # Independent reference implementation for logits parity (torch 2.13.0 CPU lies on these machines).
+    "torch==2.13.0",
+    "transformers>=4.56",
+    "accelerate>=1.0",
+]
+
+setuptools.setup(
+    name="deft_jax",
+    version="0.1.0",
+    description="Token-level SFT objectives (NLL, -p, Tsallis, DFT, EAFT, Cayley, DEFT) in JAX/Flax.",
+    packages=setuptools.find_packages(include=["deft_jax", "deft_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=CORE,
+    extras_require={"test": TEST, "bench": ["torch==2.13.0", "transformers>=4.56", "accelerate>=1.0"]},
+)
