@@ -37,6 +37,7 @@ CORE = [
 TEST = [
     "pytest>=8",
     "pytest-xdist>=3.5",
+    "rapidfuzz>=3.0",  # independent Jaro-Winkler reference for the scoring tests
     # Independent reference implementation for logits parity (torch 2.13.0 CPU lies on these machines).
     "torch==2.13.0",
     "transformers>=4.56",
