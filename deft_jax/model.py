@@ -1,0 +1,451 @@
+"""Llama-family decoder (Llama, SmolLM2, Mistral, Qwen2/2.5, Qwen3) in Flax Linen, as Hugging Face defines it.
+
+Block (pre-norm):  h = x + Attn(RMSNorm(x));  y = h + W_down(silu(W_gate RMSNorm(h)) * W_up RMSNorm(h)).
+RMSNorm(x) = w * x / sqrt(mean(x^2) + eps), computed in float32.
+RoPE is HF's rotate-half form: x' = x*cos(p*f) + rotate_half(x)*sin(p*f), f_i = theta^(-2i/head_dim)
+(optionally rescaled by the Llama-3 rule). Attention is grouped-query: kv head j serves query heads
+j*G .. j*G+G-1 with G = n_heads / n_kv_heads; softmax in float32, scale 1/sqrt(head_dim).
+
+Masking: query i sees key j iff j <= i (by index in the row), segment_ids equal (packed examples never see
+each other; 0 = padding), and, with a sliding window W, i - j < W. Positions (RoPE) are given separately so
+they can restart at 0 in every packed segment.
+
+Parameter tree (scan_layers=True stacks every per-layer tensor on a leading 'layers' axis):
+  embedding [V, D]                         ('vocab', 'embed')
+  layers/attn_norm/scale [L, D]            ('layers', 'norm')
+  layers/attn/{q,k,v}_proj/kernel [L, D, H|Hkv, hd]  ('layers', 'embed', 'heads'|'kv_heads', 'head_dim')
+  layers/attn/{q,k,v}_proj/bias [L, H|Hkv, hd]       (qkv_bias only: Qwen2)
+  layers/attn/{q,k}_norm/scale [L, hd]     (qk_norm only: Qwen3)
+  layers/attn/o_proj/kernel [L, H, hd, D]  ('layers', 'heads', 'head_dim', 'embed')
+  layers/mlp_norm/scale [L, D]
+  layers/mlp/{gate,up}_proj/kernel [L, D, F] ('layers', 'embed', 'mlp');  down_proj/kernel [L, F, D]
+  final_norm/scale [D]
+  lm_head [D, V]                           ('embed', 'vocab')  (untied embeddings only)
+With scan_layers=False the layers are 'layers_0', 'layers_1', ... without the leading axis.
+
+KV-cache decoding (functional, see `init_cache`): the cache is a dict
+  {'k', 'v': [L, B, S, Hkv, hd] (compute dtype), 'segment_ids': [B, S] int32, 'end': int32 scalar}.
+`Decoder(...)(inputs, positions=..., segment_ids=..., cache=cache)` writes the T new keys/values at
+indices end .. end+T-1 of every row, attends over the whole cache with the same mask rules (key index as
+above), and returns (logits, new_cache) with end advanced by T. Left-pad prompts of unequal length with
+segment id 0 so every row writes at the same index; the sliding-window rule stays exact because each row's
+real tokens are contiguous.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+
+# Logical axis -> mesh axis, for a mesh with axes ('data', 'fsdp', 'tensor') (MaxText-style rules).
+DEFAULT_LOGICAL_RULES = (
+    # Parameters.
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("mlp", "tensor"),
+    ("head_dim", None),
+    ("layers", None),
+    ("norm", None),
+    # Activations.
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("act_embed", None),
+    ("act_heads", "tensor"),
+    ("act_kv_heads", "tensor"),
+    ("act_mlp", "tensor"),
+    ("act_vocab", "tensor"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Architecture and numerics of a Llama-family decoder (field names follow the contract)."""
+
+    model_type: str = "llama"
+    vocab_size: int = 256
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    n_kv_heads: int = 2
+    head_dim: int = 16
+    d_ff: int = 128
+    rope_theta: float = 10000.0
+    rope_scaling: Any = None  # None or a Llama-3 dict (rope_type='llama3', factor, low/high_freq_factor, ...)
+    rms_norm_eps: float = 1e-5
+    tie_embeddings: bool = True
+    qkv_bias: bool = False
+    qk_norm: bool = False
+    sliding_window: int | None = None
+    max_position_embeddings: int = 2048
+    param_dtype: str = "float32"
+    dtype: str = "float32"
+    remat: bool = False
+    scan_layers: bool = True
+
+    def __post_init__(self):
+        if self.model_type not in SUPPORTED_MODEL_TYPES:
+            raise ValueError(f"model_type {self.model_type!r} is not supported; expected one of {SUPPORTED_MODEL_TYPES}")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.n_kv_heads}")
+        if self.rope_scaling is not None:
+            if isinstance(self.rope_scaling, dict):  # keep the dataclass hashable (jit static argument)
+                object.__setattr__(self, "rope_scaling", tuple(sorted(self.rope_scaling.items())))
+            kind = dict(self.rope_scaling).get("rope_type", dict(self.rope_scaling).get("type"))
+            if kind not in ("llama3", "default"):
+                raise ValueError(f"rope_scaling type {kind!r} is not supported (only 'llama3'): {self.rope_scaling}")
+        for name in ("param_dtype", "dtype"):
+            if getattr(self, name) not in ("float32", "bfloat16", "float16"):
+                raise ValueError(f"{name}={getattr(self, name)!r}: expected 'float32', 'bfloat16' or 'float16'")
+
+    @classmethod
+    def tiny(cls, **overrides) -> "ModelConfig":
+        """A 2-layer, d=64 model for tests: V=256, 4 heads, 2 kv heads, head_dim 16, d_ff 128."""
+        return cls(**overrides)
+
+    @property
+    def rope_scaling_dict(self) -> dict | None:
+        return None if self.rope_scaling is None else dict(self.rope_scaling)
+
+    def replace(self, **changes) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Pure functions.
+
+
+def rope_inverse_frequencies(config: ModelConfig) -> np.ndarray:
+    """f_i = theta^(-2i/head_dim), i < head_dim/2, then the Llama-3 rescaling if configured (float32, as HF)."""
+    exponents = np.arange(0, config.head_dim, 2, dtype=np.int64).astype(np.float32) / config.head_dim
+    inv_freq = (1.0 / (np.float32(config.rope_theta) ** exponents)).astype(np.float32)
+    scaling = config.rope_scaling_dict
+    if scaling is None or scaling.get("rope_type", scaling.get("type")) == "default":
+        return inv_freq
+    factor = scaling["factor"]
+    low_freq_factor = scaling["low_freq_factor"]
+    high_freq_factor = scaling["high_freq_factor"]
+    old_context = scaling["original_max_position_embeddings"]
+    low_freq_wavelen = old_context / low_freq_factor
+    high_freq_wavelen = old_context / high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    scaled = np.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
+    smooth = (old_context / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    is_medium = (wavelen >= high_freq_wavelen) & (wavelen <= low_freq_wavelen)
+    return np.where(is_medium, smoothed, scaled).astype(np.float32)
+
+
+def apply_rope(x: jax.Array, *, positions: jax.Array, inv_freq: np.ndarray) -> jax.Array:
+    """Rotate-half RoPE on x [B, T, H, hd] at positions [B, T]; angles in float32."""
+    angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)[None, None, :]  # [B, T, hd/2]
+    angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]
+    cos, sin = jnp.cos(angles), jnp.sin(angles)
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    rotated = jnp.concatenate([-x2, x1], axis=-1)
+    return (x.astype(jnp.float32) * cos + rotated.astype(jnp.float32) * sin).astype(x.dtype)
+
+
+def rms_norm(x: jax.Array, *, scale: jax.Array, eps: float) -> jax.Array:
+    """scale * x / sqrt(mean(x^2) + eps), normalised in float32, result in x's dtype (as HF)."""
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return scale.astype(x.dtype) * normed.astype(x.dtype)
+
+
+def attention_mask(*, q_index, k_index, q_segment_ids, k_segment_ids, sliding_window) -> jax.Array:
+    """[B, T, S] bool: k_index <= q_index, same segment, and q_index - k_index < window if windowed."""
+    mask = k_index[None, None, :] <= q_index[None, :, None]
+    mask = mask & (q_segment_ids[:, :, None] == k_segment_ids[:, None, :])
+    if sliding_window is not None:
+        mask = mask & ((q_index[:, None] - k_index[None, :]) < sliding_window)[None]
+    return mask
+
+
+def grouped_query_attention(*, q, k, v, mask) -> jax.Array:
+    """softmax(q k^T / sqrt(hd) masked) v with q [B,T,H,hd], k/v [B,S,Hkv,hd], mask [B,T,S] -> [B,T,H,hd]."""
+    batch, length, n_heads, head_dim = q.shape
+    n_kv_heads = k.shape[2]
+    q = q.reshape(batch, length, n_kv_heads, n_heads // n_kv_heads, head_dim)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) * (head_dim**-0.5)
+    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    return out.reshape(batch, length, n_heads, head_dim)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Modules.
+
+
+def _param(module: nn.Module, name: str, shape, axes, init):
+    dtype = jnp.dtype(module.config.param_dtype)
+    return module.param(name, nn.with_logical_partitioning(init, axes), shape, dtype)
+
+
+_kernel_init = nn.initializers.normal(stddev=0.02)
+
+
+class RMSNorm(nn.Module):
+    config: ModelConfig
+    axis_name: str = "norm"
+
+    @nn.compact
+    def __call__(self, x):
+        scale = _param(self, "scale", (x.shape[-1],), (self.axis_name,), nn.initializers.ones)
+        return rms_norm(x, scale=scale, eps=self.config.rms_norm_eps)
+
+
+class Projection(nn.Module):
+    """y = einsum(x, kernel) (+ bias) with named kernel axes; the kernel is cast to the compute dtype."""
+
+    config: ModelConfig
+    equation: str
+    kernel_shape: tuple
+    kernel_axes: tuple
+    bias_shape: tuple | None = None
+    bias_axes: tuple | None = None
+
+    @nn.compact
+    def __call__(self, x):
+        dtype = jnp.dtype(self.config.dtype)
+        kernel = _param(self, "kernel", self.kernel_shape, self.kernel_axes, _kernel_init)
+        y = jnp.einsum(self.equation, x.astype(dtype), kernel.astype(dtype))
+        if self.bias_shape is not None:
+            y = y + _param(self, "bias", self.bias_shape, self.bias_axes, nn.initializers.zeros).astype(dtype)
+        return y
+
+
+class Attention(nn.Module):
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x, *, positions, segment_ids, layer_cache, kv_segment_ids, cache_end):
+        c = self.config
+        d, h, hkv, hd = c.d_model, c.n_heads, c.n_kv_heads, c.head_dim
+
+        def proj(name, n, axis):
+            bias = dict(bias_shape=(n, hd), bias_axes=(axis, "head_dim")) if c.qkv_bias else {}
+            return Projection(c, "btd,dnk->btnk", (d, n, hd), ("embed", axis, "head_dim"), name=name, **bias)(x)
+
+        q, k, v = proj("q_proj", h, "heads"), proj("k_proj", hkv, "kv_heads"), proj("v_proj", hkv, "kv_heads")
+        if c.qk_norm:
+            q = RMSNorm(c, axis_name="head_dim", name="q_norm")(q)
+            k = RMSNorm(c, axis_name="head_dim", name="k_norm")(k)
+        inv_freq = rope_inverse_frequencies(c)
+        q = apply_rope(q, positions=positions, inv_freq=inv_freq)
+        k = apply_rope(k, positions=positions, inv_freq=inv_freq)
+        q = nn.with_logical_constraint(q, ("batch", "length", "act_heads", "head_dim"))
+        k = nn.with_logical_constraint(k, ("batch", "length", "act_kv_heads", "head_dim"))
+
+        length = x.shape[1]
+        if layer_cache is None:
+            index = jnp.arange(length)
+            mask = attention_mask(q_index=index, k_index=index, q_segment_ids=segment_ids,
+                                  k_segment_ids=segment_ids, sliding_window=c.sliding_window)
+            new_cache = None
+        else:
+            cache_k, cache_v = layer_cache
+            cache_k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), (0, cache_end, 0, 0))
+            cache_v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), (0, cache_end, 0, 0))
+            k, v = cache_k.astype(q.dtype), cache_v.astype(q.dtype)
+            mask = attention_mask(q_index=cache_end + jnp.arange(length), k_index=jnp.arange(cache_k.shape[1]),
+                                  q_segment_ids=segment_ids, k_segment_ids=kv_segment_ids,
+                                  sliding_window=c.sliding_window)
+            new_cache = (cache_k, cache_v)
+        out = grouped_query_attention(q=q, k=k, v=v, mask=mask)
+        out = nn.with_logical_constraint(out, ("batch", "length", "act_heads", "head_dim"))
+        out = Projection(c, "btnk,nkd->btd", (h, hd, d), ("heads", "head_dim", "embed"), name="o_proj")(out)
+        return out, new_cache
+
+
+class MLP(nn.Module):
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x):
+        c = self.config
+        gate = Projection(c, "btd,df->btf", (c.d_model, c.d_ff), ("embed", "mlp"), name="gate_proj")(x)
+        up = Projection(c, "btd,df->btf", (c.d_model, c.d_ff), ("embed", "mlp"), name="up_proj")(x)
+        hidden = nn.with_logical_constraint(nn.silu(gate) * up, ("batch", "length", "act_mlp"))
+        return Projection(c, "btf,fd->btd", (c.d_ff, c.d_model), ("mlp", "embed"), name="down_proj")(hidden)
+
+
+class DecoderLayer(nn.Module):
+    """One pre-norm block; signature (carry, scanned, *broadcast) so it can be nn.scan-ed."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x, layer_cache, positions, segment_ids, kv_segment_ids, cache_end):
+        c = self.config
+        attn_out, new_cache = Attention(c, name="attn")(
+            RMSNorm(c, name="attn_norm")(x), positions=positions, segment_ids=segment_ids,
+            layer_cache=layer_cache, kv_segment_ids=kv_segment_ids, cache_end=cache_end)
+        x = x + attn_out
+        x = x + MLP(c, name="mlp")(RMSNorm(c, name="mlp_norm")(x))
+        x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
+        return x, new_cache
+
+
+class Decoder(nn.Module):
+    """Token ids [B, T] -> float32 logits [B, T, V] (or final normed hidden states [B, T, D])."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, inputs, *, positions=None, segment_ids=None, return_hidden=False, cache=None):
+        c = self.config
+        batch, length = inputs.shape
+        if positions is None:  # arange, continuing from the cache end when decoding
+            start = 0 if cache is None else cache["end"]
+            positions = jnp.broadcast_to(start + jnp.arange(length, dtype=jnp.int32), (batch, length))
+        if segment_ids is None:
+            segment_ids = jnp.ones((batch, length), jnp.int32)
+        embedding = _param(self, "embedding", (c.vocab_size, c.d_model), ("vocab", "embed"), _kernel_init)
+        x = jnp.take(embedding, inputs, axis=0).astype(jnp.dtype(c.dtype))
+        x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
+
+        if cache is None:
+            layer_caches, kv_segment_ids, cache_end = None, None, None
+        else:
+            cache_end = cache["end"]
+            kv_segment_ids = jax.lax.dynamic_update_slice(cache["segment_ids"], segment_ids.astype(jnp.int32),
+                                                          (0, cache_end))
+            layer_caches = (cache["k"], cache["v"])
+
+        layer_cls = DecoderLayer
+        if c.remat:
+            layer_cls = nn.remat(layer_cls, prevent_cse=not c.scan_layers)
+        if c.scan_layers:
+            stack = nn.scan(layer_cls, variable_axes={"params": 0}, split_rngs={"params": True},
+                            in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+                            length=c.n_layers, metadata_params={nn.PARTITION_NAME: "layers"})
+            x, new_layer_caches = stack(c, name="layers")(x, layer_caches, positions, segment_ids,
+                                                          kv_segment_ids, cache_end)
+        else:
+            outs = []
+            for i in range(c.n_layers):
+                layer_cache = None if layer_caches is None else (layer_caches[0][i], layer_caches[1][i])
+                x, new_layer_cache = layer_cls(c, name=f"layers_{i}")(x, layer_cache, positions, segment_ids,
+                                                                      kv_segment_ids, cache_end)
+                outs.append(new_layer_cache)
+            new_layer_caches = None if cache is None else tuple(jnp.stack(t) for t in zip(*outs))
+
+        hidden = RMSNorm(c, name="final_norm")(x)
+        if return_hidden:
+            out = hidden
+        else:
+            if c.tie_embeddings:
+                head = embedding.T
+            else:
+                head = _param(self, "lm_head", (c.d_model, c.vocab_size), ("embed", "vocab"), _kernel_init)
+            out = jnp.einsum("btd,dv->btv", hidden, head.astype(hidden.dtype), preferred_element_type=jnp.float32)
+            out = nn.with_logical_constraint(out, ("batch", "length", "act_vocab"))
+        if cache is None:
+            return out
+        new_cache = {"k": new_layer_caches[0], "v": new_layer_caches[1], "segment_ids": kv_segment_ids,
+                     "end": cache_end + length}
+        return out, new_cache
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Helpers around the parameter tree.
+
+
+def _dummy_inputs():
+    return jnp.zeros((1, 1), jnp.int32)
+
+
+def init_params(config: ModelConfig, *, rng) -> dict:
+    """Random parameters (N(0, 0.02) kernels, unit norms, zero biases) as a plain (unboxed) dict."""
+    boxed = jax.jit(Decoder(config).init)(rng, _dummy_inputs())["params"]
+    return nn.unbox(boxed)
+
+
+def abstract_params(config: ModelConfig):
+    """(ShapeDtypeStruct tree, logical-axes tree) without allocating anything."""
+    boxed = jax.eval_shape(lambda: Decoder(config).init(jax.random.key(0), _dummy_inputs())["params"])
+    return nn.unbox(boxed), nn.get_partition_spec(boxed)
+
+
+def param_logical_axes(config: ModelConfig):
+    """Tree matching the params: a PartitionSpec (a tuple) of logical axis names per parameter."""
+    return abstract_params(config)[1]
+
+
+def lm_head_weight(params: dict, config: ModelConfig) -> jax.Array:
+    """[D, V] output projection: embedding.T when tied, else params['lm_head']."""
+    return params["embedding"].T if config.tie_embeddings else params["lm_head"]
+
+
+def count_params(params) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(params)))
+
+
+def count_non_embedding_params(config: ModelConfig) -> int:
+    """Parameters in the layers and the final norm (no embedding, no lm_head)."""
+    c = config
+    attn = c.d_model * c.head_dim * (2 * c.n_heads + 2 * c.n_kv_heads)
+    if c.qkv_bias:
+        attn += c.head_dim * (c.n_heads + 2 * c.n_kv_heads)
+    if c.qk_norm:
+        attn += 2 * c.head_dim
+    per_layer = attn + 3 * c.d_model * c.d_ff + 2 * c.d_model
+    return c.n_layers * per_layer + c.d_model
+
+
+def flops_per_token(config: ModelConfig, *, seq_len: int) -> float:
+    """Training FLOPs per token (forward + backward):
+
+        6 * (N_nonembedding + D*V)  +  12 * L * n_heads * head_dim * S_eff
+
+    N_nonembedding counts the layer matmuls (the D*V term is the lm-head matmul; the embedding lookup is
+    free); the attention term is QK^T and PV (2 matmuls x 2 FLOPs x 3 for fwd+bwd) over S_eff =
+    min(seq_len, sliding_window) keys, without halving for causality (the PaLM convention).
+    """
+    c = config
+    window = seq_len if c.sliding_window is None else min(seq_len, c.sliding_window)
+    dense = 6 * (count_non_embedding_params(c) + c.d_model * c.vocab_size)
+    return float(dense + 12 * c.n_layers * c.n_heads * c.head_dim * window)
+
+
+def stack_layers(layer_trees: list) -> dict:
+    """[tree of layer 0, tree of layer 1, ...] -> one tree with a leading layers axis."""
+    return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *layer_trees)
+
+
+def unstacked_params(params: dict, config: ModelConfig) -> dict:
+    """Scanned params ('layers' stacked) -> unscanned layout ('layers_0', 'layers_1', ...)."""
+    out = {k: v for k, v in params.items() if k != "layers"}
+    for i in range(config.n_layers):
+        out[f"layers_{i}"] = jax.tree_util.tree_map(lambda x, i=i: x[i], params["layers"])
+    return out
+
+
+def stacked_params(params: dict, config: ModelConfig) -> dict:
+    """Unscanned params ('layers_i') -> scanned layout (one 'layers' tree, leading axis L)."""
+    out = {k: v for k, v in params.items() if not k.startswith("layers_")}
+    out["layers"] = stack_layers([params[f"layers_{i}"] for i in range(config.n_layers)])
+    return out
+
+
+def init_cache(config: ModelConfig, *, batch_size: int, max_len: int) -> dict:
+    """Empty KV cache: k, v zeros [L, B, max_len, Hkv, hd] in the compute dtype, segment_ids 0, end 0."""
+    shape = (config.n_layers, batch_size, max_len, config.n_kv_heads, config.head_dim)
+    dtype = jnp.dtype(config.dtype)
+    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
+            "segment_ids": jnp.zeros((batch_size, max_len), jnp.int32), "end": jnp.zeros((), jnp.int32)}
+
+
+def forward(params: dict, config: ModelConfig, inputs, **kwargs):
+    """Decoder(config).apply({'params': params}, inputs, **kwargs)."""
+    return Decoder(config).apply({"params": params}, inputs, **kwargs)
