@@ -177,6 +177,10 @@ class Tokenizer:
         self.chat_template_source = "checkpoint" if chat_template else "chatml-fallback"
         self.chat_template = chat_template if chat_template else CHATML_TEMPLATE
         self._compiled_template = compile_chat_template(self.chat_template)
+        if not chat_template:
+            missing = [t for t in ("<|im_start|>", "<|im_end|>") if backend.token_to_id(t) is None]
+            logger.warning("%s has no chat template; rendering chats as ChatML%s", source,
+                           f" (its vocabulary lacks {missing}, so they encode as plain text)" if missing else "")
 
     def _required_id(self, token: str, *, role: str) -> int:
         token_id = self.backend.token_to_id(token)
