@@ -190,8 +190,8 @@ class Tokenizer:
         return token_id
 
     def __repr__(self) -> str:
-        return (f"Tokenizer(source={self.source!r}, vocab_size={self.vocab_size}, bos={self.bos_token!r}:{self.bos_id}, "
-                f"eos={self.eos_token!r}:{self.eos_id}, pad={self.pad_token!r}:{self.pad_id}, "
+        return (f"Tokenizer(source={self.source!r}, vocab_size={self.vocab_size}, "
+                f"bos={self.bos_token!r}:{self.bos_id}, eos={self.eos_token!r}:{self.eos_id}, pad={self.pad_token!r}:{self.pad_id}, "
                 f"chat_template={self.chat_template_source})")
 
     # ----------------------------------------------------------------------------------------- encode/decode
@@ -354,10 +354,7 @@ class Tokenizer:
             "model_max_length": 1_000_000_000,
             **special_map,
         }
-        if self.chat_template_source == "checkpoint":
-            config["chat_template"] = self.chat_template
-        else:
-            config["chat_template"] = CHATML_TEMPLATE
+        config["chat_template"] = self.chat_template  # the ChatML fallback is written out explicitly
         (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
         (out / "special_tokens_map.json").write_text(json.dumps(special_map, indent=2, ensure_ascii=False) + "\n")
         return out

@@ -1,7 +1,6 @@
 """Tokenizer: exact GGUF BPE rebuild vs transformers' GGUF conversion, chat templates vs transformers'
 apply_chat_template, save_hf round trip through transformers.AutoTokenizer."""
 import json
-import pathlib
 
 import jinja2
 import pytest
