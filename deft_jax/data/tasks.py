@@ -66,6 +66,11 @@ def reasoning_gym_name(task: str) -> str:
     return check_reasoning_gym_task(task[len(config_lib.REASONING_GYM_PREFIX):])
 
 
+def _plain_dict(mapping) -> dict[str, Any]:
+    """A ConfigDict / FrozenConfigDict / dict of scalars as a plain dict."""
+    return {key: mapping[key] for key in mapping.keys()}
+
+
 def dataset_kwargs(*, task: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
     """The reasoning-gym dataset kwargs: FigFont's paper settings (for figfont) updated by `overrides`."""
     base = dict(FIGFONT_DATASET_KWARGS) if task == "figfont" else {}
@@ -349,7 +354,7 @@ def load_examples(cfg, *, split: str) -> list[Example]:
     task = cfg.task
     if task == "figfont" or task.startswith(config_lib.REASONING_GYM_PREFIX):
         start, count = reasoning_gym_ranges(cfg)[split]
-        kwargs = dataset_kwargs(task=task, overrides=cfg.rg_kwargs.to_dict())
+        kwargs = dataset_kwargs(task=task, overrides=_plain_dict(cfg.rg_kwargs))
         examples = reasoning_gym_examples(task=task, seed=cfg.rg_seed, start=start, count=count, kwargs=kwargs)
     else:
         examples = take(_split_source(cfg, split=split), count=cfg.num_train if split == "train" else cfg.num_eval,
@@ -358,7 +363,7 @@ def load_examples(cfg, *, split: str) -> list[Example]:
     if split == "train" and cfg.noise_fraction > 0:
         words = None
         if task == "figfont":
-            words = figfont_words(dataset_kwargs(task=task, overrides=cfg.rg_kwargs.to_dict()), seed=cfg.rg_seed)
+            words = figfont_words(dataset_kwargs(task=task, overrides=_plain_dict(cfg.rg_kwargs)), seed=cfg.rg_seed)
         examples, _ = noise_lib.inject_label_noise(
             examples, fraction=cfg.noise_fraction, seed=cfg.noise_seed, task=task, figfont_words=words
         )
