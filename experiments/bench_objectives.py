@@ -1,0 +1,160 @@
+"""Benchmark: lm-head + objective + gradient, naive (full logits) vs chunked (deft_jax.fused), per objective.
+
+Prints one table per (tokens, d_model, vocab) shape. Everything is measured side by side in one run
+(these machines are shared and noisy: read the ratios, not the absolute seconds).
+
+  time      median wall seconds of jit(value_and_grad) w.r.t. hidden and lm-head weight, after compile
+  xla_peak  XLA's compiled memory analysis: arguments + outputs + temporaries (bytes the program needs)
+  rss_peak  peak resident set size of a fresh subprocess that runs only that one case (--isolate)
+  vs_nll    time / the NLL time of the same implementation (DEFT target: <= 1.02)
+  vs_naive  chunked time / naive time of the same objective
+
+Usage:
+  python experiments/bench_objectives.py                        # (8192, 576, 49152), 5 objectives
+  python experiments/bench_objectives.py --vocab 152064 --impls chunked --objectives nll,deft
+  python experiments/bench_objectives.py --isolate              # adds the per-case process RSS
+Naive cases whose XLA peak exceeds --max_naive_gib are compiled (for their memory) but not run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from deft_jax import fused, objectives
+
+DEFAULT_OBJECTIVES = "nll,prob,deft,cayley,eaft"
+OBJECTIVE_PARAMS = {"deformed_log": {"alpha": 0.5}, "tsallis": {"q": 0.5}, "only_top_p": {"tau": 0.1},
+                    "only_bottom_p": {"tau": 0.1}, "only_top_logp": {"tau": 0.1},
+                    "only_bottom_logp": {"tau": 0.1}}
+
+
+def _loss_fn(*, impl: str, name: str, chunk_size: int):
+    params = OBJECTIVE_PARAMS.get(name, {})
+
+    def loss(hidden, weight, targets, mask):
+        if impl == "naive":
+            out = fused.compute_naive(name, hidden, weight, targets, mask, **params)
+        else:
+            out = fused.compute_chunked(name, hidden, weight, targets, mask, chunk_size=chunk_size, **params)
+        total, denom = objectives.reduce_output(out)
+        return objectives.safe_divide(total, denom)
+
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+
+
+def _inputs(*, tokens: int, d_model: int, vocab: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    hidden = jnp.asarray(rng.normal(size=(tokens, d_model)), jnp.float32)
+    weight = jnp.asarray(rng.normal(size=(d_model, vocab)) / np.sqrt(d_model), jnp.float32)
+    targets = jnp.asarray(rng.integers(0, vocab, size=(tokens,)), jnp.int32)
+    mask = jnp.ones((tokens,), jnp.float32)
+    return hidden, weight, targets, mask
+
+
+def run_case(*, impl: str, name: str, tokens: int, d_model: int, vocab: int, chunk_size: int,
+             repeats: int, max_naive_gib: float) -> dict:
+    """Compile, measure XLA memory, and (unless too large) time one case in this process."""
+    args = _inputs(tokens=tokens, d_model=d_model, vocab=vocab)
+    fn = _loss_fn(impl=impl, name=name, chunk_size=chunk_size)
+    compiled = fn.lower(*args).compile()
+    mem = compiled.memory_analysis()
+    xla_peak = mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
+    result = {"impl": impl, "objective": name, "xla_peak": xla_peak, "time": None}
+    if impl == "naive" and xla_peak > max_naive_gib * 2**30:
+        return result
+    jax.block_until_ready(compiled(*args))  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(compiled(*args))
+        times.append(time.perf_counter() - start)
+    result["time"] = statistics.median(times)
+    result["rss_peak"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return result
+
+
+def _isolated(case: dict) -> dict:
+    """Run one case in a fresh interpreter so its peak RSS is its own."""
+    out = subprocess.run([sys.executable, __file__, "--_case", json.dumps(case)], capture_output=True,
+                         text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"case {case} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _fmt_bytes(n):
+    return "—" if n is None else f"{n / 2**30:.2f} GiB"
+
+
+def _fmt_ratio(a, b):
+    return "—" if a is None or b is None else f"{a / b:.3f}"
+
+
+def print_table(rows: list[dict], *, tokens: int, d_model: int, vocab: int, chunk_size: int) -> None:
+    print(f"\n### lm-head + objective + grad: tokens={tokens}, d_model={d_model}, vocab={vocab}, "
+          f"chunk={chunk_size}, float32\n")
+    print("| objective | impl | time (s) | vs NLL | vs naive | XLA peak | process RSS peak |")
+    print("|---|---|---|---|---|---|---|")
+    by_key = {(r["objective"], r["impl"]): r for r in rows}
+    for r in rows:
+        nll = by_key.get(("nll", r["impl"]), {}).get("time")
+        naive = by_key.get((r["objective"], "naive"), {}).get("time")
+        vs_naive = _fmt_ratio(r["time"], naive) if r["impl"] == "chunked" else "—"
+        time_s = "not run (too large)" if r["time"] is None else f"{r['time']:.3f}"
+        print(f"| {r['objective']} | {r['impl']} | {time_s} | {_fmt_ratio(r['time'], nll)} | {vs_naive} | "
+              f"{_fmt_bytes(r['xla_peak'])} | {_fmt_bytes(r.get('rss_peak'))} |")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tokens", type=int, default=8192)
+    parser.add_argument("--d_model", type=int, default=576)
+    parser.add_argument("--vocab", type=int, default=49152)
+    parser.add_argument("--chunk_size", type=int, default=1024)
+    parser.add_argument("--objectives", default=DEFAULT_OBJECTIVES)
+    parser.add_argument("--impls", default="naive,chunked")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--max_naive_gib", type=float, default=12.0)
+    parser.add_argument("--isolate", action="store_true", help="one subprocess per case (RSS per case)")
+    parser.add_argument("--_case", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args._case:
+        print(json.dumps(run_case(**json.loads(args._case))))
+        return
+    names = [n.strip() for n in args.objectives.split(",") if n.strip()]
+    for name in names:
+        objectives.parse_objective(name, **OBJECTIVE_PARAMS.get(name, {}))  # fail early on a typo
+    impls = [i.strip() for i in args.impls.split(",")]
+    unknown = sorted(set(impls) - {"naive", "chunked"})
+    if unknown:
+        parser.error(f"--impls: unknown {unknown}; choose from naive, chunked")
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"jax {jax.__version__} on {jax.devices()[0].device_kind}")
+    rows = []
+    for name in names:
+        for impl in impls:
+            case = dict(impl=impl, name=name, tokens=args.tokens, d_model=args.d_model, vocab=args.vocab,
+                        chunk_size=args.chunk_size, repeats=args.repeats, max_naive_gib=args.max_naive_gib)
+            row = _isolated(case) if args.isolate else run_case(**case)
+            if not args.isolate:
+                row.pop("rss_peak", None)  # the whole benchmark process's peak, not this case's
+            rows.append(row)
+            shown = "not run" if row["time"] is None else f"{row['time']:.3f} s"
+            print(f"  {name:>14s} {impl:>8s}: {shown}, XLA peak {_fmt_bytes(row['xla_peak'])}",
+                  file=sys.stderr, flush=True)
+    print_table(rows, tokens=args.tokens, d_model=args.d_model, vocab=args.vocab, chunk_size=args.chunk_size)
+
+
+if __name__ == "__main__":
+    main()
