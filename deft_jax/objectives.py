@@ -28,6 +28,7 @@ on which tokens share a call: call once per micro-batch to reproduce the officia
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 from typing import Any, Callable, Mapping
@@ -132,6 +133,15 @@ def _check_topk(topk) -> None:
         raise ValueError(f"topk must be None or an int >= 1 (static), got {topk!r}")
 
 
+def _log1p_sum_exp(shifted: jax.Array, is_max: jax.Array) -> jax.Array:
+    """log Σ_v exp(shifted_v) for max-shifted values (max entry 0), as log1p(Σ_{v≠max} exp(shifted_v)).
+
+    The max entry contributes expm1(0) = 0 in value but gradient exp(0) = 1, so the result is exact to
+    float32 rounding even when the distribution is peaked (log p of a p ≈ 1 target, C ≈ 1, H ≈ 0)."""
+    terms = jnp.where(is_max, jnp.expm1(shifted), jnp.exp(shifted))
+    return jnp.log1p(jnp.sum(terms, axis=-1))
+
+
 def _entropy_from_log_probs(log_probs: jax.Array) -> jax.Array:
     """−Σ π log π over the last axis; 0·log 0 = 0 (also for −inf logits)."""
     probs = jnp.exp(log_probs)
@@ -143,9 +153,11 @@ def _topk_entropy(shifted_logits: jax.Array, *, topk: int) -> jax.Array:
     k_eff = min(int(topk), shifted_logits.shape[-1])
     if k_eff == 1:
         return jnp.zeros(shifted_logits.shape[:-1], shifted_logits.dtype)
-    top_values, _ = jax.lax.top_k(shifted_logits, k_eff)
-    entropy = _entropy_from_log_probs(jax.nn.log_softmax(top_values, axis=-1))
-    return entropy / math.log(k_eff)
+    top_values, _ = jax.lax.top_k(shifted_logits, k_eff)  # sorted: entry 0 is the max (0 after shifting)
+    top_values = top_values - jax.lax.stop_gradient(top_values[..., :1])
+    is_max = jnp.arange(k_eff) == 0
+    log_q = top_values - _log1p_sum_exp(top_values, is_max)[..., None]
+    return _entropy_from_log_probs(log_q) / math.log(k_eff)
 
 
 def token_stats(logits, targets, *, topk: int | None = None) -> TokenStats:
@@ -153,6 +165,8 @@ def token_stats(logits, targets, *, topk: int | None = None) -> TokenStats:
 
     Targets outside [0, V) give log_p = NaN (mask them: `objective_from_stats` zeroes masked tokens).
     `topk` (static int >= 1) also computes the normalised top-k entropy H̃ used by EAFT.
+    All statistics are formed from max-shifted logits (nothing cancels at |z| ~ 1e4) and the
+    log-normaliser as log1p of the non-max terms (accurate for peaked distributions).
     """
     logits = jnp.asarray(logits)
     targets = jnp.asarray(targets)
@@ -160,12 +174,12 @@ def token_stats(logits, targets, *, topk: int | None = None) -> TokenStats:
     _check_topk(topk)
     z = logits.astype(_stats_dtype(logits.dtype))
     vocab = z.shape[-1]
-    # Max-shifted logits: all statistics are formed from z − max so nothing cancels at |z| ~ 1e4.
     z_max = jax.lax.stop_gradient(jnp.max(z, axis=-1, keepdims=True))
     z_max = jnp.where(jnp.isfinite(z_max), z_max, 0.0)
     shifted = z - z_max
-    lse_shifted = jax.nn.logsumexp(shifted, axis=-1)
-    lse2_shifted = jax.nn.logsumexp(2.0 * shifted, axis=-1)
+    is_max = jnp.arange(vocab) == jnp.argmax(z, axis=-1)[..., None]
+    lse_shifted = _log1p_sum_exp(shifted, is_max)
+    lse2_shifted = _log1p_sum_exp(2.0 * shifted, is_max)
     log_probs = shifted - lse_shifted[..., None]
 
     in_range = (targets >= 0) & (targets < vocab)
@@ -196,8 +210,15 @@ def deformed_value_and_gate(*, log_p, alpha, epsilon=0.0):
 
     α is a constant (stop-gradient) per token. With α + ε = 0 the value is the α → 0 limit −log p
     and the gate is 1 (exact NLL). d value / d log p = −gate, so ∇_z value = gate · (π − e_y).
+    The value's derivative is defined as exactly −gate (custom JVP): autodiff of expm1 would form
+    exp(x) as expm1(x) + 1, which loses all relative precision of small gates. α gets no tangent.
     """
     alpha = jnp.asarray(alpha, log_p.dtype)
+    value = _deformed_value(log_p, alpha, float(epsilon))
+    return value, jax.lax.stop_gradient(_deformed_raw(log_p, alpha, float(epsilon))[1])
+
+
+def _deformed_raw(log_p, alpha, epsilon):
     denom = alpha + epsilon
     limit = denom == 0
     safe_denom = jnp.where(limit, 1.0, denom)
@@ -205,6 +226,19 @@ def deformed_value_and_gate(*, log_p, alpha, epsilon=0.0):
     value = jnp.where(limit, -log_p, -jnp.expm1(exponent) / safe_denom)
     gate = jnp.exp(exponent) * jnp.where(limit, 1.0, alpha / safe_denom)
     return value, gate
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _deformed_value(log_p, alpha, epsilon):
+    return _deformed_raw(log_p, alpha, epsilon)[0]
+
+
+@_deformed_value.defjvp
+def _deformed_value_jvp(epsilon, primals, tangents):
+    log_p, alpha = primals
+    log_p_dot, _ = tangents  # α is a detached coefficient: no tangent by design
+    value, gate = _deformed_raw(log_p, alpha, epsilon)
+    return value, -gate * log_p_dot
 
 
 def cayley_alpha(*, p, batch_mean_p, epsilon=1e-8, floor_scale=0.5, alpha_min=1e-3, alpha_max=1.0):
