@@ -161,8 +161,30 @@ def test_process_shares_form_the_single_process_global_batch(packing):
         for key in BATCH_KEYS:
             np.testing.assert_array_equal(np.concatenate([a[key], b[key]]), whole[step][key])
     assert shares[0].get_state() == shares[1].get_state()
+    # A state saved by one process restores onto two (same global batch): they continue the same stream.
+    single = make_train_iterator(examples, batch_size=4, **kwargs)
+    take(single, 3)
+    state = single.get_state()
+    resumed = [make_train_iterator(examples, batch_size=2, process_index=p, process_count=2, state=state, **kwargs)
+               for p in range(2)]
+    for step, (a, b) in enumerate(zip(take(resumed[0], 4), take(resumed[1], 4))):
+        np.testing.assert_array_equal(np.concatenate([a["inputs"], b["inputs"]]), whole[3 + step]["inputs"])
     with pytest.raises(DataError, match="process_index"):
         make_train_iterator(examples, batch_size=2, process_index=2, process_count=2, **kwargs)
+
+
+def test_iterator_from_config_uses_the_data_fields():
+    from deft_jax.data import default_data_config, train_iterator_from_config
+
+    examples = synthetic_examples(list(np.random.default_rng(2).integers(4, 30, size=15)))
+    cfg = default_data_config()
+    cfg.max_length, cfg.packing, cfg.shuffle_seed = 32, True, 9
+    expected = take(make_train_iterator(examples, batch_size=2, seq_len=32, seed=9, packing=True), 4)
+    assert_batches_equal(take(train_iterator_from_config(examples, cfg=cfg, batch_size=2), 4), expected)
+    cfg.packing, cfg.seq_len, cfg.bucket_lengths = False, 40, (8, 16)
+    expected = take(make_train_iterator(examples, batch_size=2, seq_len=40, seed=9, packing=False,
+                                        buckets=(8, 16)), 4)
+    assert_batches_equal(take(train_iterator_from_config(examples, cfg=cfg, batch_size=2), 4), expected)
 
 
 def test_examples_longer_than_a_row_are_rejected():

@@ -136,7 +136,7 @@ def test_messages_errors(tmp_path):
 def test_sequence_longer_than_max_length_under_error_policy(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "short", "response": "ok"},
                                               {"prompt": "long " * 200, "response": "ok"}])
-    cfg = file_config(path, max_length=64)
+    cfg = file_config(path, max_length=64, truncation="error")
     examples = load_examples(cfg, split="train")
     with pytest.raises(DataError, match=rf"{path}:2: \d+ tokens .* exceed data.max_length=64"):
         tokenize_examples(examples, tokenizer=tiny_tokenizer(), cfg=cfg)

@@ -48,7 +48,9 @@ def default_data_config() -> ml_collections.ConfigDict:
     cfg.split_seed = 0
     # Lengths, truncation, batching.
     cfg.max_length = 800  # tokens of prompt + response + EOS (paper: 800 FigFont, 3072 math)
-    cfg.truncation = "error"  # 'drop' | 'truncate' (right) | 'error'
+    # 'drop' | 'truncate' (right) | 'error'; the TruncationReport counts what it touched. 'drop' by default:
+    # with SmolLM2's tokenizer 216 of the 40,000 FigFont train items (0.5%) exceed 800 tokens.
+    cfg.truncation = "drop"
     cfg.seq_len = config_dict.placeholder(int)  # row length of a batch; None = max_length
     cfg.packing = False  # True: first-fit pack several examples per row (segment ids, per-segment positions)
     cfg.bucket_lengths = DEFAULT_BUCKET_LENGTHS  # unpacked rows pad to the smallest of these (<= seq_len) or seq_len

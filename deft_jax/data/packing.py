@@ -30,18 +30,17 @@ def slots(example: TokenizedExample) -> int:
 
 def first_fit_placements(lengths: Iterable[int], *, num_rows: int, row_length: int) -> list[tuple[int, int]]:
     """(row, offset) of consecutive items placed first-fit; stops at the first item that fits nowhere."""
-    free = [row_length] * num_rows
+    free = np.full(num_rows, row_length, dtype=np.int64)
     placements = []
     for length in lengths:
         if length > row_length:
             raise DataError(f"an example needs {length} slots but rows hold {row_length}; raise data.seq_len")
-        for row in range(num_rows):
-            if free[row] >= length:
-                placements.append((row, row_length - free[row]))
-                free[row] -= length
-                break
-        else:
+        fits = free >= length
+        if not fits.any():
             break
+        row = int(np.argmax(fits))  # the first row with room
+        placements.append((row, row_length - int(free[row])))
+        free[row] -= length
     return placements
 
 
