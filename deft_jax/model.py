@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+LLAMA3_ROPE_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 
 # Logical axis -> mesh axis, for a mesh with axes ('data', 'fsdp', 'tensor') (MaxText-style rules).
 DEFAULT_LOGICAL_RULES = (
@@ -97,11 +98,18 @@ class ModelConfig:
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.n_kv_heads}")
         if self.rope_scaling is not None:
-            if isinstance(self.rope_scaling, dict):  # keep the dataclass hashable (jit static argument)
-                object.__setattr__(self, "rope_scaling", tuple(sorted(self.rope_scaling.items())))
-            kind = dict(self.rope_scaling).get("rope_type", dict(self.rope_scaling).get("type"))
+            scaling = dict(self.rope_scaling)
+            kind = scaling.get("rope_type", scaling.get("type"))
             if kind not in ("llama3", "default"):
                 raise ValueError(f"rope_scaling type {kind!r} is not supported (only 'llama3'): {self.rope_scaling}")
+            kept = {"rope_type": kind}
+            if kind == "llama3":
+                missing = [k for k in LLAMA3_ROPE_KEYS if k not in scaling]
+                if missing:
+                    raise ValueError(f"llama3 rope_scaling {scaling} lacks {missing}")
+                kept.update({k: scaling[k] for k in LLAMA3_ROPE_KEYS})
+            # A sorted tuple of the relevant keys: hashable (jit static argument) and comparable.
+            object.__setattr__(self, "rope_scaling", None if kind == "default" else tuple(sorted(kept.items())))
         for name in ("param_dtype", "dtype"):
             if getattr(self, name) not in ("float32", "bfloat16", "float16"):
                 raise ValueError(f"{name}={getattr(self, name)!r}: expected 'float32', 'bfloat16' or 'float16'")
@@ -128,7 +136,7 @@ def rope_inverse_frequencies(config: ModelConfig) -> np.ndarray:
     exponents = np.arange(0, config.head_dim, 2, dtype=np.int64).astype(np.float32) / config.head_dim
     inv_freq = (1.0 / (np.float32(config.rope_theta) ** exponents)).astype(np.float32)
     scaling = config.rope_scaling_dict
-    if scaling is None or scaling.get("rope_type", scaling.get("type")) == "default":
+    if scaling is None:
         return inv_freq
     factor = scaling["factor"]
     low_freq_factor = scaling["low_freq_factor"]

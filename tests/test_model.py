@@ -1,0 +1,140 @@
+"""Decoder properties that need no checkpoint: packing, KV cache, scan/remat layouts, logical axes, FLOPs."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from deft_jax import model as M
+
+# One compiled forward per (config, shapes): much faster than eager Linen on 2 cores.
+_forward = jax.jit(M.forward, static_argnums=1, static_argnames=("return_hidden",))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    config = M.ModelConfig.tiny()
+    return config, M.init_params(config, rng=jax.random.key(0))
+
+
+def _tokens(shape, seed=1, vocab=256):
+    return jax.random.randint(jax.random.key(seed), shape, 0, vocab, dtype=jnp.int32)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"sliding_window": 3}, {"qk_norm": True, "qkv_bias": True}])
+def test_packed_row_equals_each_example_alone(overrides):
+    config = M.ModelConfig.tiny(**overrides)
+    params = M.init_params(config, rng=jax.random.key(0))
+    a, b = _tokens((1, 5), seed=2), _tokens((1, 4), seed=3)
+    packed = jnp.concatenate([a, b, jnp.zeros((1, 2), jnp.int32)], axis=1)
+    segment_ids = jnp.array([[1] * 5 + [2] * 4 + [0] * 2], jnp.int32)
+    positions = jnp.array([list(range(5)) + list(range(4)) + [0, 0]], jnp.int32)
+    logits = _forward(params, config, packed, positions=positions, segment_ids=segment_ids)
+    alone_a = _forward(params, config, a)
+    alone_b = _forward(params, config, b)
+    np.testing.assert_allclose(logits[:, :5], alone_a, atol=1e-5)
+    np.testing.assert_allclose(logits[:, 5:9], alone_b, atol=1e-5)
+    assert np.isfinite(np.asarray(logits)).all()
+
+
+def test_packing_without_segment_ids_would_leak(tiny):
+    """Guard for the test above: without segment ids the second example does see the first."""
+    config, params = tiny
+    a, b = _tokens((1, 5), seed=2), _tokens((1, 4), seed=3)
+    packed = jnp.concatenate([a, b], axis=1)
+    positions = jnp.array([list(range(5)) + list(range(4))], jnp.int32)
+    logits = _forward(params, config, packed, positions=positions)
+    assert np.abs(np.asarray(logits[:, 5:]) - np.asarray(_forward(params, config, b))).max() > 1e-3
+
+
+def test_sliding_window_changes_only_far_tokens():
+    config = M.ModelConfig.tiny(sliding_window=4)
+    params = M.init_params(config, rng=jax.random.key(0))
+    x = _tokens((2, 10))
+    windowed = _forward(params, config, x)
+    full = _forward(params, config.replace(sliding_window=None), x)
+    np.testing.assert_allclose(windowed[:, :4], full[:, :4], atol=1e-6)
+    assert np.abs(np.asarray(windowed[:, 4:] - full[:, 4:])).max() > 1e-4
+
+
+@pytest.mark.parametrize("overrides", [{}, {"sliding_window": 3}, {"scan_layers": False}])
+def test_kv_cache_chunks_equal_full_forward(overrides):
+    config = M.ModelConfig.tiny(**overrides)
+    params = M.init_params(config.replace(scan_layers=True), rng=jax.random.key(0))
+    if not config.scan_layers:
+        params = M.unstacked_params(params, config)
+    x = _tokens((2, 9))
+    full = _forward(params, config, x)
+    cache = M.init_cache(config, batch_size=2, max_len=16)
+    pieces = []
+    for start, stop in [(0, 5), (5, 6), (6, 9)]:
+        logits, cache = _forward(params, config, x[:, start:stop], cache=cache)
+        pieces.append(logits)
+    np.testing.assert_allclose(jnp.concatenate(pieces, axis=1), full, atol=1e-5)
+    assert int(cache["end"]) == 9
+
+
+def test_scan_remat_and_unscanned_layouts_agree(tiny):
+    config, params = tiny
+    x = _tokens((2, 7))
+    reference = _forward(params, config, x)
+    remat = _forward(params, config.replace(remat=True), x)
+    unscanned_config = config.replace(scan_layers=False)
+    unscanned = _forward(M.unstacked_params(params, config), unscanned_config, x)
+    np.testing.assert_allclose(remat, reference, atol=1e-6)
+    np.testing.assert_allclose(unscanned, reference, atol=1e-6)
+    restacked = M.stacked_params(M.unstacked_params(params, config), config)
+    assert jax.tree_util.tree_all(jax.tree_util.tree_map(lambda a, b: bool((a == b).all()), restacked, params))
+    grads = jax.grad(lambda p: _forward(p, config.replace(remat=True), x).sum())(params)
+    assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree_util.tree_leaves(grads))
+
+
+def test_return_hidden_projects_to_logits(tiny):
+    config, params = tiny
+    x = _tokens((2, 6))
+    hidden = _forward(params, config, x, return_hidden=True)
+    assert hidden.shape == (2, 6, config.d_model)
+    np.testing.assert_allclose(hidden @ M.lm_head_weight(params, config), _forward(params, config, x), atol=1e-5)
+
+
+def test_logical_axes_match_params_and_untied_head():
+    config = M.ModelConfig.tiny(tie_embeddings=False, qkv_bias=True, qk_norm=True)
+    params = M.init_params(config, rng=jax.random.key(0))
+    axes = M.param_logical_axes(config)
+    shapes, _ = M.abstract_params(config)
+    assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(axes)
+    for leaf, spec, shape in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(axes),
+                                 jax.tree_util.tree_leaves(shapes)):
+        assert len(spec) == leaf.ndim and leaf.shape == shape.shape
+    assert tuple(axes["lm_head"]) == ("embed", "vocab")
+    assert tuple(axes["layers"]["attn"]["q_proj"]["kernel"]) == ("layers", "embed", "heads", "head_dim")
+    assert M.lm_head_weight(params, config) is params["lm_head"]
+    assert M.count_params(params) == M.count_non_embedding_params(config) + 2 * config.vocab_size * config.d_model
+
+
+def test_bf16_params_and_compute():
+    config = M.ModelConfig.tiny(param_dtype="bfloat16", dtype="bfloat16")
+    params = M.init_params(config, rng=jax.random.key(0))
+    assert all(x.dtype == jnp.bfloat16 for x in jax.tree_util.tree_leaves(params))
+    logits = _forward(params, config, _tokens((1, 4)))
+    assert logits.dtype == jnp.float32 and np.isfinite(np.asarray(logits)).all()
+    reference = _forward(jax.tree_util.tree_map(lambda x: x.astype(jnp.float32), params),
+                          config.replace(param_dtype="float32", dtype="float32"), _tokens((1, 4)))
+    np.testing.assert_allclose(logits, reference, atol=0.1)
+
+
+def test_flops_per_token_formula():
+    config = M.ModelConfig.tiny()
+    # Count matmul weights by hand for the tiny config: q,o 64x64; k,v 64x32; 3 MLP 64x128; 2 norms.
+    per_layer = 2 * 64 * 64 + 2 * 64 * 32 + 3 * 64 * 128 + 2 * 64
+    n = 2 * per_layer + 64
+    assert M.count_non_embedding_params(config) == n
+    assert M.flops_per_token(config, seq_len=10) == 6 * (n + 64 * 256) + 12 * 2 * 4 * 16 * 10
+
+
+def test_bad_config_is_rejected():
+    with pytest.raises(ValueError, match="gpt2"):
+        M.ModelConfig.tiny(model_type="gpt2")
+    with pytest.raises(ValueError, match="multiple"):
+        M.ModelConfig.tiny(n_heads=3, n_kv_heads=2)
+    with pytest.raises(ValueError, match="yarn"):
+        M.ModelConfig.tiny(rope_scaling={"rope_type": "yarn", "factor": 2.0})
