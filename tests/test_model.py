@@ -20,7 +20,12 @@ def _tokens(shape, seed=1, vocab=256):
     return jax.random.randint(jax.random.key(seed), shape, 0, vocab, dtype=jnp.int32)
 
 
-@pytest.mark.parametrize("overrides", [{}, {"sliding_window": 3}, {"qk_norm": True, "qkv_bias": True}])
+def _right_pad(x, length):
+    """Right padding is invisible to earlier positions under causal attention; one shape, one compile."""
+    return jnp.pad(x, ((0, 0), (0, length - x.shape[1])))
+
+
+@pytest.mark.parametrize("overrides", [{}, {"sliding_window": 3, "qk_norm": True, "qkv_bias": True}])
 def test_packed_row_equals_each_example_alone(overrides):
     config = M.ModelConfig.tiny(**overrides)
     params = M.init_params(config, rng=jax.random.key(0))
@@ -29,8 +34,7 @@ def test_packed_row_equals_each_example_alone(overrides):
     segment_ids = jnp.array([[1] * 5 + [2] * 4 + [0] * 2], jnp.int32)
     positions = jnp.array([list(range(5)) + list(range(4)) + [0, 0]], jnp.int32)
     logits = _forward(params, config, packed, positions=positions, segment_ids=segment_ids)
-    alone_a = _forward(params, config, a)
-    alone_b = _forward(params, config, b)
+    alone_a, alone_b = (_forward(params, config, _right_pad(x, 11))[:, :x.shape[1]] for x in (a, b))
     np.testing.assert_allclose(logits[:, :5], alone_a, atol=1e-5)
     np.testing.assert_allclose(logits[:, 5:9], alone_b, atol=1e-5)
     assert np.isfinite(np.asarray(logits)).all()
@@ -42,13 +46,14 @@ def test_packing_without_segment_ids_would_leak(tiny):
     a, b = _tokens((1, 5), seed=2), _tokens((1, 4), seed=3)
     packed = jnp.concatenate([a, b], axis=1)
     positions = jnp.array([list(range(5)) + list(range(4))], jnp.int32)
-    logits = _forward(params, config, packed, positions=positions)
-    assert np.abs(np.asarray(logits[:, 5:]) - np.asarray(_forward(params, config, b))).max() > 1e-3
+    logits = _forward(params, config, _right_pad(packed, 11), positions=_right_pad(positions, 11))
+    alone_b = _forward(params, config, _right_pad(b, 11))[:, :4]
+    assert np.abs(np.asarray(logits[:, 5:9]) - np.asarray(alone_b)).max() > 1e-3
 
 
-def test_sliding_window_changes_only_far_tokens():
-    config = M.ModelConfig.tiny(sliding_window=4)
-    params = M.init_params(config, rng=jax.random.key(0))
+def test_sliding_window_changes_only_far_tokens(tiny):
+    config, params = tiny
+    config = config.replace(sliding_window=4)
     x = _tokens((2, 10))
     windowed = _forward(params, config, x)
     full = _forward(params, config.replace(sliding_window=None), x)
@@ -66,7 +71,7 @@ def test_kv_cache_chunks_equal_full_forward(overrides):
     full = _forward(params, config, x)
     cache = M.init_cache(config, batch_size=2, max_len=16)
     pieces = []
-    for start, stop in [(0, 5), (5, 6), (6, 9)]:
+    for start, stop in [(0, 3), (3, 6), (6, 9)]:  # equal chunks: one compiled cached call
         logits, cache = _forward(params, config, x[:, start:stop], cache=cache)
         pieces.append(logits)
     np.testing.assert_allclose(jnp.concatenate(pieces, axis=1), full, atol=1e-5)
@@ -84,8 +89,6 @@ def test_scan_remat_and_unscanned_layouts_agree(tiny):
     np.testing.assert_allclose(unscanned, reference, atol=1e-6)
     restacked = M.stacked_params(M.unstacked_params(params, config), config)
     assert jax.tree_util.tree_all(jax.tree_util.tree_map(lambda a, b: bool((a == b).all()), restacked, params))
-    grads = jax.grad(lambda p: _forward(p, config.replace(remat=True), x).sum())(params)
-    assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree_util.tree_leaves(grads))
 
 
 def test_return_hidden_projects_to_logits(tiny):
@@ -98,17 +101,17 @@ def test_return_hidden_projects_to_logits(tiny):
 
 def test_logical_axes_match_params_and_untied_head():
     config = M.ModelConfig.tiny(tie_embeddings=False, qkv_bias=True, qk_norm=True)
-    params = M.init_params(config, rng=jax.random.key(0))
-    axes = M.param_logical_axes(config)
-    shapes, _ = M.abstract_params(config)
-    assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(axes)
-    for leaf, spec, shape in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(axes),
-                                 jax.tree_util.tree_leaves(shapes)):
-        assert len(spec) == leaf.ndim and leaf.shape == shape.shape
-    assert tuple(axes["lm_head"]) == ("embed", "vocab")
+    shapes, axes = M.abstract_params(config)
+    assert jax.tree_util.tree_structure(shapes) == jax.tree_util.tree_structure(axes)
+    assert axes == M.param_logical_axes(config)
+    for shape, spec in zip(jax.tree_util.tree_leaves(shapes), jax.tree_util.tree_leaves(axes)):
+        assert len(spec) == len(shape.shape)
+    assert tuple(axes["lm_head"]) == ("embed", "vocab") and shapes["lm_head"].shape == (64, 256)
     assert tuple(axes["layers"]["attn"]["q_proj"]["kernel"]) == ("layers", "embed", "heads", "head_dim")
-    assert M.lm_head_weight(params, config) is params["lm_head"]
-    assert M.count_params(params) == M.count_non_embedding_params(config) + 2 * config.vocab_size * config.d_model
+    assert shapes["layers"]["attn"]["k_proj"]["bias"].shape == (2, 2, 16)
+    assert shapes["layers"]["attn"]["q_norm"]["scale"].shape == (2, 16)
+    assert M.lm_head_weight(shapes, config) is shapes["lm_head"]
+    assert M.count_params(shapes) == M.count_non_embedding_params(config) + 2 * config.vocab_size * config.d_model
 
 
 def test_bf16_params_and_compute():
