@@ -1,0 +1,246 @@
+"""deft_jax.evaluate: teacher-forced metrics vs the trainer and an independent NumPy reference, device-count
+invariance, generation scoring end to end, the base model, and clear errors for bad input."""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from deft_jax import evaluate
+from deft_jax import model as model_lib
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+SMOKE_ARGS = ["--config=configs/deformed_log.py:smoke", "--config.eval.at_end=True"]
+ALPHA = 0.5  # configs/deformed_log.py default
+
+
+def subprocess_env(tmp_root: pathlib.Path, *, devices: int | None = None) -> dict[str, str]:
+    """The test environment plus a session-wide JAX compilation cache (so repeated tiny runs compile once)."""
+    env = dict(os.environ)
+    env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_root / "jax_compilation_cache")
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    env["JAX_PLATFORMS"] = "cpu"
+    if devices is not None:
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    return env
+
+
+def run_module(module: str, *args: str, env: dict[str, str], timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO_ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory) -> pathlib.Path:
+    """A tiny deformed-log run trained for 2 steps (8 fake devices), with the trainer's final eval."""
+    workdir = tmp_path_factory.mktemp("evaluate") / "run"
+    done = run_module("deft_jax.train", *SMOKE_ARGS, f"--workdir={workdir}",
+                      env=subprocess_env(tmp_path_factory.getbasetemp()))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def eight_device_result(smoke_run, tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("eval8")
+    options = evaluate.EvalOptions(max_new_tokens=4)
+    (result,) = evaluate.evaluate_run(workdir=smoke_run, out_dir=out_dir, options=options)
+    return result
+
+
+def trainer_eval_record(workdir: pathlib.Path) -> dict:
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return [record for record in records if "eval/nll" in record][-1]
+
+
+def padded_logits(params, model_config, tokens, *, length: int = 128) -> np.ndarray:
+    """float64 logits [len(tokens), V] of one unbatched sequence; right padding (one compiled shape) does
+    not change the causal logits of the real positions."""
+    padded = np.zeros((1, length), np.int32)
+    padded[0, :len(tokens)] = tokens
+    logits = _jitted_forward(params, model_config, padded)
+    return np.asarray(logits, np.float64)[0, :len(tokens)]
+
+
+_jitted_forward = jax.jit(model_lib.forward, static_argnums=1)
+
+
+def numpy_reference(workdir: pathlib.Path) -> dict[str, float]:
+    """Per example, unpadded and unbatched: float64 log-softmax of the model's logits over the supervised
+    positions; token means of NLL, argmax accuracy, p, p**alpha (the deformed-log gate) and entropy."""
+    from deft_jax import data as data_lib
+
+    config = evaluate.load_run_config(workdir)
+    setup = evaluate.build_setup(config, devices=jax.devices()[:1])
+    params = jax.device_get(evaluate.restore_params(setup, workdir=workdir,
+                                                    step=evaluate.available_steps(workdir)[-1]))
+    examples = data_lib.load_examples(config.data, split="eval")
+    tokenized, _ = data_lib.tokenize_examples(examples, tokenizer=setup.tokenizer, cfg=config.data)
+    nll, hits, probs, gates, entropies = [], [], [], [], []
+    for example in tokenized:
+        tokens = np.asarray(example.tokens)
+        logits = padded_logits(params, setup.model_config, tokens[:-1])
+        log_probs = logits - logits.max(-1, keepdims=True)
+        log_probs -= np.log(np.exp(log_probs).sum(-1, keepdims=True))
+        targets = tokens[1:]
+        supervised = example.loss_mask() > 0
+        log_p = log_probs[np.arange(len(targets)), targets][supervised]
+        nll += list(-log_p)
+        probs += list(np.exp(log_p))
+        gates += list(np.exp(ALPHA * log_p))
+        hits += list((logits.argmax(-1) == targets)[supervised])
+        entropies += list(-(np.exp(log_probs) * log_probs).sum(-1)[supervised])
+    return {"nll": np.mean(nll), "token_accuracy": np.mean(hits), "mean_p": np.mean(probs),
+            "mean_gate": np.mean(gates), "mean_entropy": np.mean(entropies), "supervised_tokens": len(nll)}
+
+
+def test_teacher_forced_equals_trainer_eval_and_numpy_reference(smoke_run, eight_device_result):
+    teacher = eight_device_result["teacher_forced"]
+    logged = trainer_eval_record(smoke_run)
+    assert eight_device_result["step"] == logged["step"]
+    assert teacher["supervised_tokens"] == logged["eval/supervised_tokens"]
+    for ours, theirs in (("nll", "eval/nll"), ("loss", "eval/loss"), ("mean_p", "eval/mean_p")):
+        assert abs(teacher[ours] - logged[theirs]) <= 1e-5, (ours, teacher[ours], logged[theirs])
+    reference = numpy_reference(smoke_run)
+    assert teacher["supervised_tokens"] == reference["supervised_tokens"]
+    for name in ("nll", "token_accuracy", "mean_p", "mean_gate", "mean_entropy"):
+        assert abs(teacher[name] - reference[name]) <= 1e-5, (name, teacher[name], reference[name])
+    assert teacher["mean_alpha"] == pytest.approx(ALPHA)
+
+
+def test_one_device_in_a_subprocess_gives_the_same_numbers(smoke_run, eight_device_result, tmp_path,
+                                                           tmp_path_factory):
+    done = run_module("deft_jax.evaluate", f"--workdir={smoke_run}", f"--out_dir={tmp_path}", "--max_new_tokens=4",
+                      env=subprocess_env(tmp_path_factory.getbasetemp(), devices=1))
+    assert done.returncode == 0, done.stderr[-3000:]
+    one = json.loads((tmp_path / f"step_{eight_device_result['step']}.json").read_text())
+    assert one["devices"] == "1 x cpu" and eight_device_result["devices"] == "8 x cpu"
+    for name, value in eight_device_result["teacher_forced"].items():
+        assert abs(one["teacher_forced"][name] - value) <= 1e-5, name
+    assert [r["prediction"] for r in one["predictions"]] == [r["prediction"] for r in eight_device_result["predictions"]]
+    assert one["generation"]["score"] == eight_device_result["generation"]["score"]
+    assert "step_" in done.stdout and "nll" in done.stdout  # the printed table
+
+
+def test_generation_report_structure(smoke_run, eight_device_result):
+    generation = eight_device_result["generation"]
+    records = eight_device_result["predictions"]
+    config = evaluate.load_run_config(smoke_run)
+    assert generation["scoring_task"] == "reasoning_gym" and generation["max_new_tokens"] == 4
+    assert generation["num_scored"] == len(records) == config.data.num_eval
+    assert [r["index"] for r in records] == list(range(config.data.rg_eval_start,
+                                                       config.data.rg_eval_start + config.data.num_eval))
+    assert all(0.0 <= r["score"] <= 1.0 and isinstance(r["prediction"], str) for r in records)
+    assert generation["score"] == pytest.approx(np.mean([r["score"] for r in records]))
+    assert generation["examples_per_second"] > 0
+    json_path, md_path = map(pathlib.Path, eight_device_result["reports"])
+    assert json.loads(json_path.read_text())["teacher_forced"]["nll"] == eight_device_result["teacher_forced"]["nll"]
+    assert "| step_" in md_path.read_text() and "## Generations" in md_path.read_text()
+
+
+def _examples(task: str, **data_fields):
+    from configs import nll
+
+    config = nll.get_config("smoke")
+    config.data.task = task
+    for key, value in data_fields.items():
+        config.data[key] = value
+    return evaluate.eval_examples(config, num_eval=None)
+
+
+@pytest.mark.parametrize("task, fields", [
+    ("reasoning_gym:basic_arithmetic", {"num_eval": 4}),
+    ("figfont", {"num_eval": 4}),
+    ("gsm8k", {"path": "GSM8K", "eval_path": "GSM8K", "num_eval": 4}),
+])
+def test_scoring_the_references_scores_one_and_wrong_answers_less(task, fields, shared_data_dir):
+    from deft_jax import data as data_lib
+    from deft_jax import train
+
+    fields = {k: str(shared_data_dir / "gsm8k_test.jsonl") if v == "GSM8K" else v for k, v in fields.items()}
+    examples = _examples(task, **fields)
+    prompts = data_lib.make_generation_prompts(examples, tokenizer=train.byte_level_tokenizer())
+    assert len(prompts) == 4 and all(p.reference for p in prompts)
+    assert evaluate.score_predictions(prompts, [p.reference for p in prompts]) == [1.0] * 4
+    wrong = evaluate.score_predictions(prompts, ["zzzz 77777"] * 4)
+    assert all(score < 1.0 for score in wrong)
+
+
+def test_generate_predictions_match_uncached_greedy_decoding(smoke_run):
+    """Batched, length-sorted KV-cache generation == a per-prompt loop of full forwards + argmax."""
+    from deft_jax import data as data_lib
+
+    config = evaluate.load_run_config(smoke_run)
+    setup = evaluate.build_setup(config, devices=jax.devices()[:1])
+    params = evaluate.restore_params(setup, workdir=smoke_run, step=evaluate.available_steps(smoke_run)[-1])
+    examples = evaluate.eval_examples(config, num_eval=3)
+    prompts = data_lib.make_generation_prompts(examples, tokenizer=setup.tokenizer)
+    assert len({len(p.prompt_ids) for p in prompts}) > 1  # unequal lengths: padding and reordering matter
+    texts, _ = evaluate.generate_predictions(setup, params, prompts, max_new_tokens=3, batch_size=2)
+    for prompt, text in zip(prompts, texts):
+        tokens = list(prompt.prompt_ids)
+        new = []
+        for _ in range(3):
+            token = int(np.argmax(padded_logits(params, setup.model_config, tokens)[-1]))
+            if token == setup.tokenizer.eos_id:
+                break
+            new.append(token)
+            tokens.append(token)
+        assert text == setup.tokenizer.decode(new, skip_special_tokens=True)
+
+
+def test_base_model_row(smoke_run, eight_device_result, tmp_path):
+    from configs import deformed_log
+
+    options = evaluate.EvalOptions(generate=False)
+    (from_run,) = evaluate.evaluate_run(workdir=smoke_run, base=True, out_dir=tmp_path / "a", options=options)
+    (from_config,) = evaluate.evaluate_run(config=deformed_log.get_config("smoke"), base=True,
+                                           out_dir=tmp_path / "b", options=options)
+    assert from_run["base"] and from_run["step"] is None and (tmp_path / "a" / "base.json").is_file()
+    for name in ("nll", "mean_p", "token_accuracy"):
+        assert from_run["teacher_forced"][name] == pytest.approx(from_config["teacher_forced"][name], abs=1e-6)
+    # Two steps at lr 1e-3 move the NLL: the base row is not the fine-tuned checkpoint.
+    assert from_run["teacher_forced"]["nll"] - eight_device_result["teacher_forced"]["nll"] > 0.05
+
+
+def test_bad_input_errors(smoke_run, tmp_path):
+    step = evaluate.available_steps(smoke_run)[-1]
+    with pytest.raises(evaluate.EvaluationError, match=rf"no checkpoint for step 999 .* available steps: \[{step}\]"):
+        evaluate.evaluate_run(workdir=smoke_run, steps=999, out_dir=tmp_path)
+    no_checkpoint = tmp_path / "no_checkpoint"
+    no_checkpoint.mkdir()
+    shutil.copy(smoke_run / "config.json", no_checkpoint / "config.json")
+    with pytest.raises(FileNotFoundError, match="no checkpoint under"):
+        evaluate.evaluate_run(workdir=no_checkpoint)
+    with pytest.raises(FileNotFoundError, match="is not a training run's workdir"):
+        evaluate.evaluate_run(workdir=tmp_path)
+    # The same checkpoint under a config whose MLP is half as wide (ModelConfig.tiny: d_model 64, d_ff 128).
+    other = tmp_path / "other_model"
+    shutil.copytree(smoke_run, other)
+    config = json.loads((other / "config.json").read_text())
+    config["model"]["overrides"]["d_ff"] = 64
+    (other / "config.json").write_text(json.dumps(config))
+    with pytest.raises(evaluate.EvaluationError) as error:
+        evaluate.evaluate_run(workdir=other, out_dir=tmp_path / "x")
+    message = str(error.value)
+    assert "different model config" in message
+    assert "layers/mlp/down_proj/kernel: checkpoint (2, 128, 64) vs config (2, 64, 64)" in message
+    assert "layers/mlp/up_proj/kernel: checkpoint (2, 64, 128) vs config (2, 64, 64)" in message
+    assert "embedding" not in message  # only the tensors that differ are listed
+
+
+def test_cli_errors_are_messages_not_tracebacks(smoke_run, tmp_path, tmp_path_factory):
+    env = subprocess_env(tmp_path_factory.getbasetemp(), devices=1)
+    missing_step = run_module("deft_jax.evaluate", f"--workdir={smoke_run}", "--step=999", env=env)
+    empty = run_module("deft_jax.evaluate", f"--workdir={tmp_path}", env=env)
+    for done, expected in ((missing_step, "available steps: ["), (empty, "not a training run's workdir")):
+        assert done.returncode != 0
+        assert expected in done.stderr and "evaluate: error:" in done.stderr
+        assert "Traceback" not in done.stderr
