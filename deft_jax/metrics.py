@@ -1,0 +1,186 @@
+"""Metric writers (TensorBoard event files + JSON lines, process 0 only), progress display, throughput/MFU.
+
+Scalars are written under the names the train step returns (e.g. 'train/loss', 'train/nll'); the
+alpha histogram is written as a TensorBoard histogram from bucket counts, and its counts go into the
+JSON line as a list.
+"""
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+
+# Peak dense FLOP/s per device assumed for MFU when config.metrics.peak_flops_per_device is 0 (auto).
+# bf16 dense numbers from the vendors' data sheets; the CPU figure is a rough per-core float32 figure
+# (AVX2/AVX-512 FMA at ~3 GHz) and only makes MFU comparable between CPU runs.
+PEAK_FLOPS_BY_DEVICE_KIND = {
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,
+    "TPU v5e": 197e12,
+    "TPU v5p": 459e12,
+    "TPU v6 lite": 918e12,
+    "TPU v6e": 918e12,
+    "NVIDIA H100": 989e12,
+    "NVIDIA H200": 989e12,
+    "NVIDIA A100": 312e12,
+    "cpu": 100e9,
+}
+
+ALPHA_HISTOGRAM_EDGES = tuple(float(x) for x in np.linspace(0.0, 1.0, 11))  # last bucket holds alpha >= 1
+
+
+def assumed_peak_flops_per_device(*, configured: float, device_kind: str) -> float:
+    """The configured peak FLOP/s per device, or the table's value for this device kind (0 if unknown)."""
+    if configured and configured > 0:
+        return float(configured)
+    for kind, peak in PEAK_FLOPS_BY_DEVICE_KIND.items():
+        if device_kind.lower().startswith(kind.lower()):
+            return peak
+    return 0.0
+
+
+def model_flops_utilization(*, flops_per_token: float, tokens_per_second: float, num_devices: int,
+                            peak_flops_per_device: float) -> float:
+    """MFU = (model FLOPs per token x tokens/s) / (peak FLOP/s per device x devices); NaN when unknown."""
+    peak = peak_flops_per_device * num_devices
+    return flops_per_token * tokens_per_second / peak if peak > 0 else float("nan")
+
+
+def to_host_scalars(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """Device metrics -> Python floats (lists for vector metrics such as histogram counts)."""
+    host = jax.device_get(dict(metrics))
+    out = {}
+    for name, value in host.items():
+        value = np.asarray(value)
+        out[name] = float(value) if value.ndim == 0 else value.tolist()
+    return out
+
+
+class MetricWriter:
+    """Writes scalars and histograms to <workdir>/tensorboard (tensorboardX) and <workdir>/metrics.jsonl.
+
+    Only the process with `enabled=True` (process 0) writes; others accept calls and do nothing.
+    """
+
+    def __init__(self, *, workdir: str | pathlib.Path, enabled: bool, tensorboard: bool = True):
+        self.enabled = enabled
+        self._tb = None
+        self._jsonl = None
+        if not enabled:
+            return
+        workdir = pathlib.Path(workdir)
+        self.jsonl_path = workdir / "metrics.jsonl"
+        self.tensorboard_dir = workdir / "tensorboard"
+        self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+            self._tb = SummaryWriter(logdir=str(self.tensorboard_dir), flush_secs=30)
+
+    def write(self, *, step: int, scalars: Mapping[str, Any],
+              histograms: Mapping[str, tuple[list[float], list[float]]] | None = None) -> None:
+        """`scalars`: name -> float (lists go to JSON only); `histograms`: name -> (edges, counts)."""
+        if not self.enabled:
+            return
+        record = {"step": int(step), "time": time.time()}
+        for name, value in scalars.items():
+            record[name] = value if isinstance(value, list) else _json_float(value)
+        self._jsonl.write(json.dumps(record) + "\n")
+        self._jsonl.flush()
+        if self._tb is None:
+            return
+        for name, value in scalars.items():
+            if not isinstance(value, list) and math.isfinite(value):
+                self._tb.add_scalar(name, value, global_step=int(step))
+        for name, (edges, counts) in (histograms or {}).items():
+            _add_histogram(self._tb, name=name, edges=edges, counts=counts, step=int(step))
+
+    def write_text(self, *, step: int, name: str, text: str) -> None:
+        if self.enabled and self._tb is not None:
+            self._tb.add_text(name, text, global_step=int(step))
+
+    def close(self) -> None:
+        if self._jsonl is not None:
+            self._jsonl.close()
+            self._jsonl = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def _json_float(value: Any) -> Any:
+    value = float(value)
+    return value if math.isfinite(value) else str(value)
+
+
+def _add_histogram(writer, *, name: str, edges, counts, step: int) -> None:
+    counts = np.asarray(counts, dtype=np.float64)
+    edges = np.asarray(edges, dtype=np.float64)
+    total = counts.sum()
+    if total <= 0:
+        return
+    centres = np.concatenate([(edges[:-1] + edges[1:]) / 2, edges[-1:]])[: len(counts)]
+    writer.add_histogram_raw(
+        name, min=float(edges[0]), max=float(edges[-1]), num=int(total),
+        sum=float((centres * counts).sum()), sum_squares=float((centres ** 2 * counts).sum()),
+        bucket_limits=[float(x) for x in np.concatenate([edges[1:], [np.inf]])[: len(counts)]],
+        bucket_counts=[float(c) for c in counts], global_step=step)
+
+
+class Progress:
+    """Console progress: a tqdm bar (rate, ETA, loss) on a terminal, else one line per logged step."""
+
+    def __init__(self, *, total: int, initial: int, enabled: bool, mode: str = "auto"):
+        if mode not in ("auto", "bar", "lines", "off"):
+            raise ValueError(f"config.progress={mode!r}: expected 'auto', 'bar', 'lines' or 'off'.")
+        self.enabled = enabled and mode != "off"
+        use_bar = mode == "bar" or (mode == "auto" and sys.stderr.isatty())
+        self._bar = None
+        self._start = time.perf_counter()
+        self._start_step = initial
+        self.total = total
+        if self.enabled and use_bar:
+            from tqdm import tqdm
+            self._bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, file=sys.stderr)
+
+    def update(self, *, step: int, scalars: Mapping[str, Any] | None = None) -> None:
+        """Advance to `step`; `scalars` (when given) are shown (bar) or printed (lines)."""
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.update(step - self._bar.n)
+            if scalars:
+                self._bar.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in _shown(scalars).items()})
+            return
+        if scalars:
+            elapsed = time.perf_counter() - self._start
+            rate = (step - self._start_step) / elapsed if elapsed > 0 else float("nan")
+            eta = (self.total - step) / rate if rate > 0 else float("nan")
+            shown = " ".join(f"{k.split('/')[-1]}={v:.4g}" for k, v in _shown(scalars).items())
+            print(f"step {step}/{self.total} | {rate:.2f} steps/s | ETA {_format_seconds(eta)} | {shown}",
+                  file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+_SHOWN = ("train/loss", "train/nll", "train/mean_p", "train/mean_alpha", "perf/tokens_per_second")
+
+
+def _shown(scalars: Mapping[str, Any]) -> dict[str, float]:
+    return {k: float(scalars[k]) for k in _SHOWN if k in scalars and not isinstance(scalars[k], list)}
+
+
+def _format_seconds(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"

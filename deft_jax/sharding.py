@@ -1,0 +1,212 @@
+"""Device mesh, logical-axis sharding and multi-host initialisation.
+
+The mesh has three named axes (MaxText/T5X habit):
+    data   - pure data parallelism (parameters replicated across it),
+    fsdp   - data parallelism with parameters and optimizer state sharded across it (ZeRO-3 style),
+    tensor - tensor (model) parallelism over heads / MLP / vocabulary.
+The global batch is split over ('data', 'fsdp'); parameters are placed by logical-axis rules
+(logical name -> mesh axis), so the model code never names a mesh axis.
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")  # the mesh axes a batch dimension is split over
+
+# Environment variables that ask for `jax.distributed.initialize` (besides the config).
+COORDINATOR_ENV = "DEFT_COORDINATOR_ADDRESS"
+NUM_PROCESSES_ENV = "DEFT_NUM_PROCESSES"
+PROCESS_ID_ENV = "DEFT_PROCESS_ID"
+
+
+def resolve_mesh_shape(*, data: int, fsdp: int, tensor: int, num_devices: int) -> dict[str, int]:
+    """Sizes of (data, fsdp, tensor); at most one may be -1, meaning 'all remaining devices'.
+
+    Raises ValueError when the product differs from the number of devices, naming both.
+    """
+    sizes = {"data": int(data), "fsdp": int(fsdp), "tensor": int(tensor)}
+    for name, size in sizes.items():
+        if size == 0 or size < -1:
+            raise ValueError(f"config.mesh.{name}={size}: mesh axis sizes must be positive or -1 (fill).")
+    fill = [name for name, size in sizes.items() if size == -1]
+    if len(fill) > 1:
+        raise ValueError(f"config.mesh: only one axis may be -1 (fill), got {fill}.")
+    fixed = math.prod(size for size in sizes.values() if size != -1)
+    if fill:
+        if num_devices % fixed:
+            raise ValueError(
+                f"config.mesh: the fixed axes {sizes} multiply to {fixed}, which does not divide the "
+                f"{num_devices} available devices; choose sizes whose product divides {num_devices}.")
+        sizes[fill[0]] = num_devices // fixed
+    product = math.prod(sizes.values())
+    if product != num_devices:
+        raise ValueError(
+            f"config.mesh: data={sizes['data']} x fsdp={sizes['fsdp']} x tensor={sizes['tensor']} = "
+            f"{product} devices, but JAX sees {num_devices} device(s) ({jax.default_backend()}). Set the "
+            f"sizes so that their product is {num_devices} (or set one of them to -1 to fill).")
+    return sizes
+
+
+def make_mesh(*, data: int = -1, fsdp: int = 1, tensor: int = 1,
+              devices: Sequence[Any] | None = None) -> Mesh:
+    """A (data, fsdp, tensor) mesh over `devices` (default: all devices of all processes)."""
+    devices = list(jax.devices() if devices is None else devices)
+    sizes = resolve_mesh_shape(data=data, fsdp=fsdp, tensor=tensor, num_devices=len(devices))
+    shape = tuple(sizes[name] for name in MESH_AXES)
+    # Auto axes: classic GSPMD propagation from the in/out shardings and logical constraints (recent JAX
+    # makes jax.make_mesh axes Explicit by default, which changes the typing of every sharded op).
+    axis_types = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
+    if len({d.process_index for d in devices}) > 1:
+        # Process-major device order: each process's devices hold one contiguous block of batch rows.
+        devices = sorted(devices, key=lambda d: (d.process_index, d.id))
+        return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=axis_types)
+    return jax.make_mesh(shape, MESH_AXES, axis_types=axis_types, devices=devices)
+
+
+def mesh_from_config(mesh_config: Mapping[str, Any], *, devices: Sequence[Any] | None = None) -> Mesh:
+    """`make_mesh` from a config's `mesh` section (fields data, fsdp, tensor)."""
+    return make_mesh(data=mesh_config["data"], fsdp=mesh_config["fsdp"], tensor=mesh_config["tensor"],
+                     devices=devices)
+
+
+def data_parallel_size(mesh: Mesh) -> int:
+    """Number of batch shards: product of the mesh's batch axes (data x fsdp)."""
+    return math.prod(mesh.shape[name] for name in BATCH_AXES)
+
+
+def logical_rules(*, base_rules: Sequence[tuple[str, Any]],
+                  overrides: Sequence[Sequence[Any]] | None = None) -> tuple[tuple[str, Any], ...]:
+    """Logical-axis rules: `overrides` (logical name -> mesh axis/axes/None) replace the base entries."""
+    rules = {name: target for name, target in base_rules}
+    for item in overrides or ():
+        if len(item) != 2:
+            raise ValueError(f"config.mesh.rules: each rule must be (logical_name, mesh_axes), got {item!r}.")
+        name, target = item
+        targets = (target,) if isinstance(target, str) else tuple(target or ())
+        unknown = [axis for axis in targets if axis not in MESH_AXES]
+        if unknown:
+            raise ValueError(f"config.mesh.rules: rule {name!r} -> {target!r} names unknown mesh axes "
+                             f"{unknown}; mesh axes are {MESH_AXES}.")
+        rules[name] = None if not targets else (targets[0] if len(targets) == 1 else targets)
+    return tuple(rules.items())
+
+
+def batch_sharding(mesh: Mesh, *, ndim: int = 2) -> NamedSharding:
+    """Sharding of a [B, ...] batch array: batch split over (data, fsdp), the rest replicated."""
+    return NamedSharding(mesh, PartitionSpec(BATCH_AXES, *([None] * (ndim - 1))))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def logical_to_shardings(*, logical_axes: Any, mesh: Mesh, rules: Sequence[tuple[str, Any]]) -> Any:
+    """Map a pytree of logical axis-name tuples (or PartitionSpecs of logical names) to NamedShardings."""
+    def to_spec(axes):
+        return axes if isinstance(axes, PartitionSpec) else PartitionSpec(*axes)
+    specs = jax.tree.map(to_spec, logical_axes, is_leaf=_is_axes_leaf)
+    return nn.logical_to_mesh_sharding(specs, mesh, rules)
+
+
+def _is_axes_leaf(node: Any) -> bool:
+    return isinstance(node, PartitionSpec) or (
+        isinstance(node, tuple) and all(a is None or isinstance(a, str) for a in node))
+
+
+def check_divisible(*, abstract_tree: Any, shardings: Any, what: str = "parameter") -> None:
+    """Raise ValueError naming the tensor when a dimension is not divisible by its mesh axes."""
+    leaves, _ = jax.tree_util.tree_flatten_with_path(abstract_tree)
+    sharding_leaves = jax.tree.leaves(shardings, is_leaf=lambda x: isinstance(x, NamedSharding))
+    if len(leaves) != len(sharding_leaves):
+        raise ValueError(f"{what} tree and sharding tree differ: {len(leaves)} vs {len(sharding_leaves)} leaves.")
+    for (path, leaf), sharding in zip(leaves, sharding_leaves):
+        spec = tuple(sharding.spec) + (None,) * (len(leaf.shape) - len(sharding.spec))
+        for dim, (size, axes) in enumerate(zip(leaf.shape, spec)):
+            if axes is None:
+                continue
+            axes = (axes,) if isinstance(axes, str) else tuple(axes)
+            shards = math.prod(sharding.mesh.shape[a] for a in axes)
+            if size % shards:
+                raise ValueError(
+                    f"{what} {jax.tree_util.keystr(path)} has shape {tuple(leaf.shape)}: dimension {dim} "
+                    f"(size {size}) is split over mesh axes {axes} of total size {shards}, which does not "
+                    f"divide it. Change config.mesh sizes or map that logical axis to None in "
+                    f"config.mesh.rules.")
+
+
+def with_shardings(abstract_tree: Any, shardings: Any) -> Any:
+    """ShapeDtypeStructs carrying their target shardings (orbax restore targets, jit shapes)."""
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        abstract_tree, shardings)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Multi-host.
+
+def distributed_settings(dist_config: Mapping[str, Any] | None,
+                         environ: Mapping[str, str] | None = None) -> dict[str, Any] | None:
+    """The arguments for `jax.distributed.initialize`, or None when nothing asks for it.
+
+    The config (`distributed.initialize=True`, with coordinator_address / num_processes / process_id)
+    or the environment (DEFT_COORDINATOR_ADDRESS, DEFT_NUM_PROCESSES, DEFT_PROCESS_ID) asks for it.
+    With `initialize=True` and no address, JAX's cluster auto-detection (TPU pods, SLURM, ...) is used.
+    """
+    environ = os.environ if environ is None else environ
+    dist_config = dict(dist_config or {})
+    address = dist_config.get("coordinator_address") or environ.get(COORDINATOR_ENV) or None
+    if not (dist_config.get("initialize") or address):
+        return None
+    num_processes = dist_config.get("num_processes") or environ.get(NUM_PROCESSES_ENV)
+    process_id = dist_config.get("process_id")
+    if process_id is None or process_id == -1:
+        process_id = environ.get(PROCESS_ID_ENV)
+    settings = {"coordinator_address": address,
+                "num_processes": None if num_processes in (None, "", -1) else int(num_processes),
+                "process_id": None if process_id in (None, "", -1) else int(process_id)}
+    if address and (settings["num_processes"] is None or settings["process_id"] is None):
+        raise ValueError(
+            f"distributed: coordinator_address={address!r} also needs num_processes and process_id "
+            f"(config.distributed.* or ${NUM_PROCESSES_ENV} / ${PROCESS_ID_ENV}).")
+    return settings
+
+
+def maybe_initialize_distributed(dist_config: Mapping[str, Any] | None) -> bool:
+    """Call `jax.distributed.initialize` when the config or environment asks; True when it did.
+
+    Must run before any other JAX call touches the devices. On CPU, cross-process collectives use gloo.
+    """
+    settings = distributed_settings(dist_config)
+    if settings is None:
+        return False
+    if jax.distributed.is_initialized():
+        return True
+    platforms = os.environ.get("JAX_PLATFORMS", "") or str(jax.config.jax_platforms or "")
+    if "cpu" in platforms.split(",") or (dist_config or {}).get("cpu_collectives"):
+        jax.config.update("jax_cpu_collectives_implementation",
+                          (dist_config or {}).get("cpu_collectives") or "gloo")
+    jax.distributed.initialize(**{k: v for k, v in settings.items() if v is not None})
+    return True
+
+
+def global_batch(local_batch: Mapping[str, np.ndarray], *, mesh: Mesh,
+                 global_batch_size: int) -> dict[str, jax.Array]:
+    """Assemble global [B, ...] arrays from this process's rows (jax.make_array_from_process_local_data).
+
+    Each process passes its share: global_batch_size / process_count rows, in process order.
+    """
+    out = {}
+    for name, local in local_batch.items():
+        local = np.asarray(local)
+        global_shape = (global_batch_size,) + local.shape[1:]
+        out[name] = jax.make_array_from_process_local_data(batch_sharding(mesh, ndim=local.ndim), local,
+                                                           global_shape)
+    return out
