@@ -1,0 +1,18 @@
+"""Deformed-log family (official 'GeneralFamily-α'): (1 − p^α)/α, gate p^α; α → 0 is NLL, α = 1 is −p."""
+import pathlib
+import sys
+
+_REPO_ROOT = str(pathlib.Path(__file__).resolve().parents[1])
+if _REPO_ROOT not in sys.path:  # so that `configs.base` imports from any working directory
+    sys.path.insert(0, _REPO_ROOT)
+from configs import base  # noqa: E402
+
+
+def get_config(arg=None):
+    """`arg`: alpha=<float ≥ 0> (default 0.5), runlocal, smoke, model=..., task=... (see configs/base.py)."""
+    return base.objective_config(arg, "deformed_log", alpha=0.5)
+
+
+def sweep():
+    """The paper's grid of focus indices α."""
+    return [{"objective.alpha": alpha} for alpha in (0.1, 0.25, 0.5, 0.75, 1.0, 2.0, 10.0)]

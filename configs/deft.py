@@ -1,0 +1,18 @@
+"""DEFT (arXiv 2602.11424): (1 − p^α)/(α + ε), α = sg(Σ_v π_v²) (collision probability), official ε = 1e-6."""
+import pathlib
+import sys
+
+_REPO_ROOT = str(pathlib.Path(__file__).resolve().parents[1])
+if _REPO_ROOT not in sys.path:  # so that `configs.base` imports from any working directory
+    sys.path.insert(0, _REPO_ROOT)
+from configs import base  # noqa: E402
+
+
+def get_config(arg=None):
+    """`arg`: epsilon=<float ≥ 0> (default 1e-6, official; 0 = exact family), runlocal, smoke, model=..., task=... (see configs/base.py)."""
+    return base.objective_config(arg, "deft", epsilon=1e-6)
+
+
+def sweep():
+    """The official ε and the exact family (ε = 0)."""
+    return [{"objective.epsilon": epsilon} for epsilon in (1e-6, 0.0)]

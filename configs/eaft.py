@@ -1,0 +1,18 @@
+"""EAFT (arXiv 2601.02151): sg(H̃)^β·(−log p), H̃ = normalised entropy of the top-k (k = 20) distribution."""
+import pathlib
+import sys
+
+_REPO_ROOT = str(pathlib.Path(__file__).resolve().parents[1])
+if _REPO_ROOT not in sys.path:  # so that `configs.base` imports from any working directory
+    sys.path.insert(0, _REPO_ROOT)
+from configs import base  # noqa: E402
+
+
+def get_config(arg=None):
+    """`arg`: power=<β ≥ 0> (default 1), k=<int ≥ 1> (default 20), runlocal, smoke, model=..., task=... (see configs/base.py)."""
+    return base.objective_config(arg, "eaft", power=1.0, k=20)
+
+
+def sweep():
+    """Exponents β on the normalised top-k entropy."""
+    return [{"objective.power": power} for power in (0.5, 1.0, 2.0)]
