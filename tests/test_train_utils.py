@@ -1,0 +1,83 @@
+"""Shared helpers for the training tests (no tests here): config loading, tiny runs, subprocess runs."""
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+CONFIGS = REPO_ROOT / "configs"
+ABLATIONS = sorted(p.stem for p in CONFIGS.glob("*.py") if p.stem not in ("base", "__init__"))
+
+
+def smoke_config(name="nll", arg="", **overrides):
+    """configs/<name>.py:smoke[,arg] with dotted-key overrides applied (and validated)."""
+    from deft_jax import train
+
+    config = train.load_config(f"{CONFIGS / name}.py:smoke" + (f",{arg}" if arg else ""))
+    return train.apply_overrides(config, overrides) if overrides else config
+
+
+def run_in_process(config, workdir, **kwargs):
+    from deft_jax import train
+
+    return train.train_and_evaluate(config, workdir, **kwargs)
+
+
+def read_metrics(workdir):
+    path = pathlib.Path(workdir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def losses_by_step(workdir):
+    """{step: train/loss} from metrics.jsonl (the last record of a step wins, as after a resume)."""
+    return {r["step"]: r["train/loss"] for r in read_metrics(workdir) if "train/loss" in r}
+
+
+def subprocess_env(*, devices=8, extra=None):
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["JAX_PLATFORMS"] = "cpu"
+    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra or {})
+    return env
+
+
+def cli_command(config_spec, workdir, *overrides):
+    return [sys.executable, "-m", "deft_jax.train", f"--config={config_spec}", f"--workdir={workdir}",
+            *overrides]
+
+
+def start_cli(config_spec, workdir, *overrides, devices=8, log_path=None):
+    log = open(log_path or pathlib.Path(workdir).with_suffix(".log"), "w")
+    return subprocess.Popen(cli_command(config_spec, workdir, *overrides), cwd=REPO_ROOT,
+                            env=subprocess_env(devices=devices), stdout=log, stderr=subprocess.STDOUT)
+
+
+def wait_for_step(process, workdir, *, step, timeout=120.0):
+    """Poll metrics.jsonl until a record with step >= `step` exists (or the process ends)."""
+    path = pathlib.Path(workdir) / "metrics.jsonl"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and any(r.get("step", 0) >= step for r in read_metrics(workdir)):
+            return
+        if process.poll() is not None:
+            raise AssertionError(f"the run ended (rc {process.returncode}) before step {step}")
+        time.sleep(0.02)
+    process.kill()
+    raise AssertionError(f"no step {step} within {timeout}s")
+
+
+def params_leaves(state):
+    import jax
+
+    return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(state.params))]
+
+
+def kill(process, sig=signal.SIGKILL):
+    process.send_signal(sig)
+    return process.wait(timeout=120)
