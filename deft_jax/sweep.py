@@ -1,0 +1,558 @@
+"""Sweeps: expand a config's `sweep()` into runs, train them one after another, evaluate, summarise.
+
+    python -m deft_jax.sweep --config configs/deformed_log.py:smoke --workdir runs/alpha_sweep
+    python -m deft_jax.sweep --config configs/deformed_log.py:runlocal --config.total_steps=48 --workdir DIR
+    python -m deft_jax.sweep --config configs/deformed_log.py --workdir DIR --print_commands   # cluster
+    python -m deft_jax.sweep --config configs/deformed_log.py --workdir DIR --summarize_only
+
+Each point of `sweep()` (a dict of dotted config fields, e.g. {"objective.alpha": 0.5}) becomes one run in
+<workdir>/<name>/ (name from the point, e.g. `alpha=0.5`), holding sweep_point.json (the point, the
+command and the resolved config) and, once the trainer starts, its own config.json, checkpoints and
+metrics. Runs train one after another as subprocesses (`python -m deft_jax.train`, so a crash or a kill
+stops one run, not the sweep's record of the others; --in_process calls train.train_and_evaluate
+instead). A run that finished gets a marker file, SWEEP_DONE.json, and is skipped when the sweep is
+launched again; an interrupted run is resumed by the trainer from its latest checkpoint. Extra config
+arguments and `--config.<field>=<value>` overrides apply to every run (the point's own fields win).
+
+At the end every finished run is evaluated (deft_jax.evaluate; reports cached in <run>/eval/) and the
+sweep writes summary.md, summary.csv (one row per run: the swept fields and the final metrics) and
+summary.png (the metrics against the swept field).
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import dataclasses
+import importlib.util
+import json
+import math
+import os
+import pathlib
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+DONE_MARKER = "SWEEP_DONE.json"
+POINT_FILE = "sweep_point.json"
+TRAIN_LOG = "train.log"
+SUMMARY_METRICS = ("nll", "token_accuracy", "mean_p", "mean_gate", "mean_alpha", "mean_entropy", "loss")
+PLOTTED_METRICS = ("score", "nll", "mean_p")
+
+
+class SweepError(ValueError):
+    """Bad sweep input (config file, sweep points, workdir); the message says what to do."""
+
+
+# ====================================================================================================
+# Points and runs.
+
+def load_config_module(config_file: str | os.PathLike):
+    """Import a config file (the part of --config before ':') as a module, to read its sweep()."""
+    path = pathlib.Path(config_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {str(path)!r} not found")
+    spec = importlib.util.spec_from_file_location(f"deft_sweep_config_{abs(hash(str(path.resolve())))}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def sweep_points(module, *, source: str = "the config file") -> list[dict[str, Any]]:
+    """The validated list of points returned by `module.sweep()`."""
+    if not hasattr(module, "sweep"):
+        raise SweepError(f"{source} has no sweep() function; add one returning a list of "
+                         f"{{'dotted.field': value}} dicts (see configs/deformed_log.py).")
+    points = module.sweep()
+    if not isinstance(points, (list, tuple)) or not points:
+        raise SweepError(f"{source}: sweep() must return a non-empty list of dicts, got {points!r}")
+    for index, point in enumerate(points):
+        if not isinstance(point, Mapping) or not point or not all(isinstance(k, str) and k for k in point):
+            raise SweepError(f"{source}: sweep() point {index} must be a non-empty dict of 'dotted.field': value, "
+                             f"got {point!r}")
+    return [dict(point) for point in points]
+
+
+def _name_part(value: Any) -> str:
+    text = repr(value) if isinstance(value, float) else str(value)
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", text)
+
+
+def run_names(points: Sequence[Mapping[str, Any]]) -> list[str]:
+    """A directory name per point from its fields' last components and values, e.g. 'alpha=0.5'
+    (full dotted names when the short ones collide); distinct points give distinct names."""
+    for use_full_keys in (False, True):
+        names = [",".join(f"{key if use_full_keys else key.split('.')[-1]}={_name_part(value)}"
+                          for key, value in point.items()) for point in points]
+        if len(set(names)) == len(names):
+            return names
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    raise SweepError(f"sweep() has repeated points: {duplicates}; every point must differ.")
+
+
+def _get_field(config, dotted: str):
+    node = config
+    parts = dotted.split(".")
+    for depth, part in enumerate(parts):
+        if not hasattr(node, "keys") or part not in node.keys():
+            where = ".".join(parts[:depth]) or "the config"
+            known = sorted(node.keys()) if hasattr(node, "keys") else []
+            raise SweepError(f"sweep point field {dotted!r}: {where} has no field {part!r}; known: {known}")
+        node = node[part] if depth == len(parts) - 1 else getattr(node, part)
+    return node
+
+
+def apply_point(config, point: Mapping[str, Any]):
+    """A deep copy of `config` with the point's fields set (they must exist), validated by the trainer."""
+    from deft_jax import train
+
+    config = copy.deepcopy(config)
+    for dotted, value in point.items():
+        _get_field(config, dotted)
+        *parents, leaf = dotted.split(".")
+        node = config
+        for part in parents:
+            node = getattr(node, part)
+        try:
+            setattr(node, leaf, value)
+        except (TypeError, ValueError) as error:
+            raise SweepError(f"sweep point field {dotted!r}={value!r}: {error}") from None
+    try:
+        train.validate_config(config, check_devices=False)
+    except ValueError as error:
+        raise SweepError(f"sweep point {dict(point)}: {error}") from None
+    return config
+
+
+def flag_value(value: Any) -> str:
+    """A value as `--config.<field>=<text>` expects it (ml_collections config_flags parsing)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple)):
+        return repr(tuple(value))
+    return repr(value)
+
+
+def override_flags(overrides: Mapping[str, Any]) -> list[str]:
+    return [f"--config.{key}={flag_value(value)}" for key, value in overrides.items()]
+
+
+def absolute_config_arg(config_arg: str) -> str:
+    """'configs/x.py:arg' with the file made absolute (commands run from any directory)."""
+    file_part, colon, arg = config_arg.partition(":")
+    return str(pathlib.Path(file_part).resolve()) + colon + arg
+
+
+def train_command(*, config_arg: str, overrides: Mapping[str, Any], point: Mapping[str, Any],
+                  run_dir: pathlib.Path, python: str = sys.executable) -> list[str]:
+    """`python -m deft_jax.train` for one run: the user's overrides, then the point's (the point wins)."""
+    return [python, "-m", "deft_jax.train", f"--config={absolute_config_arg(config_arg)}",
+            *override_flags(overrides), *override_flags(point), f"--workdir={run_dir}"]
+
+
+@dataclasses.dataclass
+class SweepRun:
+    name: str
+    point: dict[str, Any]
+    workdir: pathlib.Path
+    config: Any  # the resolved ConfigDict
+    command: list[str]
+
+    @property
+    def done_marker(self) -> pathlib.Path:
+        return self.workdir / DONE_MARKER
+
+    def is_done(self) -> bool:
+        return self.done_marker.is_file()
+
+    def shell_command(self, *, python: str | None = None) -> str:
+        """The command as one shell line (`python` replaces the interpreter path when given)."""
+        command = list(self.command)
+        if python:
+            command[0] = python
+        return shlex.join(command)
+
+    def resolved_config_json(self) -> dict[str, Any]:
+        return json.loads(self.config.to_json_best_effort())
+
+
+def plan_runs(*, config, config_arg: str, overrides: Mapping[str, Any], workdir: str | os.PathLike,
+              points: Sequence[Mapping[str, Any]]) -> list[SweepRun]:
+    """One SweepRun per point (resolved and validated before anything runs)."""
+    workdir = pathlib.Path(workdir).absolute()
+    runs = []
+    for name, point in zip(run_names(points), points):
+        run_dir = workdir / name
+        runs.append(SweepRun(name=name, point=dict(point), workdir=run_dir, config=apply_point(config, point),
+                             command=train_command(config_arg=config_arg, overrides=overrides, point=point,
+                                                   run_dir=run_dir)))
+    return runs
+
+
+def _write_json(path: pathlib.Path, payload: Any) -> None:
+    temporary = path.with_suffix(path.suffix + ".tmp")
+    temporary.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+    temporary.replace(path)
+
+
+def check_same_config(run: SweepRun) -> None:
+    """Raise SweepError when <run>/sweep_point.json holds another resolved config than this sweep's
+    (changed overrides or config file): a finished run would otherwise be skipped, and an interrupted
+    one resumed, under settings it was not trained with."""
+    path = run.workdir / POINT_FILE
+    if not path.is_file():
+        return
+    stored = json.loads(path.read_text()).get("config")
+    current = run.resolved_config_json()
+    if stored != current:
+        changed = sorted(_changed_fields(stored or {}, current))
+        raise SweepError(f"run {run.workdir} was started with another config (fields differing: {changed[:10]}); "
+                         f"use a new --workdir for the changed sweep, or delete {run.workdir} to retrain it.")
+
+
+def _changed_fields(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> set[str]:
+    changed = set()
+    for key in set(a) | set(b):
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, Mapping) and isinstance(y, Mapping):
+            changed |= _changed_fields(x, y, prefix=f"{prefix}{key}.")
+        elif x != y:
+            changed.add(f"{prefix}{key}")
+    return changed
+
+
+def write_run_files(run: SweepRun) -> None:
+    """<run>/sweep_point.json: the point, the command and the resolved config."""
+    run.workdir.mkdir(parents=True, exist_ok=True)
+    _write_json(run.workdir / POINT_FILE, {"name": run.name, "point": run.point, "command": run.shell_command(),
+                                           "config": run.resolved_config_json()})
+
+
+def write_commands(runs: Sequence[SweepRun], *, path: str | os.PathLike | None) -> str:
+    """One shell command per run (for a cluster scheduler; interpreter `python`), written to `path` when given."""
+    text = "".join(run.shell_command(python="python") + "\n" for run in runs)
+    if path:
+        pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+        pathlib.Path(path).write_text(text)
+    return text
+
+
+# ====================================================================================================
+# Running.
+
+def _final_metrics(log_text: str) -> dict[str, Any] | None:
+    """The trainer's last `{"final": {...}}` stdout line, or None."""
+    for line in reversed(log_text.splitlines()):
+        if line.startswith('{"final"'):
+            try:
+                return json.loads(line)["final"]
+            except (json.JSONDecodeError, KeyError):
+                return None
+    return None
+
+
+class _Forwarder:
+    """Forwards SIGTERM/SIGINT to the running trainer subprocess (which checkpoints and exits)."""
+
+    def __init__(self):
+        self.child: subprocess.Popen | None = None
+        self.stopping = False
+        self._previous = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+
+    def _handle(self, signum, frame):
+        self.stopping = True
+        if self.child is not None and self.child.poll() is None:
+            self.child.send_signal(signal.SIGTERM)
+
+    def restore(self):
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+
+
+def train_subprocess(run: SweepRun, *, forwarder: _Forwarder) -> tuple[bool, str]:
+    """Run the trainer for `run` (output appended to <run>/train.log); (finished, message)."""
+    log_path = run.workdir / TRAIN_LOG
+    start_offset = log_path.stat().st_size if log_path.exists() else 0
+    with open(log_path, "ab") as log:
+        log.write(f"\n$ {run.shell_command()}\n".encode())
+        log.flush()
+        forwarder.child = subprocess.Popen(run.command, stdout=log, stderr=subprocess.STDOUT)
+        code = forwarder.child.wait()
+        forwarder.child = None
+    with open(log_path, "rb") as log:
+        log.seek(start_offset)
+        text = log.read().decode(errors="replace")
+    final = _final_metrics(text)
+    if code != 0:
+        tail = "\n    ".join(text.strip().splitlines()[-8:])
+        return False, f"the trainer exited with status {code}; see {log_path}. Last lines:\n    {tail}"
+    if final is None:
+        return False, f"the trainer printed no final metrics; see {log_path}"
+    if final.get("preempted"):
+        return False, f"stopped at step {final.get('step')} (preempted); launch the sweep again to resume"
+    return True, f"finished at step {final.get('step')}"
+
+
+def train_in_process(run: SweepRun) -> tuple[bool, str]:
+    from deft_jax import train
+
+    final = train.train_and_evaluate(run.config, run.workdir)
+    if final.get("preempted"):
+        return False, f"stopped at step {final.get('step')} (preempted); launch the sweep again to resume"
+    return True, f"finished at step {final.get('step')}"
+
+
+def mark_done(run: SweepRun, *, message: str) -> None:
+    from deft_jax import evaluate
+
+    steps = evaluate.available_steps(run.workdir)
+    _write_json(run.done_marker, {"name": run.name, "point": run.point, "final_step": steps[-1] if steps else None,
+                                  "finished": time.time(), "message": message})
+
+
+def run_all(runs: Sequence[SweepRun], *, in_process: bool = False, log=print) -> dict[str, str]:
+    """Train every unfinished run in order; returns {name: status} ('done', 'skipped (done)', 'failed: ...',
+    'interrupted: ...'). Stops early when the sweep itself is asked to stop (SIGTERM/SIGINT)."""
+    statuses: dict[str, str] = {}
+    forwarder = _Forwarder()
+    try:
+        for run in runs:
+            check_same_config(run)
+        for index, run in enumerate(runs, start=1):
+            prefix = f"[{index}/{len(runs)}] {run.name}"
+            if run.is_done():
+                statuses[run.name] = "skipped (done)"
+                log(f"{prefix}: already finished, skipping ({run.done_marker})")
+                continue
+            if forwarder.stopping:
+                statuses[run.name] = "not started (sweep stopped)"
+                continue
+            write_run_files(run)
+            resuming = (run.workdir / "checkpoints").is_dir() and any((run.workdir / "checkpoints").iterdir())
+            log(f"{prefix}: {'resuming' if resuming else 'training'} in {run.workdir}")
+            started = time.perf_counter()
+            finished, message = train_in_process(run) if in_process else train_subprocess(run, forwarder=forwarder)
+            elapsed = time.perf_counter() - started
+            if finished:
+                mark_done(run, message=message)
+                statuses[run.name] = "done"
+                log(f"{prefix}: {message} ({elapsed:.0f}s)")
+            else:
+                statuses[run.name] = ("interrupted: " if forwarder.stopping else "failed: ") + message
+                log(f"{prefix}: {statuses[run.name]}")
+    finally:
+        forwarder.restore()
+    return statuses
+
+
+# ====================================================================================================
+# Evaluation and summary.
+
+def evaluate_finished(runs: Sequence[SweepRun], *, options, include_unmarked: bool = False,
+                      log=print) -> dict[str, dict[str, Any] | None]:
+    """{name: evaluation result of the run's latest checkpoint} for finished runs (None otherwise).
+
+    Finished = the sweep's done marker; with `include_unmarked` (runs trained elsewhere, e.g. from
+    --print_commands on a cluster) any run with a checkpoint. A report already written for that step
+    (<run>/eval/step_<N>.json) is reused.
+    """
+    from deft_jax import evaluate
+
+    results: dict[str, dict[str, Any] | None] = {}
+    for run in runs:
+        steps = evaluate.available_steps(run.workdir) if run.workdir.is_dir() else []
+        if not steps or not (run.is_done() or include_unmarked):
+            results[run.name] = None
+            continue
+        cached = run.workdir / "eval" / f"{evaluate.report_name(steps[-1])}.json"
+        if cached.is_file():
+            results[run.name] = json.loads(cached.read_text())
+            log(f"{run.name}: evaluation of step {steps[-1]} already in {cached}")
+            continue
+        log(f"{run.name}: evaluating step {steps[-1]}")
+        results[run.name] = evaluate.evaluate_run(workdir=run.workdir, steps=steps[-1], options=options)[0]
+    return results
+
+
+def summary_rows(runs: Sequence[SweepRun], *, results: Mapping[str, Mapping[str, Any] | None],
+                 statuses: Mapping[str, str]) -> list[dict[str, Any]]:
+    """One row per run: name, status, the swept fields, the evaluated step and the final metrics."""
+    rows = []
+    for run in runs:
+        result = results.get(run.name) or {}
+        status = statuses.get(run.name) or ("done" if run.is_done() else
+                                            f"checkpoint at step {result['step']} (no done marker)" if result
+                                            else "unfinished")
+        row: dict[str, Any] = {"run": run.name, "status": status}
+        row.update(run.point)
+        teacher = result.get("teacher_forced") or {}
+        generation = result.get("generation") or {}
+        row["step"] = result.get("step")
+        row["score"] = generation.get("score")
+        row["scoring_task"] = generation.get("scoring_task")
+        for metric in SUMMARY_METRICS:
+            row[metric] = teacher.get(metric)
+        rows.append(row)
+    return rows
+
+
+def _cell(value: Any) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def write_summary(rows: Sequence[Mapping[str, Any]], *, workdir: pathlib.Path, title: str) -> list[pathlib.Path]:
+    """summary.md and summary.csv (and summary.png, see plot_summary) in `workdir`."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    with open(workdir / "summary.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({column: _cell(row.get(column)) for column in columns})
+    lines = [f"# Sweep: {title}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(row.get(column)) or "–" for column in columns) + " |" for row in rows]
+    (workdir / "summary.md").write_text("\n".join(lines) + "\n")
+    paths = [workdir / "summary.md", workdir / "summary.csv"]
+    plot = plot_summary(rows, path=workdir / "summary.png", title=title)
+    return paths + ([plot] if plot else [])
+
+
+def _numeric(values: Sequence[Any]) -> bool:
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+
+
+def plot_summary(rows: Sequence[Mapping[str, Any]], *, path: pathlib.Path, title: str) -> pathlib.Path | None:
+    """The metrics (generation score, NLL, mean p) against the swept field (matplotlib Agg PNG).
+
+    With one numeric swept field it is the x axis (log scale when it spans >= 20x and is positive);
+    otherwise the runs are placed in order and labelled by name. None when no run has metrics.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    evaluated = [row for row in rows if row.get("nll") is not None]
+    if not evaluated:
+        return None
+    swept = [key for key in rows[0] if key not in ("run", "status", "step", "score", "scoring_task")
+             and key not in SUMMARY_METRICS]
+    xs = [row.get(swept[0]) for row in evaluated] if len(swept) == 1 else None
+    metrics = [m for m in PLOTTED_METRICS if any(row.get(m) is not None for row in evaluated)]
+    figure, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
+    for axis, metric in zip(axes[0], metrics):
+        ys = [row.get(metric) for row in evaluated]
+        ys = [float("nan") if y is None else y for y in ys]
+        if xs is not None and _numeric(xs):
+            order = sorted(range(len(xs)), key=lambda i: xs[i])
+            axis.plot([xs[i] for i in order], [ys[i] for i in order], marker="o")
+            axis.set_xlabel(swept[0])
+            if min(xs) > 0 and max(xs) / min(xs) >= 20:
+                axis.set_xscale("log")
+        else:
+            axis.plot(range(len(ys)), ys, marker="o")
+            axis.set_xticks(range(len(ys)), [row["run"] for row in evaluated], rotation=45, ha="right", fontsize=7)
+        label = metric
+        if metric == "score" and evaluated[0].get("scoring_task"):
+            label = f"score ({evaluated[0]['scoring_task']})"
+        axis.set_ylabel(label)
+        axis.grid(alpha=0.3)
+    figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+# ====================================================================================================
+# CLI.
+
+def _define_flags() -> None:
+    from absl import flags
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", None, "Config file with a sweep(), e.g. configs/deformed_log.py:smoke; "
+                                    "--config.<field>=<value> overrides apply to every run.", lock_config=True)
+    flags.DEFINE_string("workdir", None, "Sweep directory (one sub-directory per run).")
+    flags.DEFINE_bool("print_commands", False, "Print one training command per run (for a cluster) and exit.")
+    flags.DEFINE_string("commands_file", None, "Write one training command per run to this file and exit.")
+    flags.DEFINE_bool("summarize_only", False, "Do not train: evaluate the finished runs and write the summary.")
+    flags.DEFINE_bool("in_process", False, "Train in this process (train.train_and_evaluate), not subprocesses.")
+    flags.DEFINE_bool("evaluate", True, "Evaluate finished runs and write the summary at the end.")
+    flags.DEFINE_integer("num_eval", None, "Evaluate the first N eval examples of each run (default all).")
+    flags.DEFINE_integer("max_new_tokens", None, "Generation length for evaluation (default per task).")
+    flags.DEFINE_bool("generate", True, "Score greedy generations in the evaluation.")
+    flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv: Sequence[str]) -> None:
+    from absl import flags
+    from ml_collections import config_flags
+
+    from deft_jax import evaluate
+
+    if len(argv) > 1:
+        raise SystemExit(f"sweep: error: unexpected arguments {list(argv[1:])}")
+    FLAGS = flags.FLAGS
+    config_arg = config_flags.get_config_filename(FLAGS["config"])
+    overrides = config_flags.get_override_values(FLAGS["config"])
+    workdir = pathlib.Path(FLAGS.workdir).absolute()
+    try:
+        module = load_config_module(config_arg.partition(":")[0])
+        points = sweep_points(module, source=config_arg.partition(":")[0])
+        runs = plan_runs(config=FLAGS.config, config_arg=config_arg, overrides=overrides, workdir=workdir,
+                         points=points)
+        for run in runs:
+            check_same_config(run)
+        if FLAGS.print_commands or FLAGS.commands_file:
+            for run in runs:
+                write_run_files(run)
+            text = write_commands(runs, path=FLAGS.commands_file)
+            if FLAGS.print_commands:
+                print(text, end="")
+            if FLAGS.commands_file:
+                print(f"wrote {len(runs)} commands to {FLAGS.commands_file}; afterwards run this sweep again "
+                      f"with --summarize_only", file=sys.stderr)
+            return
+        workdir.mkdir(parents=True, exist_ok=True)
+        _write_json(workdir / "sweep.json", {"config": config_arg, "overrides": overrides,
+                                             "runs": [{"name": r.name, "point": r.point} for r in runs]})
+        print(f"sweep: {len(runs)} runs of {config_arg} in {workdir}: {[run.name for run in runs]}", flush=True)
+        statuses = {} if FLAGS.summarize_only else run_all(runs, in_process=FLAGS.in_process,
+                                                           log=lambda m: print(m, flush=True))
+        if not FLAGS.evaluate:
+            return
+        options = evaluate.EvalOptions(num_eval=FLAGS.num_eval, max_new_tokens=FLAGS.max_new_tokens,
+                                       generate=FLAGS.generate)
+        results = evaluate_finished(runs, options=options, include_unmarked=FLAGS.summarize_only,
+                                    log=lambda m: print(m, flush=True))
+        rows = summary_rows(runs, results=results, statuses=statuses)
+        paths = write_summary(rows, workdir=workdir, title=f"{config_arg} {override_flags(overrides)}".strip())
+        print(evaluate.markdown_table(rows))
+        for path in paths:
+            print(f"wrote {path}")
+    except (ValueError, FileNotFoundError, PermissionError) as error:
+        raise SystemExit(f"sweep: error: {error}") from None
+    unfinished = [name for name, status in statuses.items() if status not in ("done", "skipped (done)")]
+    if unfinished:
+        raise SystemExit(f"sweep: {len(unfinished)} run(s) did not finish: {unfinished}; launch the same command "
+                         f"again to resume them.")
+
+
+if __name__ == "__main__":
+    from absl import app
+
+    _define_flags()
+    app.run(main)
