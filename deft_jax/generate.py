@@ -105,8 +105,7 @@ def sample_tokens(logits: jax.Array, *, rng, temperature, top_p) -> jax.Array:
 
 
 def _project_last(params, config: ModelConfig, hidden):
-    head = model_lib.lm_head_weight(params, config)
-    return jnp.einsum("bd,dv->bv", hidden, head.astype(hidden.dtype), preferred_element_type=jnp.float32)
+    return model_lib.logits_from_hidden(hidden, params=params, config=config)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "max_len"))

@@ -169,6 +169,20 @@ def rms_norm(x: jax.Array, *, scale: jax.Array, eps: float) -> jax.Array:
     return scale.astype(x.dtype) * normed.astype(x.dtype)
 
 
+def project_to_vocab(hidden: jax.Array, *, embedding=None, lm_head=None) -> jax.Array:
+    """float32 logits [..., V] = hidden @ lm_head [D, V], or hidden @ embedding[V, D]^T when tied (contracted
+    in place: no transposed copy of the embedding is materialised, which matters inside a decode loop)."""
+    if lm_head is not None:
+        return jnp.einsum("...d,dv->...v", hidden, lm_head.astype(hidden.dtype), preferred_element_type=jnp.float32)
+    return jnp.einsum("...d,vd->...v", hidden, embedding.astype(hidden.dtype), preferred_element_type=jnp.float32)
+
+
+def logits_from_hidden(hidden: jax.Array, *, params: dict, config: "ModelConfig") -> jax.Array:
+    """The Decoder's output projection applied to hidden states [..., D] (e.g. the last position only)."""
+    return project_to_vocab(hidden, embedding=params["embedding"],
+                            lm_head=None if config.tie_embeddings else params["lm_head"])
+
+
 def attention_mask(*, q_index, k_index, q_segment_ids, k_segment_ids, sliding_window) -> jax.Array:
     """[B, T, S] bool: k_index <= q_index, same segment, and q_index - k_index < window if windowed."""
     mask = k_index[None, None, :] <= q_index[None, :, None]
@@ -261,14 +275,17 @@ class Attention(nn.Module):
                                   k_segment_ids=segment_ids, sliding_window=c.sliding_window)
             new_cache = None
         else:
-            cache_k, cache_v = layer_cache
-            cache_k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), (0, cache_end, 0, 0))
-            cache_v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), (0, cache_end, 0, 0))
-            k, v = cache_k.astype(q.dtype), cache_v.astype(q.dtype)
-            mask = attention_mask(q_index=cache_end + jnp.arange(length), k_index=jnp.arange(cache_k.shape[1]),
+            # The whole [L, B, S, Hkv, hd] cache travels in the carry and only the new slots are written,
+            # so XLA updates it in place (no per-step copy of the cache).
+            all_k, all_v, layer = layer_cache
+            all_k = jax.lax.dynamic_update_slice(all_k, k[None].astype(all_k.dtype), (layer, 0, cache_end, 0, 0))
+            all_v = jax.lax.dynamic_update_slice(all_v, v[None].astype(all_v.dtype), (layer, 0, cache_end, 0, 0))
+            k = jax.lax.dynamic_index_in_dim(all_k, layer, axis=0, keepdims=False).astype(q.dtype)
+            v = jax.lax.dynamic_index_in_dim(all_v, layer, axis=0, keepdims=False).astype(q.dtype)
+            mask = attention_mask(q_index=cache_end + jnp.arange(length), k_index=jnp.arange(k.shape[1]),
                                   q_segment_ids=segment_ids, k_segment_ids=kv_segment_ids,
                                   sliding_window=c.sliding_window)
-            new_cache = (cache_k, cache_v)
+            new_cache = (all_k, all_v, layer + 1)
         out = grouped_query_attention(q=q, k=k, v=v, mask=mask)
         out = nn.with_logical_constraint(out, ("batch", "length", "act_heads", "head_dim"))
         out = Projection(c, "btnk,nkd->btd", (h, hd, d), ("heads", "head_dim", "embed"), name="o_proj")(out)
@@ -288,12 +305,15 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    """One pre-norm block; signature (carry, scanned, *broadcast) so it can be nn.scan-ed."""
+    """One pre-norm block; signature (carry, *broadcast) -> (carry, None) so it can be nn.scan-ed.
+
+    carry = (x, cache) with cache None or (k [L,B,S,Hkv,hd], v, index of this layer)."""
 
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x, layer_cache, positions, segment_ids, kv_segment_ids, cache_end):
+    def __call__(self, carry, positions, segment_ids, kv_segment_ids, cache_end):
+        x, layer_cache = carry
         c = self.config
         attn_out, new_cache = Attention(c, name="attn")(
             RMSNorm(c, name="attn_norm")(x), positions=positions, segment_ids=segment_ids,
@@ -301,7 +321,7 @@ class DecoderLayer(nn.Module):
         x = x + attn_out
         x = x + MLP(c, name="mlp")(RMSNorm(c, name="mlp_norm")(x))
         x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
-        return x, new_cache
+        return (x, new_cache), None
 
 
 class Decoder(nn.Module):
@@ -323,44 +343,38 @@ class Decoder(nn.Module):
         x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
 
         if cache is None:
-            layer_caches, kv_segment_ids, cache_end = None, None, None
+            layer_cache, kv_segment_ids, cache_end = None, None, None
         else:
             cache_end = cache["end"]
             kv_segment_ids = jax.lax.dynamic_update_slice(cache["segment_ids"], segment_ids.astype(jnp.int32),
                                                           (0, cache_end))
-            layer_caches = (cache["k"], cache["v"])
+            layer_cache = (cache["k"], cache["v"], jnp.zeros((), jnp.int32))
 
         layer_cls = DecoderLayer
         if c.remat:
             layer_cls = nn.remat(layer_cls, prevent_cse=not c.scan_layers)
         if c.scan_layers:
             stack = nn.scan(layer_cls, variable_axes={"params": 0}, split_rngs={"params": True},
-                            in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+                            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
                             length=c.n_layers, metadata_params={nn.PARTITION_NAME: "layers"})
-            x, new_layer_caches = stack(c, name="layers")(x, layer_caches, positions, segment_ids,
+            (x, layer_cache), _ = stack(c, name="layers")((x, layer_cache), positions, segment_ids,
                                                           kv_segment_ids, cache_end)
         else:
-            outs = []
             for i in range(c.n_layers):
-                layer_cache = None if layer_caches is None else (layer_caches[0][i], layer_caches[1][i])
-                x, new_layer_cache = layer_cls(c, name=f"layers_{i}")(x, layer_cache, positions, segment_ids,
-                                                                      kv_segment_ids, cache_end)
-                outs.append(new_layer_cache)
-            new_layer_caches = None if cache is None else tuple(jnp.stack(t) for t in zip(*outs))
+                (x, layer_cache), _ = layer_cls(c, name=f"layers_{i}")((x, layer_cache), positions, segment_ids,
+                                                                       kv_segment_ids, cache_end)
 
         hidden = RMSNorm(c, name="final_norm")(x)
         if return_hidden:
             out = hidden
         else:
-            if c.tie_embeddings:
-                head = embedding.T
-            else:
-                head = _param(self, "lm_head", (c.d_model, c.vocab_size), ("embed", "vocab"), _kernel_init)
-            out = jnp.einsum("btd,dv->btv", hidden, head.astype(hidden.dtype), preferred_element_type=jnp.float32)
+            head = None if c.tie_embeddings else _param(self, "lm_head", (c.d_model, c.vocab_size),
+                                                        ("embed", "vocab"), _kernel_init)
+            out = project_to_vocab(hidden, embedding=embedding, lm_head=head)
             out = nn.with_logical_constraint(out, ("batch", "length", "act_vocab"))
         if cache is None:
             return out
-        new_cache = {"k": new_layer_caches[0], "v": new_layer_caches[1], "segment_ids": kv_segment_ids,
+        new_cache = {"k": layer_cache[0], "v": layer_cache[1], "segment_ids": kv_segment_ids,
                      "end": cache_end + length}
         return out, new_cache
 

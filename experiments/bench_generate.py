@@ -1,0 +1,59 @@
+"""Load time of the default model, prefill and decode throughput of deft_jax.generate (compile excluded).
+
+    python experiments/bench_generate.py [--model smollm2-135m-instruct] [--batch 1 8] [--prompt-len 128]
+        [--new-tokens 64] [--param-dtype float32]
+
+Each (batch) setting runs once to compile, then `--repeats` timed runs; the best run is reported.
+Decode never stops early (the stop id is outside the vocabulary), so it always produces --new-tokens tokens.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+
+import jax
+import numpy as np
+
+from deft_jax import generate as G
+from deft_jax import weights
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--prompt-len", type=int, default=128)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--param-dtype", default="float32")
+    args = parser.parse_args()
+
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
+          f"jax {jax.__version__} on {jax.devices()[0].platform} ({len(jax.devices())} devices)")
+    start = time.perf_counter()
+    config, params = weights.load_pretrained(args.model, param_dtype=args.param_dtype)
+    jax.block_until_ready(params)
+    print(f"load {args.model}: {time.perf_counter() - start:.2f} s "
+          f"({sum(x.size for x in jax.tree_util.tree_leaves(params)) / 1e6:.1f}M params, {args.param_dtype})")
+
+    rng = np.random.default_rng(0)
+    sampling = G.SamplingConfig(max_new_tokens=args.new_tokens)
+    for batch in args.batch:
+        prompts = [rng.integers(3, config.vocab_size, size=args.prompt_len).tolist() for _ in range(batch)]
+        compile_start = time.perf_counter()
+        G.generate(params, config, prompts, stop_ids=[config.vocab_size], sampling=sampling)
+        compile_seconds = time.perf_counter() - compile_start
+        runs = [G.generate(params, config, prompts, stop_ids=[config.vocab_size], sampling=sampling)
+                for _ in range(args.repeats)]
+        prefill = min(r.prefill_seconds for r in runs)
+        decode = min(r.decode_seconds for r in runs)
+        print(f"batch {batch}: prefill {batch * args.prompt_len / prefill:8.1f} tokens/s "
+              f"({batch}x{args.prompt_len} in {prefill:.3f} s) | decode {batch * args.new_tokens / decode:7.1f} "
+              f"tokens/s ({batch}x{args.new_tokens} in {decode:.3f} s, {decode / args.new_tokens * 1e3:.1f} ms/step)"
+              f" | first call incl. compile {compile_seconds:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
