@@ -37,20 +37,29 @@ def run_module(module: str, *args: str, env: dict[str, str], timeout: int = 300)
                           text=True, timeout=timeout)
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory) -> pathlib.Path:
-    """A tiny deformed-log run trained for 2 steps (8 fake devices), with the trainer's final eval."""
-    workdir = tmp_path_factory.mktemp("evaluate") / "run"
+def trained_smoke_run(tmp_path_factory) -> pathlib.Path:
+    """A tiny deformed-log run trained for 2 steps on 8 fake devices with the trainer's final eval, shared by
+    the test modules of one session (read-only; trained by whichever module asks first)."""
+    workdir = tmp_path_factory.getbasetemp() / "shared_smoke_run"
+    if (workdir / "TRAINED").is_file():
+        return workdir
     done = run_module("deft_jax.train", *SMOKE_ARGS, f"--workdir={workdir}",
                       env=subprocess_env(tmp_path_factory.getbasetemp()))
     assert done.returncode == 0, done.stderr[-3000:]
+    (workdir / "TRAINED").write_text("ok")
     return workdir
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory) -> pathlib.Path:
+    return trained_smoke_run(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def eight_device_result(smoke_run, tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("eval8")
-    options = evaluate.EvalOptions(max_new_tokens=4)
+    # 8 prompts in length-sorted batches of 3: batching and restoring the order are exercised.
+    options = evaluate.EvalOptions(max_new_tokens=4, generation_batch_size=3)
     (result,) = evaluate.evaluate_run(workdir=smoke_run, out_dir=out_dir, options=options)
     return result
 
@@ -118,7 +127,7 @@ def test_teacher_forced_equals_trainer_eval_and_numpy_reference(smoke_run, eight
 def test_one_device_in_a_subprocess_gives_the_same_numbers(smoke_run, eight_device_result, tmp_path,
                                                            tmp_path_factory):
     done = run_module("deft_jax.evaluate", f"--workdir={smoke_run}", f"--out_dir={tmp_path}", "--max_new_tokens=4",
-                      env=subprocess_env(tmp_path_factory.getbasetemp(), devices=1))
+                      "--generation_batch_size=3", env=subprocess_env(tmp_path_factory.getbasetemp(), devices=1))
     assert done.returncode == 0, done.stderr[-3000:]
     one = json.loads((tmp_path / f"step_{eight_device_result['step']}.json").read_text())
     assert one["devices"] == "1 x cpu" and eight_device_result["devices"] == "8 x cpu"
@@ -173,27 +182,29 @@ def test_scoring_the_references_scores_one_and_wrong_answers_less(task, fields, 
     assert all(score < 1.0 for score in wrong)
 
 
-def test_generate_predictions_match_uncached_greedy_decoding(smoke_run):
-    """Batched, length-sorted KV-cache generation == a per-prompt loop of full forwards + argmax."""
+def test_generations_match_uncached_greedy_decoding(smoke_run, eight_device_result):
+    """The evaluator's batched, length-sorted KV-cache generations == per prompt, a loop of full forwards
+    (no cache, no padding) taking the argmax, stopping at EOS."""
     from deft_jax import data as data_lib
 
     config = evaluate.load_run_config(smoke_run)
     setup = evaluate.build_setup(config, devices=jax.devices()[:1])
-    params = evaluate.restore_params(setup, workdir=smoke_run, step=evaluate.available_steps(smoke_run)[-1])
-    examples = evaluate.eval_examples(config, num_eval=3)
-    prompts = data_lib.make_generation_prompts(examples, tokenizer=setup.tokenizer)
+    params = evaluate.restore_params(setup, workdir=smoke_run, step=eight_device_result["step"])
+    prompts = data_lib.make_generation_prompts(evaluate.eval_examples(config, num_eval=None),
+                                               tokenizer=setup.tokenizer)
     assert len({len(p.prompt_ids) for p in prompts}) > 1  # unequal lengths: padding and reordering matter
-    texts, _ = evaluate.generate_predictions(setup, params, prompts, max_new_tokens=3, batch_size=2)
-    for prompt, text in zip(prompts, texts):
+    max_new_tokens = eight_device_result["generation"]["max_new_tokens"]
+    for prompt, record in zip(prompts, eight_device_result["predictions"]):
         tokens = list(prompt.prompt_ids)
         new = []
-        for _ in range(3):
+        for _ in range(max_new_tokens):
             token = int(np.argmax(padded_logits(params, setup.model_config, tokens)[-1]))
             if token == setup.tokenizer.eos_id:
                 break
             new.append(token)
             tokens.append(token)
-        assert text == setup.tokenizer.decode(new, skip_special_tokens=True)
+        assert record["index"] == prompt.index
+        assert record["prediction"] == setup.tokenizer.decode(new, skip_special_tokens=True)
 
 
 def test_base_model_row(smoke_run, eight_device_result, tmp_path):

@@ -1,0 +1,91 @@
+"""deft_jax.export: a smoke run's checkpoint as a Hugging Face directory that transformers (torch, CPU)
+loads with the same logits and tokenization; clear errors for bad input."""
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from deft_jax import evaluate
+from deft_jax import export
+from deft_jax import model as model_lib
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+SMOKE_ARGS = ["--config=configs/deformed_log.py:smoke", "--config.eval.at_end=True"]
+
+
+def subprocess_env(tmp_root: pathlib.Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_root / "jax_compilation_cache")  # shared with the other tests
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    env["JAX_PLATFORMS"] = "cpu"
+    return env
+
+
+def run_module(module: str, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO_ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def trained_smoke_run(tmp_path_factory) -> pathlib.Path:
+    """A tiny deformed-log run trained for 2 steps on 8 fake devices with the trainer's final eval, shared by
+    the test modules of one session (read-only; trained by whichever module asks first)."""
+    workdir = tmp_path_factory.getbasetemp() / "shared_smoke_run"
+    if (workdir / "TRAINED").is_file():
+        return workdir
+    done = run_module("deft_jax.train", *SMOKE_ARGS, f"--workdir={workdir}",
+                      env=subprocess_env(tmp_path_factory.getbasetemp()))
+    assert done.returncode == 0, done.stderr[-3000:]
+    (workdir / "TRAINED").write_text("ok")
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory) -> pathlib.Path:
+    return trained_smoke_run(tmp_path_factory)
+
+
+def test_exported_run_loads_in_transformers_with_equal_logits(smoke_run, tmp_path, tmp_path_factory):
+    import torch
+    import transformers
+
+    out = tmp_path / "hf"
+    done = run_module("deft_jax.export", f"--workdir={smoke_run}", f"--out={out}",
+                      env=subprocess_env(tmp_path_factory.getbasetemp()))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "exported step 2" in done.stderr
+
+    config = evaluate.load_run_config(smoke_run)
+    setup = evaluate.build_setup(config, devices=jax.devices()[:1])
+    params = evaluate.restore_params(setup, workdir=smoke_run, step=2)
+    text = setup.tokenizer.apply_chat_template([{"role": "user", "content": "What is 12 + 30?"}]) + "42"
+    ids = setup.tokenizer.encode(text)
+
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    assert hf_tokenizer(text, add_special_tokens=False)["input_ids"] == ids
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    hf_model.eval()
+    with torch.no_grad():
+        theirs = hf_model(torch.tensor([ids])).logits[0].numpy()
+    ours = np.asarray(model_lib.forward(params, setup.model_config, np.asarray([ids], np.int32)))[0]
+    assert theirs.shape == ours.shape == (len(ids), setup.model_config.vocab_size)
+    assert np.max(np.abs(theirs - ours)) <= 1e-4
+    assert np.std(ours) > 1e-3  # not a degenerate model whose logits would match anything
+
+
+def test_export_bad_input(smoke_run, tmp_path, tmp_path_factory):
+    with pytest.raises(evaluate.EvaluationError, match=r"available steps: \[2\]"):
+        export.export_run(workdir=smoke_run, out_dir=tmp_path / "a", step=5)
+    with pytest.raises(ValueError, match="looks like a training workdir"):
+        export.export_run(workdir=smoke_run, out_dir=smoke_run)
+    with pytest.raises(ValueError, match="--dtype='int8'"):
+        export.export_run(workdir=smoke_run, out_dir=tmp_path / "b", dtype="int8")
+    done = run_module("deft_jax.export", f"--workdir={tmp_path / 'nothing'}", f"--out={tmp_path / 'c'}",
+                      env=subprocess_env(tmp_path_factory.getbasetemp()))
+    assert done.returncode != 0
+    assert "export: error:" in done.stderr and "does not exist" in done.stderr and "Traceback" not in done.stderr
