@@ -8,7 +8,9 @@ the expected-shape checks, and export (via the inverse transforms).
 Placement is per tensor: for every parameter the target sharding is computed from its logical axes
 (`model.param_logical_axes` + logical rules over a mesh), the checkpoint tensors for it are read (all L
 layers of a stacked parameter at most), transformed, cast to param_dtype and `jax.device_put` with that
-sharding. Host memory holds at most one stacked parameter at a time, never the whole model.
+sharding. Host memory holds at most one stacked parameter at a time, never the whole model. Meshes should
+use Auto axis types (as deft_jax.sharding.make_mesh does); run the model under
+`with jax.set_mesh(mesh), nn.logical_axis_rules(rules):` so activation constraints apply.
 
 GGUF: llama.cpp's converter permutes the rows of attn_q / attn_k of 'llama'-architecture models for its
 interleaved RoPE; we undo it per head: reshape (n_head, out/n_head/2, 2, in), swap axes 1 and 2, reshape.
@@ -451,7 +453,11 @@ def load_params(source, config: ModelConfig, *, name_map, mesh=None, rules=None,
             pieces.append(np.ascontiguousarray(array).astype(param_dtype))
         host = np.stack(pieces) if rule.per_layer else pieces[0]
         sharding = None if shardings is None else _get(shardings, rule.target)
-        _set(params, rule.target, jax.device_put(host, sharding) if sharding is not None else jax.device_put(host))
+        if sharding is None:
+            placed = jax.device_put(host)
+        else:  # each process places only its own shards (works on multi-host meshes too)
+            placed = jax.make_array_from_callback(host.shape, sharding, lambda index, host=host: host[index])
+        _set(params, rule.target, placed)
         del pieces, host
     if not config.scan_layers:
         params = model_lib.unstacked_params(params, config)
