@@ -3,7 +3,7 @@
     python -m deft_jax.evaluate --workdir DIR                  # the latest checkpoint
     python -m deft_jax.evaluate --workdir DIR --step 500       # one step ('all': every checkpoint)
     python -m deft_jax.evaluate --workdir DIR --base           # the run's model before fine-tuning
-    python -m deft_jax.evaluate --config configs/nll.py:task=gsm8k --base --out_dir DIR
+    python -m deft_jax.evaluate --config configs/nll.py:runlocal --config.data.num_eval=100 --base --out_dir DIR
 
 Two kinds of scores, both on the run config's eval split (config.data, split 'eval'):
 
@@ -579,6 +579,10 @@ def evaluate_run(*, workdir: str | pathlib.Path | None = None, config=None, step
                               "--workdir of a run to evaluate its checkpoints).")
     if config is None:
         config = load_run_config(workdir)
+    else:
+        from deft_jax import train
+
+        train.validate_config(config, check_devices=False)  # --config.* overrides are applied after get_config
     if out_dir is None:
         if workdir is None:
             raise EvaluationError("--base with --config and no --workdir needs --out_dir for its reports.")
@@ -607,7 +611,7 @@ def _define_flags() -> None:
     from ml_collections import config_flags
 
     config_flags.DEFINE_config_file("config", None, "Config file for --base without a workdir, e.g. "
-                                    "configs/nll.py:task=gsm8k (overrides: --config.data.num_eval=50).",
+                                    "configs/nll.py:runlocal (overrides: --config.data.num_eval=50).",
                                     lock_config=True)
     flags.DEFINE_string("workdir", None, "A training run's workdir (config.json + checkpoints/).")
     flags.DEFINE_string("step", None, "Checkpoint step to evaluate: a number, 'latest' (default) or 'all'.")
@@ -618,6 +622,7 @@ def _define_flags() -> None:
     flags.DEFINE_integer("batch_size", None, "Rows per teacher-forced batch (default config.eval.batch_size).")
     flags.DEFINE_integer("generation_batch_size", None, "Prompts per generation batch (default config.eval.batch_size).")
     flags.DEFINE_bool("generate", True, "Score greedy generations (--nogenerate: teacher-forced metrics only).")
+    flags.DEFINE_bool("teacher_forced", True, "Teacher-forced metrics (--noteacher_forced: generation only).")
 
 
 def print_table(results: Sequence[Mapping[str, Any]]) -> None:
@@ -634,7 +639,8 @@ def main(argv: Sequence[str]) -> None:
         raise SystemExit(f"evaluate: error: unexpected arguments {list(argv[1:])}")
     FLAGS = flags.FLAGS
     options = EvalOptions(num_eval=FLAGS.num_eval, max_new_tokens=FLAGS.max_new_tokens, batch_size=FLAGS.batch_size,
-                          generation_batch_size=FLAGS.generation_batch_size, generate=FLAGS.generate)
+                          generation_batch_size=FLAGS.generation_batch_size, generate=FLAGS.generate,
+                          teacher_forced=FLAGS.teacher_forced)
     try:
         if FLAGS.config is not None and FLAGS.workdir is not None:
             raise EvaluationError("pass either --workdir (the run's own config.json is used) or --config with "
