@@ -502,7 +502,8 @@ def _format(value: Any) -> str:
 
 
 def summary_row(result: Mapping[str, Any]) -> dict[str, Any]:
-    """The headline numbers of one evaluation (a row of the printed table and of sweep summaries)."""
+    """The headline numbers of one evaluation: 'examples' counts the teacher-forced examples (those kept by
+    data.truncation), 'generated' the prompts decoded and scored."""
     row = {"row": report_name(result.get("step")), "examples": None}
     teacher = result.get("teacher_forced") or {}
     for name in TEACHER_FORCED_METRICS:
@@ -511,8 +512,8 @@ def summary_row(result: Mapping[str, Any]) -> dict[str, Any]:
     generation = result.get("generation") or {}
     if "score" in generation:
         row[f"score ({generation['scoring_task']})"] = generation["score"]
+        row["generated"] = generation["num_scored"]
         row["examples/s"] = generation["examples_per_second"]
-        row["examples"] = row["examples"] or generation["num_scored"]
     return row
 
 
