@@ -1,0 +1,247 @@
+"""The studies of experiments/README.md, each one resumable command.
+
+    python experiments/study.py continuum [--smoke] [--workdir runs/study]   # objectives x regimes
+    python experiments/study.py noise     [--smoke]                          # FigFont, 0% / 20% noise
+    python experiments/study.py seeds     [--smoke]                          # NLL vs DEFT, 3 seeds
+    python experiments/study.py all       [--smoke]                          # the three, then figures
+    python experiments/study.py continuum --print_commands                   # one trainer command per run
+
+Every run is `python -m deft_jax.train --config configs/study.py:<args>` in <workdir>/<run name>/
+(name = regime, objective, noise, seed), trained and marked done by deft_jax.sweep's runner, so the
+studies share runs (the noise study's 0% runs and the seeds study's seed 0 are continuum runs) and a
+killed study relaunched with the same command skips finished runs and resumes interrupted ones. Then
+each finished run is scored by deft_jax.evaluate (cached in <run>/eval/), the base model once per
+regime (<workdir>/base-<regime>/), and the study writes <workdir>/<study>.md and .csv: one row per
+(regime, objective, noise) with the score's mean and standard deviation over seeds.
+`--smoke` uses configs/study.py's tiny random model and a subset of objectives: plumbing, not results.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+STUDY_CONFIG = REPO_ROOT / "configs" / "study.py"
+
+OBJECTIVES = ("nll", "prob", "dft", "eaft", "cayley", "deft", "deformed_log")
+DEFORMED_ALPHA = 0.5  # the deformed-log member of the continuum study (between NLL, α → 0, and −p, α = 1)
+REGIMES = ("weak", "intermediate", "strong")
+SMOKE_OBJECTIVES = ("nll", "deft")
+STUDIES = ("continuum", "noise", "seeds")
+TEACHER_FORCED = ("nll", "mean_p", "token_accuracy")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """One training run of a study: configs/study.py's arguments."""
+
+    regime: str
+    objective: str
+    noise: float = 0.0
+    seed: int = 0
+
+    @property
+    def name(self) -> str:
+        objective = f"deformed_log{DEFORMED_ALPHA:g}" if self.objective == "deformed_log" else self.objective
+        return f"{self.regime}-{objective}-noise{self.noise:g}-seed{self.seed}"
+
+    def config_arg(self, *, smoke: bool) -> str:
+        parts = [f"objective={self.objective}", f"regime={self.regime}", f"noise={self.noise!r}",
+                 f"seed={self.seed}"]
+        if self.objective == "deformed_log":
+            parts.append(f"alpha={DEFORMED_ALPHA!r}")
+        if smoke:
+            parts.append("smoke")
+        return f"{STUDY_CONFIG}:{','.join(parts)}"
+
+    def point(self) -> dict[str, Any]:
+        objective = f"deformed_log(α={DEFORMED_ALPHA:g})" if self.objective == "deformed_log" else self.objective
+        return {"regime": self.regime, "objective": objective, "noise": self.noise, "seed": self.seed}
+
+
+def study_specs(study: str, *, smoke: bool) -> list[RunSpec]:
+    """The runs of `study` (smoke: NLL and DEFT only, 2 seeds)."""
+    objectives = SMOKE_OBJECTIVES if smoke else OBJECTIVES
+    if study == "continuum":
+        return [RunSpec(regime, objective) for regime in REGIMES for objective in objectives]
+    if study == "noise":
+        noisy = SMOKE_OBJECTIVES if smoke else ("nll", "prob", "deft")
+        return [RunSpec("weak", objective, noise=noise) for noise in (0.0, 0.2) for objective in noisy]
+    if study == "seeds":
+        seeds = (0, 1) if smoke else (0, 1, 2)
+        return [RunSpec("weak", objective, seed=seed) for objective in ("nll", "deft") for seed in seeds]
+    raise ValueError(f"unknown study {study!r}; choose from {STUDIES}")
+
+
+def plan(specs: Sequence[RunSpec], *, workdir: pathlib.Path, smoke: bool):
+    """deft_jax.sweep.SweepRun per spec (resolved, validated config + trainer command)."""
+    from deft_jax import sweep, train
+
+    runs = []
+    for spec in specs:
+        arg = spec.config_arg(smoke=smoke)
+        run_dir = workdir / spec.name
+        runs.append(sweep.SweepRun(name=spec.name, point=spec.point(), workdir=run_dir, config=train.load_config(arg),
+                                   command=sweep.train_command(config_arg=arg, overrides={}, point={},
+                                                               run_dir=run_dir)))
+    return runs
+
+
+def base_config(regime: str, *, smoke: bool):
+    from deft_jax import train
+
+    return train.load_config(RunSpec(regime, "nll").config_arg(smoke=smoke))
+
+
+def evaluate_base(regimes: Sequence[str], *, workdir: pathlib.Path, smoke: bool, options, log=print):
+    """{regime: evaluation of the untrained model} (cached in <workdir>/base-<regime>/base.json)."""
+    from deft_jax import evaluate
+
+    results = {}
+    for regime in regimes:
+        out_dir = workdir / f"base-{regime}"
+        cached = out_dir / f"{evaluate.report_name(None)}.json"
+        if cached.is_file():
+            results[regime] = json.loads(cached.read_text())
+            continue
+        log(f"base-{regime}: evaluating the base model")
+        results[regime] = evaluate.evaluate_run(config=base_config(regime, smoke=smoke), base=True, out_dir=out_dir,
+                                                options=options)[0]
+    return results
+
+
+def _metrics(result: dict | None) -> dict[str, float | None]:
+    result = result or {}
+    teacher = result.get("teacher_forced") or {}
+    generation = result.get("generation") or {}
+    return {"score": generation.get("score"), **{key: teacher.get(key) for key in TEACHER_FORCED}}
+
+
+def _mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None, int]:
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return None, None, 0
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None), len(values)
+
+
+def aggregate(specs: Sequence[RunSpec], *, results: dict, base: dict) -> list[dict[str, Any]]:
+    """Rows (regime, objective, noise): each metric's mean and std over the finished seeds; base rows first."""
+    rows = []
+    for regime in dict.fromkeys(spec.regime for spec in specs):
+        if regime in base:
+            rows.append({"regime": regime, "objective": "base", "noise": 0.0, "seeds": "-", "n": 1,
+                         **{f"{k}_mean": v for k, v in _metrics(base[regime]).items()}})
+        groups: dict[tuple, list[RunSpec]] = {}
+        for spec in specs:
+            if spec.regime == regime:
+                groups.setdefault((spec.point()["objective"], spec.noise), []).append(spec)
+        for (objective, noise), members in groups.items():
+            row = {"regime": regime, "objective": objective, "noise": noise,
+                   "seeds": ",".join(str(m.seed) for m in members)}
+            per_run = [_metrics(results.get(m.name)) for m in members]
+            for key in ("score",) + TEACHER_FORCED:
+                mean, std, count = _mean_std([metrics[key] for metrics in per_run])
+                row[f"{key}_mean"], row[f"{key}_std"] = mean, std
+                row["n"] = max(row.get("n", 0), count)
+            rows.append(row)
+    return rows
+
+
+def _fmt(mean, std=None) -> str:
+    if mean is None:
+        return "–"
+    return f"{mean:.3f}" + (f" ± {std:.3f}" if std is not None else "")
+
+
+def write_table(rows: Sequence[dict], *, path: pathlib.Path, title: str) -> None:
+    """<path>.md (mean ± std) and <path>.csv (every column)."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    with open(path.with_suffix(".csv"), "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = [f"# {title}", "", "| regime | objective | noise | seeds | score | NLL | mean p | token acc. |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row['regime']} | {row['objective']} | {row['noise']:g} | {row['seeds']} | "
+                     + " | ".join(_fmt(row.get(f"{k}_mean"), row.get(f"{k}_std")) for k in ("score",) + TEACHER_FORCED)
+                     + " |")
+    path.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+
+def run_study(study: str, *, workdir: pathlib.Path, smoke: bool, in_process: bool, evaluate_runs: bool = True,
+              num_eval: int | None = None, log=print) -> list[dict[str, Any]]:
+    """Train the study's unfinished runs, evaluate, write <workdir>/<study>.md/.csv; returns the rows."""
+    from deft_jax import evaluate, sweep
+
+    specs = study_specs(study, smoke=smoke)
+    runs = plan(specs, workdir=workdir, smoke=smoke)
+    workdir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    statuses = sweep.run_all(runs, in_process=in_process, log=log)
+    log(f"{study}: training took {time.perf_counter() - started:.0f}s")
+    if not evaluate_runs:
+        return []
+    options = evaluate.EvalOptions(num_eval=num_eval)
+    started = time.perf_counter()
+    results = sweep.evaluate_finished(runs, options=options, log=log)
+    regimes = sorted({spec.regime for spec in specs}, key=REGIMES.index) if study == "continuum" else []
+    base = evaluate_base(regimes, workdir=workdir, smoke=smoke, options=options, log=log)
+    log(f"{study}: evaluation took {time.perf_counter() - started:.0f}s")
+    rows = aggregate(specs, results=results, base=base)
+    title = f"{study} study{' (SMOKE: tiny random model, not a result)' if smoke else ''}"
+    write_table(rows, path=workdir / study, title=title)
+    log((workdir / f"{study}.md").read_text())
+    unfinished = [name for name, status in statuses.items() if status not in ("done", "skipped (done)")]
+    if unfinished:
+        raise SystemExit(f"study {study}: {len(unfinished)} run(s) did not finish: {unfinished}; launch the same "
+                         f"command again to resume them.")
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("study", choices=STUDIES + ("all",))
+    parser.add_argument("--workdir", default=None, help="default runs/study (runs/study_smoke with --smoke)")
+    parser.add_argument("--smoke", action="store_true", help="tiny random model, NLL + DEFT only (plumbing)")
+    parser.add_argument("--in_process", action="store_true",
+                        help="train in this process (no trainer subprocesses; faster for --smoke)")
+    parser.add_argument("--num_eval", type=int, default=None, help="score the first N eval examples only")
+    parser.add_argument("--print_commands", action="store_true", help="print one trainer command per run and exit")
+    parser.add_argument("--no_figures", action="store_true", help="with 'all': skip experiments/figures.py")
+    parser.add_argument("--figures_dir", default=None,
+                        help="with 'all': where figures go (default <workdir>/figures; the README's are in "
+                             "experiments/figures/)")
+    args = parser.parse_args(argv)
+    workdir = pathlib.Path(args.workdir or ("runs/study_smoke" if args.smoke else "runs/study")).absolute()
+    studies = STUDIES if args.study == "all" else (args.study,)
+    if args.print_commands:
+        for study in studies:
+            for run in plan(study_specs(study, smoke=args.smoke), workdir=workdir, smoke=args.smoke):
+                print(run.shell_command(python="python"))
+        return
+    for study in studies:
+        run_study(study, workdir=workdir, smoke=args.smoke, in_process=args.in_process, num_eval=args.num_eval,
+                  log=lambda message: print(message, flush=True))
+    if args.study == "all" and not args.no_figures:
+        from experiments import figures
+
+        figures.main([f"--workdir={workdir}", f"--out={args.figures_dir or workdir / 'figures'}"]
+                     + (["--smoke"] if args.smoke else []))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    main()

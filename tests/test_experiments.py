@@ -1,0 +1,105 @@
+"""experiments/: the studies' --smoke variants end to end (tiny model), resumption, tables, figures, maths."""
+import csv
+import json
+import math
+import pathlib
+import statistics
+
+import numpy as np
+import pytest
+
+from experiments import figures, study
+
+
+@pytest.fixture(scope="module")
+def smoke_workdir(tmp_path_factory):
+    """All three smoke studies in one workdir (they share runs), trained in this process."""
+    workdir = tmp_path_factory.mktemp("study_smoke")
+    messages = []
+    for name in study.STUDIES:
+        study.run_study(name, workdir=workdir, smoke=True, in_process=True, log=messages.append)
+    return workdir, messages
+
+
+def _rows(path: pathlib.Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_smoke_studies_train_evaluate_and_tabulate(smoke_workdir):
+    workdir, _ = smoke_workdir
+    specs = {name: study.study_specs(name, smoke=True) for name in study.STUDIES}
+    for name, runs in specs.items():
+        for spec in runs:
+            assert (workdir / spec.name / "SWEEP_DONE.json").is_file(), spec.name
+            report = json.loads(next((workdir / spec.name / "eval").glob("step_*.json")).read_text())
+            assert report["step"] == 2 and math.isfinite(report["teacher_forced"]["nll"])
+        rows = _rows(workdir / f"{name}.csv")
+        trained = [row for row in rows if row["objective"] != "base"]
+        assert {(r["regime"], r["objective"], float(r["noise"])) for r in trained} == \
+            {(s.regime, s.point()["objective"], s.noise) for s in runs}
+        assert "SMOKE" in (workdir / f"{name}.md").read_text()
+    continuum = _rows(workdir / "continuum.csv")
+    assert {row["regime"] for row in continuum if row["objective"] == "base"} == set(study.REGIMES)
+    # seeds: the table's mean and std are those of the per-seed evaluation reports
+    for row in _rows(workdir / "seeds.csv"):
+        values = []
+        for seed in row["seeds"].split(","):
+            name = study.RunSpec(row["regime"], row["objective"], seed=int(seed)).name
+            values.append(json.loads(next((workdir / name / "eval").glob("step_*.json")).read_text())
+                          ["teacher_forced"]["nll"])
+        assert len(values) == 2
+        assert float(row["nll_mean"]) == pytest.approx(statistics.fmean(values), rel=1e-9)
+        assert float(row["nll_std"]) == pytest.approx(statistics.stdev(values), rel=1e-9)
+
+
+def test_relaunch_skips_finished_runs(smoke_workdir):
+    workdir, _ = smoke_workdir
+    messages = []
+    study.run_study("noise", workdir=workdir, smoke=True, in_process=True, log=messages.append)
+    trained = [m for m in messages if ": training in " in m or ": resuming in " in m]
+    assert not trained, trained
+    assert sum("already finished" in m for m in messages) == len(study.study_specs("noise", smoke=True))
+
+
+def test_studies_share_runs():
+    names = {name: {s.name for s in study.study_specs(name, smoke=False)} for name in study.STUDIES}
+    assert len(names["continuum"]) == 3 * len(study.OBJECTIVES)
+    assert {s for s in names["noise"] if "noise0-" in s} <= names["continuum"]
+    assert {s for s in names["seeds"] if s.endswith("seed0")} <= names["continuum"]
+    assert len(names["seeds"]) == 6 and len(names["noise"]) == 6
+
+
+def test_figures_from_smoke_runs(smoke_workdir, tmp_path):
+    workdir, _ = smoke_workdir
+    written = figures.main([f"--workdir={workdir}", f"--out={tmp_path}", "--smoke", "--scatter_examples=2"])
+    assert sorted(p.name for p in written) == ["dynamics.png", "scores.png", "token_scatter.png"]
+    for path in written:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size < 400_000
+    stats = np.load(workdir / study.RunSpec("weak", "deft").name / figures.STATS_FILE)
+    assert stats["p"].shape == stats["grad_norm"].shape and stats["p"].size > 0
+    assert np.all((stats["p"] > 0) & (stats["p"] <= 1)) and np.all(stats["gate"] > 0)
+
+
+def test_gradient_magnitude_equals_direct_norm():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(50, 11)) * rng.uniform(0.1, 8, size=(50, 1))
+    targets = rng.integers(0, 11, size=50)
+    pi = np.exp(logits - logits.max(-1, keepdims=True))
+    pi /= pi.sum(-1, keepdims=True)
+    p = pi[np.arange(50), targets]
+    gate = rng.uniform(0, 1, size=50)
+    direct = gate * np.linalg.norm(pi - np.eye(11)[targets], axis=-1)
+    np.testing.assert_allclose(figures.gradient_magnitude(p=p, gate=gate, collision=(pi ** 2).sum(-1)), direct,
+                               rtol=1e-10, atol=1e-12)
+
+
+def test_unknown_study_and_config_arguments_raise():
+    with pytest.raises(ValueError, match="unknown study"):
+        study.study_specs("continum", smoke=True)
+    from configs import study as study_config
+
+    with pytest.raises(ValueError, match="regime"):
+        study_config.get_config("regime=medium,smoke")
+    with pytest.raises(ValueError, match="objective"):
+        study_config.get_config("objective=tsallis,smoke")
