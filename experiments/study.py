@@ -41,6 +41,7 @@ REGIMES = ("weak", "intermediate", "strong")
 SMOKE_OBJECTIVES = ("nll", "deft")
 STUDIES = ("continuum", "noise", "seeds")
 TEACHER_FORCED = ("nll", "mean_p", "token_accuracy")
+SMOKE_NUM_EVAL, SMOKE_MAX_NEW_TOKENS = 4, 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,7 +195,9 @@ def run_study(study: str, *, workdir: pathlib.Path, smoke: bool, in_process: boo
     log(f"{study}: training took {time.perf_counter() - started:.0f}s")
     if not evaluate_runs:
         return []
-    options = evaluate.EvalOptions(num_eval=num_eval)
+    # smoke: 4 eval examples and 8 new tokens (a random tiny model never stops early); else the task defaults
+    options = evaluate.EvalOptions(num_eval=num_eval or (SMOKE_NUM_EVAL if smoke else None),
+                                   max_new_tokens=SMOKE_MAX_NEW_TOKENS if smoke else None)
     started = time.perf_counter()
     results = sweep.evaluate_finished(runs, options=options, log=log)
     regimes = sorted({spec.regime for spec in specs}, key=REGIMES.index) if study == "continuum" else []
