@@ -13,6 +13,8 @@ Writes (each only when its inputs exist):
                      Per-run token statistics are cached in <run>/token_stats.npz.
   dynamics.png       DEFT's mean α (= mean Σπ²) and mean target probability per training step, one line per
                      regime, from the trainer's metrics.jsonl (NLL's mean p dashed, for contrast).
+  initial_scatter.png  the same panels for the untrained model under every objective's gate (step 0;
+                     needs no study run: `--only initial_scatter`).
   scores.png         the evaluator's score per objective and regime (continuum), 0% vs 20% label noise
                      (noise) and the seed spread (seeds): bars are means, error bars one standard deviation.
 """
@@ -47,32 +49,83 @@ def gradient_magnitude(*, p, gate, collision):
     return gate * np.sqrt(np.maximum(collision - 2.0 * p + 1.0, 0.0))
 
 
-def token_statistics(setup, params, tokenized) -> dict[str, np.ndarray]:
-    """p, entropy, gate and gate·‖π − e_y‖ of every supervised token of `tokenized` (fixed order)."""
+def token_statistics(setup, params, tokenized, *, objective_specs=None) -> dict:
+    """p, entropy, gate and gate·‖π − e_y‖ of every supervised token of `tokenized` (fixed order) under the
+    run's objective; with `objective_specs` ({label: spec}), {label: statistics} for each of them from
+    the same forward pass."""
     import jax
 
     from deft_jax import evaluate, objectives, train
     from deft_jax import model as model_lib
+
+    specs = objective_specs or {"": setup.loss.objective}
 
     @jax.jit
     def stats(params, batch):
         logits = model_lib.forward(params, setup.model_config, batch["inputs"], positions=batch["positions"],
                                    segment_ids=batch["segment_ids"])
         mask = batch["loss_mask"] * batch["weights"][:, None]
-        out = objectives.compute(setup.loss.objective, logits, batch["targets"], mask)
-        return {"p": out.p, "entropy": out.entropy, "gate": out.gate, "collision": out.collision, "mask": mask}
+        outs = {label: objectives.compute(spec, logits, batch["targets"], mask) for label, spec in specs.items()}
+        return {label: {"p": o.p, "entropy": o.entropy, "gate": o.gate, "collision": o.collision}
+                for label, o in outs.items()}, mask
 
-    columns: dict[str, list[np.ndarray]] = {"p": [], "entropy": [], "gate": [], "collision": []}
+    columns = {label: {"p": [], "entropy": [], "gate": [], "collision": []} for label in specs}
     with train.mesh_context(setup.mesh, setup.rules):
         for batch in evaluate.eval_token_batches(setup, tokenized, batch_size=8):
             arrays = {key: batch[key] for key in train.BATCH_KEYS + ("weights",)}
-            result = jax.device_get(stats(params, arrays))
-            valid = result["mask"] > 0
-            for key in columns:
-                columns[key].append(np.asarray(result[key])[valid])
-    out = {key: np.concatenate(values).astype(np.float32) for key, values in columns.items()}
-    out["grad_norm"] = gradient_magnitude(p=out["p"], gate=out["gate"], collision=out["collision"])
-    return out
+            result, mask = jax.device_get(stats(params, arrays))
+            valid = np.asarray(mask) > 0
+            for label in specs:
+                for key in columns[label]:
+                    columns[label][key].append(np.asarray(result[label][key])[valid])
+    out = {}
+    for label in specs:
+        values = {key: np.concatenate(parts).astype(np.float32) for key, parts in columns[label].items()}
+        values["grad_norm"] = gradient_magnitude(p=values["p"], gate=values["gate"], collision=values["collision"])
+        out[label] = values
+    return out if objective_specs else out[""]
+
+
+def study_objective_specs() -> dict:
+    """{column label: ObjectiveSpec} of the continuum's objectives (as configs/study.py sets them)."""
+    from configs import study as study_config
+    from deft_jax import objectives
+
+    return {study.RunSpec("weak", name).point()["objective"]:
+            objectives.parse_objective(name, **study_config.objective_params(name, alpha=study.DEFORMED_ALPHA))
+            for name in study.OBJECTIVES}
+
+
+def initial_panels(workdir: pathlib.Path, *, smoke: bool, num_examples: int, log=print) -> dict:
+    """{(regime, objective): statistics} of the untrained model under every objective's gate: what each
+    objective does with the base model's tokens at step 0 (cached in <workdir>/initial-<regime>.npz)."""
+    from deft_jax import data as data_lib
+    from deft_jax import evaluate
+
+    specs = study_objective_specs()
+    panels = {}
+    for regime in study.REGIMES:
+        path = workdir / f"initial-{regime}-{num_examples}.npz"
+        if path.is_file():
+            with np.load(path) as data:
+                flat = {key: data[key] for key in data.files}
+        else:
+            log(f"initial token statistics: {regime}")
+            config = study.base_config(regime, smoke=smoke)
+            setup = evaluate.build_setup(config)
+            params = evaluate.base_params(setup)
+            tokenized, _ = data_lib.tokenize_examples(evaluate.eval_examples(config, num_eval=num_examples),
+                                                      tokenizer=setup.tokenizer, cfg=config.data)
+            stats = token_statistics(setup, params, tokenized, objective_specs=specs)
+            flat = {f"{label}|{key}": value for label, values in stats.items() for key, value in values.items()}
+            workdir.mkdir(parents=True, exist_ok=True)
+            temporary = path.with_name(path.stem + ".tmp.npz")
+            np.savez(temporary, **flat)
+            temporary.replace(path)
+        for name, value in flat.items():
+            label, key = name.split("|")
+            panels.setdefault((regime, label), {})[key] = value
+    return panels
 
 
 def run_token_statistics(*, run_dir: pathlib.Path | None, config, num_examples: int) -> dict[str, np.ndarray]:
@@ -293,15 +346,25 @@ def main(argv: Sequence[str] | None = None) -> list[pathlib.Path]:
     parser.add_argument("--out", default="experiments/figures", help="folder for the PNGs")
     parser.add_argument("--smoke", action="store_true", help="the smoke studies' runs (titles say so)")
     parser.add_argument("--scatter_examples", type=int, default=8, help="eval examples per scatter panel")
-    parser.add_argument("--only", default="token_scatter,dynamics,scores", help="comma-separated figures")
+    parser.add_argument("--only", default="token_scatter,dynamics,scores",
+                        help="comma-separated, of token_scatter, dynamics, scores, initial_scatter (the untrained "
+                             "model under every objective's gate; needs no study run)")
     args = parser.parse_args(argv)
     workdir, out = pathlib.Path(args.workdir).absolute(), pathlib.Path(args.out)
-    if not workdir.is_dir():
+    wanted = set(args.only.split(","))
+    unknown = sorted(wanted - {"token_scatter", "dynamics", "scores", "initial_scatter"})
+    if unknown:
+        raise SystemExit(f"figures: unknown figure(s) {unknown} in --only")
+    if not workdir.is_dir() and wanted != {"initial_scatter"}:
         raise SystemExit(f"figures: --workdir {workdir} does not exist; run experiments/study.py first")
     out.mkdir(parents=True, exist_ok=True)
     note = " (SMOKE: tiny random model, not a result)" if args.smoke else ""
-    wanted = set(args.only.split(","))
     written = []
+    if "initial_scatter" in wanted:
+        panels = initial_panels(workdir, smoke=args.smoke, num_examples=args.scatter_examples)
+        written.append(plot_token_scatter(panels, path=out / "initial_scatter.png",
+                                          title=f"untrained model, {args.scatter_examples} eval examples per regime: "
+                                                f"p vs entropy, colour = each objective's gradient magnitude{note}"))
     if "token_scatter" in wanted:
         panels = scatter_panels(workdir, smoke=args.smoke, num_examples=args.scatter_examples)
         written.append(plot_token_scatter(panels, path=out / "token_scatter.png",

@@ -102,6 +102,8 @@ def build_self_distill(setup, params, *, num: int, max_new_tokens: int, cache_di
                 rows.append({"question": example.messages[-1]["content"], "answer": answer})
         if len(rows) >= num:
             break
+    print(f"self_distill: {len(rows)} of the GSM8K questions tried got a greedy answer ending with EOS within "
+          f"{max_new_tokens} tokens", flush=True)
     if not rows:
         raise RuntimeError(f"no greedy answer ended with EOS within {max_new_tokens} tokens; raise --distill_tokens")
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -147,7 +149,10 @@ def main(argv=None) -> None:
             path = build_self_distill(setup, params, num=args.num, max_new_tokens=args.distill_tokens,
                                       cache_dir=pathlib.Path(args.cache_dir))
             overrides = dict(task="jsonl", path=str(path))
-        config = candidate_config(base_arg=_BASE_ARG, overrides=overrides, num=args.num, max_length=max_length)
+        num = args.num
+        if name == "self_distill":  # fewer rows when fewer greedy answers ended with EOS
+            num = min(num, sum(1 for line in pathlib.Path(overrides["path"]).read_text().splitlines() if line))
+        config = candidate_config(base_arg=_BASE_ARG, overrides=overrides, num=num, max_length=max_length)
         task_setup = evaluate.build_setup(config)
         examples = data_lib.load_examples(config.data, split="train")
         results[name] = measure(task_setup, params, examples)
