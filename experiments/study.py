@@ -230,10 +230,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     workdir = pathlib.Path(args.workdir or ("runs/study_smoke" if args.smoke else "runs/study")).absolute()
     studies = STUDIES if args.study == "all" else (args.study,)
-    if args.print_commands:
-        for study in studies:
-            for run in plan(study_specs(study, smoke=args.smoke), workdir=workdir, smoke=args.smoke):
-                print(run.shell_command(python="python"))
+    if args.print_commands:  # each shared run once
+        specs = list({spec.name: spec for study in studies for spec in study_specs(study, smoke=args.smoke)}.values())
+        for run in plan(specs, workdir=workdir, smoke=args.smoke):
+            print(run.shell_command(python="python"))
         return
     for study in studies:
         run_study(study, workdir=workdir, smoke=args.smoke, in_process=args.in_process, num_eval=args.num_eval,
