@@ -142,8 +142,7 @@ class Progress:
         self.enabled = enabled and mode != "off"
         use_bar = mode == "bar" or (mode == "auto" and sys.stderr.isatty())
         self._bar = None
-        self._start = time.perf_counter()
-        self._start_step = initial
+        self._first = None
         self.total = total
         if self.enabled and use_bar:
             from tqdm import tqdm
@@ -158,9 +157,12 @@ class Progress:
             if scalars:
                 self._bar.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in _shown(scalars).items()})
             return
+        if self._first is None:  # rates start after the first step (which includes compilation)
+            self._first = (step, time.perf_counter())
         if scalars:
-            elapsed = time.perf_counter() - self._start
-            rate = (step - self._start_step) / elapsed if elapsed > 0 else float("nan")
+            first_step, first_time = self._first
+            elapsed = time.perf_counter() - first_time
+            rate = (step - first_step) / elapsed if elapsed > 0 and step > first_step else float("nan")
             eta = (self.total - step) / rate if rate > 0 else float("nan")
             shown = " ".join(f"{k.split('/')[-1]}={v:.4g}" for k, v in _shown(scalars).items())
             print(f"step {step}/{self.total} | {rate:.2f} steps/s | ETA {_format_seconds(eta)} | {shown}",

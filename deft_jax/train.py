@@ -358,29 +358,56 @@ def pretrained_architecture(config) -> model_lib.ModelConfig:
 # ====================================================================================================
 # Optimizer and schedule.
 
-def warmup_steps(*, total_steps: int, warmup_ratio: float) -> int:
-    return int(total_steps * warmup_ratio)
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """Learning-rate schedule settings (config.optim). The step receives them as float32 data, not
+    as constants of the program, so runs that differ only in lr, length or warmup share a compilation."""
+
+    lr: float
+    total_steps: int
+    warmup_ratio: float = 0.0
+    kind: str = "cosine"  # 'cosine' | 'constant'
+    min_lr_ratio: float = 0.0
+
+    def __post_init__(self):
+        if self.kind not in SCHEDULES:
+            raise ValueError(f"config.optim.schedule={self.kind!r} is not one of {SCHEDULES}.")
+
+    @property
+    def warmup_steps(self) -> int:
+        return int(self.total_steps * self.warmup_ratio)
+
+    def as_arrays(self) -> dict[str, np.ndarray]:
+        values = {"lr": self.lr, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps,
+                  "min_lr_ratio": self.min_lr_ratio, "cosine": float(self.kind == "cosine")}
+        return {key: np.float32(value) for key, value in values.items()}
 
 
-def learning_rate(step, *, lr: float, total_steps: int, warmup_ratio: float, schedule: str = "cosine",
-                  min_lr_ratio: float = 0.0):
+def scheduled_learning_rate(step, schedule: Mapping[str, Any]):
     """lr · factor(step) for the 0-based optimizer step (the official / transformers schedule):
 
         warmup (step < W):  step / max(1, W)
         cosine:             max(0, r + (1 − r) · ½(1 + cos(π · (step − W) / max(1, T − W))))
         constant:           1
     with W = int(warmup_ratio · T), r = min_lr_ratio. Step 0 has lr 0 when W > 0, as in the official code.
+    `schedule`: Schedule.as_arrays() (arrays or traced values).
     """
     step = jnp.asarray(step, jnp.float32)
-    warmup = warmup_steps(total_steps=total_steps, warmup_ratio=warmup_ratio)
-    warm = step / max(1, warmup)
-    if schedule == "constant":
-        decay = jnp.ones_like(step)
-    else:
-        progress = (step - warmup) / max(1, total_steps - warmup)
-        cosine = 0.5 * (1.0 + jnp.cos(jnp.pi * jnp.clip(progress, 0.0, 1.0)))
-        decay = jnp.maximum(0.0, min_lr_ratio + (1.0 - min_lr_ratio) * cosine)
-    return lr * jnp.where(step < warmup, warm, decay)
+    warmup, total = schedule["warmup_steps"], schedule["total_steps"]
+    warm = step / jnp.maximum(1.0, warmup)
+    progress = jnp.clip((step - warmup) / jnp.maximum(1.0, total - warmup), 0.0, 1.0)
+    cosine = 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+    ratio = schedule["min_lr_ratio"]
+    decay = jnp.where(schedule["cosine"] > 0, jnp.maximum(0.0, ratio + (1.0 - ratio) * cosine), 1.0)
+    return schedule["lr"] * jnp.where(step < warmup, warm, decay)
+
+
+def learning_rate(step, *, lr: float, total_steps: int, warmup_ratio: float, schedule: str = "cosine",
+                  min_lr_ratio: float = 0.0):
+    """`scheduled_learning_rate` from plain settings."""
+    arrays = Schedule(lr=lr, total_steps=total_steps, warmup_ratio=warmup_ratio, kind=schedule,
+                      min_lr_ratio=min_lr_ratio).as_arrays()
+    return scheduled_learning_rate(step, arrays)
 
 
 @functools.lru_cache(maxsize=32)  # one object per setting: it is part of the (hashable) step spec
@@ -508,37 +535,36 @@ def accumulate_gradients(params, batch, *, loss: LossSpec, num_micro_batches: in
 
 @dataclasses.dataclass(frozen=True)
 class StepSpec:
-    """Static settings of the train step."""
+    """Static settings of the train step (hashable: together with the mesh they select the program)."""
 
     loss: LossSpec
     optimizer: Any  # optax.GradientTransformation (AdamW direction, no lr)
-    lr: float
-    total_steps: int
-    warmup_ratio: float
-    schedule: str = "cosine"
-    min_lr_ratio: float = 0.0
     clip_norm: float = 1.0
     num_micro_batches: int = 1
     accumulation: str = "exact"
     skip_nonfinite: bool = True
-    flops_per_token: float = 0.0
 
 
 def _mean(total, count):
     return objectives.safe_divide(total, count)
 
 
-def train_step(state: TrainState, batch, *, spec: StepSpec, mesh: Mesh | None = None):
-    """(state, global batch) -> (new state, metrics). Pure; jit it with `compile_train_step`."""
+def global_norm(tree) -> jax.Array:
+    """sqrt(Σ x²) over every leaf, in float32."""
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
+
+
+def train_step(state: TrainState, batch, schedule, *, spec: StepSpec, mesh: Mesh | None = None):
+    """(state, global batch, schedule arrays) -> (new state, metrics). Pure; jit it with
+    `compile_train_step`; `bind_schedule` turns it into the (state, batch) -> (state, metrics) step."""
     loss, grads, sums = accumulate_gradients(state.params, batch, loss=spec.loss,
                                              num_micro_batches=spec.num_micro_batches,
                                              accumulation=spec.accumulation, mesh=mesh)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = global_norm(grads)
     if spec.clip_norm > 0:  # optax.clip_by_global_norm: g · min(1, c / ‖g‖)
         scale = jnp.where(grad_norm > spec.clip_norm, spec.clip_norm / grad_norm, 1.0)
         grads = jax.tree.map(lambda g: g * scale.astype(g.dtype), grads)
-    lr = learning_rate(state.step, lr=spec.lr, total_steps=spec.total_steps, warmup_ratio=spec.warmup_ratio,
-                       schedule=spec.schedule, min_lr_ratio=spec.min_lr_ratio)
+    lr = scheduled_learning_rate(state.step, schedule)
     direction, opt_state = spec.optimizer.update(grads, state.opt_state, state.params)
     params = jax.tree.map(lambda p, u: (p - lr * u).astype(p.dtype), state.params, direction)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -561,7 +587,7 @@ def train_step(state: TrainState, batch, *, spec: StepSpec, mesh: Mesh | None = 
         "train/supervised_tokens": count,
         "train/tokens": sums["tokens"],
         "optim/grad_norm": grad_norm,
-        "optim/param_norm": optax.global_norm(params),
+        "optim/param_norm": global_norm(params),
         "optim/lr": lr,
         "optim/skipped_steps": skipped,
         "optim/finite": finite.astype(jnp.float32),
@@ -591,7 +617,8 @@ def eval_step(params, batch, *, loss: LossSpec):
 
 def param_shardings(model_config: model_lib.ModelConfig, *, mesh: Mesh, rules) -> tuple[Any, Any]:
     """(abstract params, NamedSharding tree) from the model's logical axes; checks divisibility."""
-    abstract, logical = model_lib.abstract_params(model_config)
+    with nn.logical_axis_rules(()):  # no activation constraints while unboxing shapes (works in any context)
+        abstract, logical = model_lib.abstract_params(model_config)
     shardings = sharding_lib.logical_to_shardings(logical_axes=logical, mesh=mesh, rules=rules)
     sharding_lib.check_divisible(abstract_tree=abstract, shardings=shardings, what="parameter")
     return abstract, shardings
@@ -634,8 +661,19 @@ def init_train_state(*, model_config, optimizer, seed: int, state_shardings: Tra
 def compile_train_step(*, spec: StepSpec, mesh: Mesh, state_shardings: TrainState):
     """jax.jit(train_step) with explicit shardings, the state donated. Call it under `mesh_context`."""
     step = functools.partial(train_step, spec=spec, mesh=mesh)
-    return jax.jit(step, in_shardings=(state_shardings, sharding_lib.batch_sharding(mesh)),
-                   out_shardings=(state_shardings, sharding_lib.replicated(mesh)), donate_argnums=0)
+    replicated = sharding_lib.replicated(mesh)
+    return jax.jit(step, in_shardings=(state_shardings, sharding_lib.batch_sharding(mesh), replicated),
+                   out_shardings=(state_shardings, replicated), donate_argnums=0)
+
+
+def bind_schedule(compiled_step, schedule: Schedule):
+    """The (state, batch) -> (state, metrics) step of one run: `compiled_step` with its schedule."""
+    arrays = schedule.as_arrays()
+
+    def step(state, batch):
+        return compiled_step(state, batch, arrays)
+    step.compiled = compiled_step
+    return step
 
 
 # Cached per (static spec, mesh, rules): repeated runs in one process (resume, sweeps, tests) reuse the
@@ -790,6 +828,8 @@ class Run:
     tokenizer: Any
     model_config: model_lib.ModelConfig
     spec: StepSpec
+    schedule: Schedule
+    flops_per_token: float  # at the configured row length (data.seq_len or max_length)
     abstract_state: TrainState
     state_shardings: TrainState
     train_examples: list
@@ -818,12 +858,12 @@ def setup_run(config, workdir, *, devices: Sequence[Any] | None = None) -> Run:
 
     train_examples, report = data_lib.tokenize_examples(data_lib.load_examples(config.data, split="train"),
                                                         tokenizer=tokenizer, cfg=config.data)
-    logger.info("train data: %s", report.summary())
+    _log(jax.process_index() == 0, f"train data: {report.summary()}")
     eval_examples = []
     if config.eval.at_end or config.eval.every_steps:
         eval_examples, eval_report = data_lib.tokenize_examples(
             data_lib.load_examples(config.data, split="eval"), tokenizer=tokenizer, cfg=config.data)
-        logger.info("eval data: %s", eval_report.summary())
+        _log(jax.process_index() == 0, f"eval data: {eval_report.summary()}")
     total_steps = total_train_steps(config, num_examples=len(train_examples))
 
     spec = objective_spec(config)
@@ -833,15 +873,17 @@ def setup_run(config, workdir, *, devices: Sequence[Any] | None = None) -> Run:
     step_spec = StepSpec(
         loss=LossSpec(model_config=model_config, objective=spec, normalization=config.loss.normalization,
                       impl=config.loss.impl, chunk_size=config.loss.chunk_size),
-        optimizer=optimizer, lr=float(config.optim.lr), total_steps=total_steps,
-        warmup_ratio=float(config.optim.warmup_ratio), schedule=config.optim.schedule,
-        min_lr_ratio=float(config.optim.min_lr_ratio), clip_norm=float(config.optim.clip_norm),
+        optimizer=optimizer, clip_norm=float(config.optim.clip_norm),
         num_micro_batches=config.batch_size // (config.micro_batch_size or config.batch_size),
-        accumulation=config.loss.accumulation, skip_nonfinite=config.optim.skip_nonfinite,
-        flops_per_token=model_lib.flops_per_token(model_config, seq_len=seq_len))
+        accumulation=config.loss.accumulation, skip_nonfinite=config.optim.skip_nonfinite)
+    schedule = Schedule(lr=float(config.optim.lr), total_steps=total_steps,
+                        warmup_ratio=float(config.optim.warmup_ratio), kind=config.optim.schedule,
+                        min_lr_ratio=float(config.optim.min_lr_ratio))
     abstract_state, state_shardings = state_layout(model_config, optimizer, mesh, rules)
     return Run(config=config, workdir=workdir, mesh=mesh, rules=rules, tokenizer=tokenizer,
-               model_config=model_config, spec=step_spec, abstract_state=abstract_state,
+               model_config=model_config, spec=step_spec, schedule=schedule,
+               flops_per_token=model_lib.flops_per_token(model_config, seq_len=seq_len),
+               abstract_state=abstract_state,
                state_shardings=state_shardings, train_examples=train_examples, eval_examples=eval_examples,
                total_steps=total_steps)
 
@@ -909,24 +951,23 @@ def train_and_evaluate(config, workdir, *, devices: Sequence[Any] | None = None,
     writer = metrics_lib.MetricWriter(workdir=workdir, enabled=is_main, tensorboard=config.tensorboard)
     preemption = PreemptionFlag()
     try:
+        latest = manager.latest_step()
+        data_state = None
+        if latest is not None:
+            target = sharding_lib.with_shardings(run.abstract_state, run.state_shardings)
+            start = time.perf_counter()
+            state, data_state, _ = checkpointing.restore(manager, target=target, step=latest)
+            _log(is_main, f"resumed from {manager.directory}/{latest} ({time.perf_counter() - start:.2f}s)")
+        else:
+            state = initial_state(run)  # (outside the mesh context: weights are placed tensor by tensor)
+        step = int(jax.device_get(state.step))
         with mesh_context(mesh, run.rules):
-            latest = manager.latest_step()
-            data_state = None
-            if latest is not None:
-                target = sharding_lib.with_shardings(run.abstract_state, run.state_shardings)
-                start = time.perf_counter()
-                state, data_state, _ = checkpointing.restore(manager, target=target, step=latest)
-                _log(is_main, f"resumed from {manager.directory}/{latest} "
-                              f"({time.perf_counter() - start:.2f}s)")
-            else:
-                state = initial_state(run)
-            step = int(jax.device_get(state.step))
-
             block, blocks = _process_rows(mesh, global_rows=config.batch_size)
             iterator = data_lib.train_iterator_from_config(
                 run.train_examples, cfg=config.data, batch_size=config.batch_size // blocks,
                 process_index=block, process_count=blocks, pad_id=run.tokenizer.pad_id, state=data_state)
-            train_fn = jitted_train_step(run.spec, mesh, run.rules)
+            compiled_step = jitted_train_step(run.spec, mesh, run.rules)
+            train_fn = bind_schedule(compiled_step, run.schedule)
             eval_fn = jitted_eval_step(run.spec.loss, mesh)
             peak = metrics_lib.assumed_peak_flops_per_device(
                 configured=config.peak_flops_per_device, device_kind=mesh.devices.flat[0].device_kind)
@@ -949,7 +990,8 @@ def train_and_evaluate(config, workdir, *, devices: Sequence[Any] | None = None,
                 state, step_metrics = train_fn(state, batch)
                 step += 1
                 steps_this_call += 1
-                positions = batch["inputs"].shape[0] * batch["inputs"].shape[1]
+                row_length = batch["inputs"].shape[1]
+                positions = batch["inputs"].shape[0] * row_length
                 if first_step_seconds is None:  # compile + first step; excluded from throughput
                     jax.block_until_ready(step_metrics)
                     first_step_seconds = time.perf_counter() - started
@@ -967,10 +1009,11 @@ def train_and_evaluate(config, workdir, *, devices: Sequence[Any] | None = None,
                         scalars["perf/steps_per_second"] = window_steps / elapsed
                         scalars["perf/tokens_per_second"] = tokens_per_second
                         scalars["perf/mfu"] = metrics_lib.model_flops_utilization(
-                            flops_per_token=run.spec.flops_per_token, tokens_per_second=tokens_per_second,
+                            flops_per_token=model_lib.flops_per_token(run.model_config, seq_len=row_length),
+                            tokens_per_second=tokens_per_second,
                             num_devices=mesh.devices.size, peak_flops_per_device=peak)
                     scalars["perf/first_step_seconds"] = first_step_seconds
-                    scalars["perf/compilations"] = float(train_fn._cache_size())
+                    scalars["perf/compilations"] = float(compiled_step._cache_size())
                     histograms = ({"train/alpha": (list(metrics_lib.ALPHA_HISTOGRAM_EDGES), histogram)}
                                   if histogram is not None else None)
                     if histogram is not None:
@@ -992,6 +1035,7 @@ def train_and_evaluate(config, workdir, *, devices: Sequence[Any] | None = None,
                     final.update(eval_scalars)
                     _log(is_main, "step {}: {}".format(step, ", ".join(
                         f"{k}={v:.4g}" for k, v in eval_scalars.items())))
+                    window_start, window_tokens, window_steps = time.perf_counter(), 0, 0
                 if stop:
                     final["preempted"] = True
                     _log(is_main, f"stopped at step {step} (checkpoint saved); re-run the same command to resume")
@@ -1000,7 +1044,7 @@ def train_and_evaluate(config, workdir, *, devices: Sequence[Any] | None = None,
             manager.wait_until_finished()
             final["step"] = step
             final["skipped_steps"] = int(jax.device_get(state.skipped_steps))
-            final["compilations"] = train_fn._cache_size()
+            final["compilations"] = compiled_step._cache_size()
             final["checkpoint_save_seconds"] = save_seconds
             final["state"] = state
             _log(is_main, f"done at step {step}: checkpoints in {manager.directory}, metrics in "
@@ -1062,9 +1106,9 @@ def apply_overrides(config, overrides: Mapping[str, Any]) -> ml_collections.Conf
 
 
 def _log(enabled: bool, message: str) -> None:
+    """Process 0's console report (stderr)."""
     if enabled:
         print(message, file=sys.stderr, flush=True)
-    logger.info(message)
 
 
 # ====================================================================================================
@@ -1073,8 +1117,12 @@ def _log(enabled: bool, message: str) -> None:
 def main(argv: Sequence[str]) -> None:
     from absl import flags
 
+    from absl import logging as absl_logging
+
     del argv
     FLAGS = flags.FLAGS
+    if not FLAGS["verbosity"].present:  # orbax and JAX log a lot at INFO; --verbosity=0 brings it back
+        absl_logging.set_verbosity(absl_logging.WARNING)
     if FLAGS.workdir is None:
         raise ValueError("--workdir is required")
     final = train_and_evaluate(FLAGS.config, FLAGS.workdir)

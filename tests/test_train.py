@@ -1,0 +1,230 @@
+"""The train step and loop: accumulation, schedule, non-finite skipping, bad input, kill/resume, SIGTERM, CLI."""
+import json
+import math
+import signal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from deft_jax import checkpointing, objectives, train
+from deft_jax import data as data_lib
+from deft_jax import sharding as sharding_lib
+from test_train_utils import (CONFIGS, kill, losses_by_step, params_leaves, read_metrics, run_in_process,
+                              smoke_config, start_cli, wait_for_step)
+
+
+# ------------------------------------------------------------------------------------------------
+# The step on one device.
+
+def _one_device_run(workdir, **overrides):
+    config = smoke_config("deft", **{"mesh.data": 1, "batch_size": 8, "micro_batch_size": 8, **overrides})
+    return train.setup_run(config, workdir, devices=jax.devices()[:1])
+
+
+def _first_batch(run):
+    iterator = data_lib.train_iterator_from_config(run.train_examples, cfg=run.config.data,
+                                                   batch_size=run.config.batch_size)
+    return train._put_batch(next(iterator), mesh=run.mesh, global_rows=run.config.batch_size)
+
+
+def _one_step(run, batch, state=None):
+    with train.mesh_context(run.mesh, run.rules):
+        state = train.initial_state(run) if state is None else state
+        before = params_leaves(state)
+        step = train.bind_schedule(train.jitted_train_step(run.spec, run.mesh, run.rules), run.schedule)
+        new_state, metrics = step(state, batch)
+        return before, new_state, jax.device_get(metrics)
+
+
+def test_four_micro_batches_of_two_equal_one_batch_of_eight(tmp_path):
+    whole = _one_device_run(tmp_path / "whole")
+    micro = _one_device_run(tmp_path / "micro", micro_batch_size=2)
+    assert (whole.spec.num_micro_batches, micro.spec.num_micro_batches) == (1, 4)
+    batch = _first_batch(whole)
+    counts = np.asarray(batch["loss_mask"]).reshape(2, 4, -1).swapaxes(0, 1).sum(axis=(1, 2))
+    assert len(set(counts.tolist())) > 1, "micro-batches should hold different token counts"
+    before, state_1, metrics_1 = _one_step(whole, batch)
+    _, state_4, metrics_4 = _one_step(micro, batch)
+    for key in ("train/loss", "train/nll", "train/mean_gate", "optim/grad_norm", "train/supervised_tokens"):
+        np.testing.assert_allclose(metrics_4[key], metrics_1[key], rtol=2e-6, err_msg=key)
+    # The same update: AdamW's first step is ~lr·g/(|g| + eps), so compare to a small fraction of lr.
+    lr = float(metrics_1["optim/lr"])
+    for p0, p1, p4 in zip(before, params_leaves(state_1), params_leaves(state_4)):
+        np.testing.assert_allclose(p4 - p0, p1 - p0, rtol=1e-3, atol=1e-3 * lr)
+    assert metrics_1["train/loss"] > 0 and metrics_1["optim/lr"] > 0
+
+
+def test_mean_of_micro_means_is_the_official_normalisation(tmp_path):
+    run = _one_device_run(tmp_path, micro_batch_size=2, **{"loss.accumulation": "mean_of_micro_means"})
+    batch = _first_batch(run)
+    _, _, metrics = _one_step(run, batch)
+    # Independent reference: each micro-batch's token mean of the DEFT loss, averaged.
+    loss_fn = jax.jit(lambda params, micro: train.loss_fn(params, micro, loss=run.spec.loss))
+    with train.mesh_context(run.mesh, run.rules):
+        params = train.initial_state(run).params
+        means, totals, dens = [], [], []
+        for m in range(4):
+            micro = {k: np.asarray(v)[m::4] for k, v in batch.items()}
+            total, aux = loss_fn(params, micro)
+            totals.append(float(total))
+            dens.append(float(aux["denominator"]))
+            means.append(float(total) / float(aux["denominator"]))
+    np.testing.assert_allclose(metrics["train/loss"], np.mean(means), rtol=1e-5)
+    exact = sum(totals) / sum(dens)
+    assert abs(np.mean(means) - exact) > 1e-4 * abs(exact)  # the two normalisations differ here
+
+
+def test_non_finite_step_is_skipped_and_counted(tmp_path):
+    run = _one_device_run(tmp_path)
+    batch = _first_batch(run)
+    targets = np.asarray(batch["targets"]).copy()
+    row, col = np.argwhere(np.asarray(batch["loss_mask"]) > 0)[0]
+    targets[row, col] = run.model_config.vocab_size  # out of range and supervised: NaN loss
+    bad = dict(batch, targets=jax.device_put(targets, batch["targets"].sharding))
+    before, state, metrics = _one_step(run, bad)
+    assert not math.isfinite(metrics["train/loss"]) and metrics["optim/finite"] == 0
+    assert int(state.step) == 1 and int(state.skipped_steps) == 1
+    for got, want in zip(params_leaves(state), before):
+        assert np.array_equal(got, want)
+    assert int(state.opt_state[0].count) == 0  # AdamW did not count the skipped step
+    _, state, metrics = _one_step(run, batch, state=state)
+    assert metrics["optim/finite"] == 1 and int(state.step) == 2 and int(state.skipped_steps) == 1
+    assert int(state.opt_state[0].count) == 1
+
+
+def _reference_cosine(step, *, lr, total, warmup_ratio, min_ratio=0.0):
+    """transformers/verl get_cosine_schedule_with_warmup (num_cycles 0.5), written out independently."""
+    warmup = int(total * warmup_ratio)
+    if step < warmup:
+        return lr * step / max(1, warmup)
+    progress = (step - warmup) / max(1, total - warmup)
+    return lr * max(0.0, min_ratio + (1 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+@pytest.mark.parametrize("min_ratio", [0.0, 0.1])
+def test_cosine_schedule_with_warmup(min_ratio):
+    for step in (0, 1, 5, 9, 10, 11, 50, 99, 100):
+        got = float(train.learning_rate(step, lr=5e-5, total_steps=100, warmup_ratio=0.1, min_lr_ratio=min_ratio))
+        assert got == pytest.approx(_reference_cosine(step, lr=5e-5, total=100, warmup_ratio=0.1,
+                                                      min_ratio=min_ratio), rel=1e-5, abs=1e-12)
+
+
+def test_loss_impl_is_never_a_silent_fallback(tmp_path):
+    run = _one_device_run(tmp_path)
+    bad = train.LossSpec(model_config=run.model_config, objective=run.spec.loss.objective, impl="fancy")
+    with pytest.raises(ValueError, match="config.loss.impl='fancy'"):
+        train.objective_output({}, {"inputs": None, "targets": None, "loss_mask": None, "positions": None,
+                                    "segment_ids": None}, loss=bad)
+
+
+# ------------------------------------------------------------------------------------------------
+# Bad input: clear errors before anything is compiled.
+
+@pytest.fixture
+def compile_counter():
+    events = []
+
+    def listener(name, duration, **kwargs):
+        if "backend_compile" in name:
+            events.append(name)
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    yield events
+    jax.monitoring.unregister_event_duration_listener(listener)
+
+
+@pytest.mark.parametrize("case", ["unwritable_workdir", "mesh_mismatch", "config_typo", "batch_indivisible"])
+def test_bad_input_fails_before_compilation(case, tmp_path, compile_counter):
+    config = smoke_config("nll")
+    workdir = tmp_path / "run"
+    if case == "unwritable_workdir":
+        (tmp_path / "a_file").write_text("x")
+        workdir = tmp_path / "a_file" / "run"
+        error, message = PermissionError, "is not writable"
+    elif case == "mesh_mismatch":
+        config = train.apply_overrides(config, {"mesh.data": 3})
+        error, message = ValueError, r"data=3 x fsdp=1 x tensor=1 = 3 devices, but JAX sees 8"
+    elif case == "config_typo":
+        with config.unlocked():
+            config.optim.learning_rate = 1e-3
+        error, message = ValueError, "config.optim.learning_rate is not a known field"
+    else:
+        config = train.apply_overrides(config, {"batch_size": 12, "micro_batch_size": 0})
+        error, message = ValueError, r"config.batch_size=12 .* not divisible by the data-parallel size 8"
+    with pytest.raises(error, match=message):
+        train.train_and_evaluate(config, workdir)
+    assert compile_counter == []
+
+
+# ------------------------------------------------------------------------------------------------
+# Kill / resume / SIGTERM / CLI (subprocesses on 8 fake devices, sharing a compilation cache).
+
+LONG = {"total_steps": 40, "checkpoint.every_steps": 4}
+LONG_FLAGS = ["--config.total_steps=40", "--config.checkpoint.every_steps=4"]
+
+
+@pytest.fixture(scope="module")
+def compilation_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("xla_cache")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    final = run_in_process(smoke_config("deft", **LONG), workdir)
+    assert final["step"] == 40
+    return params_leaves(final["state"]), losses_by_step(workdir)
+
+
+def _kill_during_a_checkpoint_write(process, workdir, *, give_up_at_step):
+    """SIGKILL as soon as a checkpoint write is in flight (its temporary directory exists); failing
+    that, at step `give_up_at_step`. Returns whether a write was interrupted."""
+    checkpoints = checkpointing.checkpoint_dir(workdir)
+    polls = 0
+    while process.poll() is None:
+        if any(checkpointing.TMP_MARKER in p.name for p in checkpoints.iterdir()):
+            kill(process)
+            return True
+        polls += 1
+        if polls % 200 == 0 and max(losses_by_step(workdir), default=0) >= give_up_at_step:
+            kill(process)
+            return False
+    raise AssertionError(f"the run ended (rc {process.returncode}) before it could be killed")
+
+
+def test_sigterm_resume_and_sigkill_mid_write_end_exactly_as_an_uninterrupted_run(
+        tmp_path, uninterrupted, compilation_cache):
+    workdir = tmp_path / "run"
+    command = (f"{CONFIGS}/deft.py:smoke", workdir, *LONG_FLAGS, f"--config.compilation_cache_dir={compilation_cache}")
+    # 1. SIGTERM (preemption): a checkpoint at the step reached, a clean exit, the resolved config saved.
+    process = start_cli(*command, log_path=tmp_path / "first.log")
+    wait_for_step(process, workdir, step=3)
+    assert kill(process, signal.SIGTERM) == 0
+    stopped_at = max(losses_by_step(workdir))
+    assert 3 <= stopped_at < 40
+    assert "re-run the same command to resume" in (tmp_path / "first.log").read_text()
+    saved = json.loads((workdir / "config.json").read_text())
+    assert saved["total_steps"] == 40 and saved["objective"]["name"] == "deft"
+    run = train.setup_run(smoke_config("deft", **LONG), workdir)
+    target = sharding_lib.with_shardings(run.abstract_state, run.state_shardings)
+    directory = checkpointing.checkpoint_dir(workdir)
+    assert checkpointing.check_restorable(directory=directory, target=target) == stopped_at
+    # 2. The same command resumes from there; SIGKILL it while it writes a checkpoint.
+    process = start_cli(*command, log_path=tmp_path / "second.log")
+    wait_for_step(process, workdir, step=stopped_at + 2)
+    interrupted_write = _kill_during_a_checkpoint_write(process, workdir, give_up_at_step=36)
+    assert f"resumed from {directory}/{stopped_at}" in (tmp_path / "second.log").read_text()
+    killed_at = max(losses_by_step(workdir))
+    assert killed_at < 40
+    # 3. Once more (in this process): it resumes from the last complete checkpoint and ends exactly as
+    #    the uninterrupted run, parameters bit for bit, every logged loss identical.
+    final = run_in_process(smoke_config("deft", **LONG), workdir)
+    assert final["step"] == 40
+    reference_params, reference_losses = uninterrupted
+    for got, want in zip(params_leaves(final["state"]), reference_params):
+        assert np.array_equal(got, want)
+    losses = losses_by_step(workdir)
+    assert [losses[s] for s in range(1, 41)] == [reference_losses[s] for s in range(1, 41)]
+    print(f"SIGTERM at step {stopped_at}; SIGKILL at step {killed_at}, during a checkpoint write: "
+          f"{interrupted_write}")
