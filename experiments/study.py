@@ -42,6 +42,9 @@ SMOKE_OBJECTIVES = ("nll", "deft")
 STUDIES = ("continuum", "noise", "seeds")
 TEACHER_FORCED = ("nll", "mean_p", "token_accuracy")
 SMOKE_NUM_EVAL, SMOKE_MAX_NEW_TOKENS = 4, 8
+# Greedy tokens per eval answer: FigFont the paper's 5 (the evaluator's default); the others cover their
+# longest reference + EOS (measured on eval items 10,000-10,199: word_sorting 30, number_sorting 66 tokens).
+REGIME_MAX_NEW_TOKENS = {"weak": None, "intermediate": 48, "strong": 96}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,10 +185,20 @@ def write_table(rows: Sequence[dict], *, path: pathlib.Path, title: str) -> None
     path.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
+def eval_options(regime: str, *, smoke: bool, num_eval: int | None):
+    """The evaluator's options for `regime` (smoke: 4 examples, 8 new tokens; a random tiny model never
+    stops early)."""
+    from deft_jax import evaluate
+
+    if smoke:
+        return evaluate.EvalOptions(num_eval=num_eval or SMOKE_NUM_EVAL, max_new_tokens=SMOKE_MAX_NEW_TOKENS)
+    return evaluate.EvalOptions(num_eval=num_eval, max_new_tokens=REGIME_MAX_NEW_TOKENS[regime])
+
+
 def run_study(study: str, *, workdir: pathlib.Path, smoke: bool, in_process: bool, evaluate_runs: bool = True,
               num_eval: int | None = None, log=print) -> list[dict[str, Any]]:
     """Train the study's unfinished runs, evaluate, write <workdir>/<study>.md/.csv; returns the rows."""
-    from deft_jax import evaluate, sweep
+    from deft_jax import sweep
 
     specs = study_specs(study, smoke=smoke)
     runs = plan(specs, workdir=workdir, smoke=smoke)
@@ -195,13 +208,14 @@ def run_study(study: str, *, workdir: pathlib.Path, smoke: bool, in_process: boo
     log(f"{study}: training took {time.perf_counter() - started:.0f}s")
     if not evaluate_runs:
         return []
-    # smoke: 4 eval examples and 8 new tokens (a random tiny model never stops early); else the task defaults
-    options = evaluate.EvalOptions(num_eval=num_eval or (SMOKE_NUM_EVAL if smoke else None),
-                                   max_new_tokens=SMOKE_MAX_NEW_TOKENS if smoke else None)
     started = time.perf_counter()
-    results = sweep.evaluate_finished(runs, options=options, log=log)
-    regimes = sorted({spec.regime for spec in specs}, key=REGIMES.index) if study == "continuum" else []
-    base = evaluate_base(regimes, workdir=workdir, smoke=smoke, options=options, log=log)
+    results, base = {}, {}
+    for regime in sorted({spec.regime for spec in specs}, key=REGIMES.index):
+        options = eval_options(regime, smoke=smoke, num_eval=num_eval)
+        results.update(sweep.evaluate_finished([run for run, spec in zip(runs, specs) if spec.regime == regime],
+                                               options=options, log=log))
+        if study == "continuum":
+            base.update(evaluate_base([regime], workdir=workdir, smoke=smoke, options=options, log=log))
     log(f"{study}: evaluation took {time.perf_counter() - started:.0f}s")
     rows = aggregate(specs, results=results, base=base)
     title = f"{study} study{' (SMOKE: tiny random model, not a result)' if smoke else ''}"
