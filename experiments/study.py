@@ -195,12 +195,24 @@ def eval_options(regime: str, *, smoke: bool, num_eval: int | None):
     return evaluate.EvalOptions(num_eval=num_eval, max_new_tokens=REGIME_MAX_NEW_TOKENS[regime])
 
 
+def select(specs: Sequence[RunSpec], *, only: Sequence[str] | None) -> list[RunSpec]:
+    """The specs whose run name is in `only` (all when None); an unknown name is an error."""
+    if not only:
+        return list(specs)
+    names = {spec.name for spec in specs}
+    unknown = sorted(set(only) - names)
+    if unknown:
+        raise ValueError(f"--only: {unknown} are not runs of this study; its runs: {sorted(names)}")
+    return [spec for spec in specs if spec.name in set(only)]
+
+
 def run_study(study: str, *, workdir: pathlib.Path, smoke: bool, in_process: bool, evaluate_runs: bool = True,
-              num_eval: int | None = None, log=print) -> list[dict[str, Any]]:
-    """Train the study's unfinished runs, evaluate, write <workdir>/<study>.md/.csv; returns the rows."""
+              num_eval: int | None = None, only: Sequence[str] | None = None, log=print) -> list[dict[str, Any]]:
+    """Train the study's unfinished runs (or the `only` ones), evaluate, write <workdir>/<study>.md/.csv
+    (a partial table with `only`); returns the rows."""
     from deft_jax import sweep
 
-    specs = study_specs(study, smoke=smoke)
+    specs = select(study_specs(study, smoke=smoke), only=only)
     runs = plan(specs, workdir=workdir, smoke=smoke)
     workdir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -236,6 +248,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--in_process", action="store_true",
                         help="train in this process (no trainer subprocesses; faster for --smoke)")
     parser.add_argument("--num_eval", type=int, default=None, help="score the first N eval examples only")
+    parser.add_argument("--only", default="", help="comma-separated run names (e.g. strong-deft-noise0-seed0): "
+                        "train and score only these (the table then covers only them)")
     parser.add_argument("--print_commands", action="store_true", help="print one trainer command per run and exit")
     parser.add_argument("--no_figures", action="store_true", help="with 'all': skip experiments/figures.py")
     parser.add_argument("--figures_dir", default=None,
@@ -251,6 +265,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     for study in studies:
         run_study(study, workdir=workdir, smoke=args.smoke, in_process=args.in_process, num_eval=args.num_eval,
+                  only=[name for name in args.only.split(",") if name] or None,
                   log=lambda message: print(message, flush=True))
     if args.study == "all" and not args.no_figures:
         from experiments import figures

@@ -103,3 +103,12 @@ def test_unknown_study_and_config_arguments_raise():
         study_config.get_config("regime=medium,smoke")
     with pytest.raises(ValueError, match="objective"):
         study_config.get_config("objective=tsallis,smoke")
+
+
+def test_only_selects_named_runs_and_rejects_unknown_names():
+    specs = study.study_specs("continuum", smoke=False)
+    chosen = study.select(specs, only=["strong-deft-noise0-seed0", "weak-nll-noise0-seed0"])
+    assert [s.name for s in chosen] == ["weak-nll-noise0-seed0", "strong-deft-noise0-seed0"]
+    assert study.select(specs, only=None) == specs
+    with pytest.raises(ValueError, match="not runs of this study"):
+        study.select(specs, only=["strong-deft-seed0"])
