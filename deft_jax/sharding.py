@@ -189,10 +189,9 @@ def maybe_initialize_distributed(dist_config: Mapping[str, Any] | None) -> bool:
         return False
     if jax.distributed.is_initialized():
         return True
-    platforms = os.environ.get("JAX_PLATFORMS", "") or str(jax.config.jax_platforms or "")
-    if "cpu" in platforms.split(",") or (dist_config or {}).get("cpu_collectives"):
-        jax.config.update("jax_cpu_collectives_implementation",
-                          (dist_config or {}).get("cpu_collectives") or "gloo")
+    cpu_collectives = (dist_config or {}).get("cpu_collectives", "gloo")
+    if cpu_collectives:  # only used by the CPU backend (harmless on TPU/GPU)
+        jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
     jax.distributed.initialize(**{k: v for k, v in settings.items() if v is not None})
     return True
 
