@@ -176,17 +176,26 @@ def token_stats(logits, targets, *, topk: int | None = None) -> TokenStats:
     vocab = z.shape[-1]
     z_max = jax.lax.stop_gradient(jnp.max(z, axis=-1, keepdims=True))
     z_max = jnp.where(jnp.isfinite(z_max), z_max, 0.0)
-    shifted = z - z_max
-    is_max = jnp.arange(vocab) == jnp.argmax(z, axis=-1)[..., None]
-    lse_shifted = _log1p_sum_exp(shifted, is_max)
-    lse2_shifted = _log1p_sum_exp(2.0 * shifted, is_max)
-    log_probs = shifted - lse_shifted[..., None]
+    shifted = z - z_max  # <= 0, exactly 0 at the max entries
+    # One exp per logit serves Σπ (lse), Σπ² (lse2, DEFT) and Σπz (entropy): after the max, a single
+    # pass over the vocabulary (DEFT's statistic rides with the NLL's). The max entries (value 1,
+    # ties included) are counted exactly and the rest summed, so lse = log1p(count − 1 + Σ_rest e):
+    # accurate for peaked distributions (log p at p ≈ 1, C ≈ 1, H ≈ 0). In the sums a max entry
+    # stands as `shifted` (value 0, derivative 1 = exp'(0)) so that gradients stay exact.
+    e = jnp.exp(shifted)
+    at_max = shifted == 0
+    extra_max = jnp.sum(at_max.astype(z.dtype), axis=-1) - 1.0
+    lse_shifted = jnp.log1p(extra_max + jnp.sum(jnp.where(at_max, shifted, e), axis=-1))
+    lse2_shifted = jnp.log1p(extra_max + jnp.sum(jnp.where(at_max, 2.0 * shifted, e * e), axis=-1))
+    # H = lse − Σπ·shifted, Σπ·shifted = Σ e·shifted / Σ e (0·(−inf) := 0 for −inf logits).
+    e_times_shifted = jnp.sum(jnp.where(e > 0, e * jnp.where(e > 0, shifted, 0.0), 0.0), axis=-1)
+    entropy = jnp.maximum(lse_shifted - e_times_shifted * jnp.exp(-lse_shifted), 0.0)
 
     in_range = (targets >= 0) & (targets < vocab)
     safe_targets = jnp.where(in_range, targets, 0)[..., None]
     target_logit = jnp.take_along_axis(z, safe_targets, axis=-1)[..., 0]
-    log_p = jnp.take_along_axis(log_probs, safe_targets, axis=-1)[..., 0]
-    log_p = jnp.where(in_range, log_p, jnp.nan)
+    target_shifted = jnp.take_along_axis(shifted, safe_targets, axis=-1)[..., 0]
+    log_p = jnp.where(in_range, target_shifted - lse_shifted, jnp.nan)
 
     return TokenStats(
         logsumexp=lse_shifted + z_max[..., 0],
@@ -194,7 +203,7 @@ def token_stats(logits, targets, *, topk: int | None = None) -> TokenStats:
         log_p=log_p,
         lse2=lse2_shifted + 2.0 * z_max[..., 0],
         collision=jnp.exp(lse2_shifted - 2.0 * lse_shifted),
-        entropy=_entropy_from_log_probs(log_probs),
+        entropy=entropy,
         topk_entropy=None if topk is None else _topk_entropy(shifted, topk=topk),
         topk=None if topk is None else int(topk),
     )

@@ -3,9 +3,11 @@
 Prints one table per (tokens, d_model, vocab) shape. Everything is measured side by side in one run
 (these machines are shared and noisy: read the ratios, not the absolute seconds).
 
-  time      median wall seconds of jit(value_and_grad) w.r.t. hidden and lm-head weight, after compile
+  time      median wall seconds of jit(value_and_grad) w.r.t. hidden and lm-head weight, after compile;
+            cases are timed in interleaved rounds so that load changes hit every case alike
   xla_peak  XLA's compiled memory analysis: arguments + outputs + temporaries (bytes the program needs)
-  rss_peak  peak resident set size of a fresh subprocess that runs only that one case (--isolate)
+  rss_peak  peak resident set size of a fresh subprocess that runs only that one case (--isolate):
+            interpreter + JAX runtime + inputs + the program
   vs_nll    time / the NLL time of the same implementation (DEFT target: <= 1.02)
   vs_naive  chunked time / naive time of the same objective
 
@@ -62,26 +64,54 @@ def _inputs(*, tokens: int, d_model: int, vocab: int, seed: int = 0):
     return hidden, weight, targets, mask
 
 
+def compile_case(*, impl: str, name: str, tokens: int, d_model: int, vocab: int, chunk_size: int):
+    """(compiled executable, XLA peak bytes = arguments + outputs + temporaries) for one case."""
+    args = _inputs(tokens=tokens, d_model=d_model, vocab=vocab)
+    compiled = _loss_fn(impl=impl, name=name, chunk_size=chunk_size).lower(*args).compile()
+    mem = compiled.memory_analysis()
+    return compiled, mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
+
+
 def run_case(*, impl: str, name: str, tokens: int, d_model: int, vocab: int, chunk_size: int,
              repeats: int, max_naive_gib: float) -> dict:
-    """Compile, measure XLA memory, and (unless too large) time one case in this process."""
-    args = _inputs(tokens=tokens, d_model=d_model, vocab=vocab)
-    fn = _loss_fn(impl=impl, name=name, chunk_size=chunk_size)
-    compiled = fn.lower(*args).compile()
-    mem = compiled.memory_analysis()
-    xla_peak = mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
+    """One case alone in this process (used by --isolate for its peak RSS)."""
+    compiled, xla_peak = compile_case(impl=impl, name=name, tokens=tokens, d_model=d_model, vocab=vocab,
+                                      chunk_size=chunk_size)
     result = {"impl": impl, "objective": name, "xla_peak": xla_peak, "time": None}
     if impl == "naive" and xla_peak > max_naive_gib * 2**30:
         return result
-    jax.block_until_ready(compiled(*args))  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+    args = _inputs(tokens=tokens, d_model=d_model, vocab=vocab)
+    for _ in range(max(repeats, 1)):
         jax.block_until_ready(compiled(*args))
-        times.append(time.perf_counter() - start)
-    result["time"] = statistics.median(times)
     result["rss_peak"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return result
+
+
+def run_interleaved(cases: list[dict], *, tokens: int, d_model: int, vocab: int, repeats: int,
+                    max_naive_gib: float) -> list[dict]:
+    """Time every case in rounds (case 1, case 2, ..., then again), so that load changes on a shared
+    machine hit all cases alike; report the median per case."""
+    args = _inputs(tokens=tokens, d_model=d_model, vocab=vocab)
+    rows, runnable = [], []
+    for case in cases:
+        compiled, xla_peak = compile_case(tokens=tokens, d_model=d_model, vocab=vocab, **case)
+        row = {"impl": case["impl"], "objective": case["name"], "xla_peak": xla_peak, "time": None}
+        rows.append(row)
+        if case["impl"] == "naive" and xla_peak > max_naive_gib * 2**30:
+            continue
+        jax.block_until_ready(compiled(*args))  # warm-up
+        runnable.append((row, compiled, []))
+    for round_index in range(repeats):
+        for row, compiled, times in runnable:
+            start = time.perf_counter()
+            jax.block_until_ready(compiled(*args))
+            times.append(time.perf_counter() - start)
+        print(f"  round {round_index + 1}/{repeats}: " + ", ".join(
+            f"{row['objective']}/{row['impl']} {times[-1]:.2f}s" for row, _, times in runnable),
+            file=sys.stderr, flush=True)
+    for row, _, times in runnable:
+        row["time"] = statistics.median(times)
+    return rows
 
 
 def _isolated(case: dict) -> dict:
@@ -141,17 +171,14 @@ def main(argv=None) -> None:
         parser.error(f"--impls: unknown {unknown}; choose from naive, chunked")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"jax {jax.__version__} on {jax.devices()[0].device_kind}")
-    rows = []
-    for name in names:
-        for impl in impls:
-            case = dict(impl=impl, name=name, tokens=args.tokens, d_model=args.d_model, vocab=args.vocab,
-                        chunk_size=args.chunk_size, repeats=args.repeats, max_naive_gib=args.max_naive_gib)
-            row = _isolated(case) if args.isolate else run_case(**case)
-            if not args.isolate:
-                row.pop("rss_peak", None)  # the whole benchmark process's peak, not this case's
-            rows.append(row)
-            shown = "not run" if row["time"] is None else f"{row['time']:.3f} s"
-            print(f"  {name:>14s} {impl:>8s}: {shown}, XLA peak {_fmt_bytes(row['xla_peak'])}",
+    cases = [dict(impl=impl, name=name, chunk_size=args.chunk_size) for name in names for impl in impls]
+    shape = dict(tokens=args.tokens, d_model=args.d_model, vocab=args.vocab)
+    rows = run_interleaved(cases, repeats=args.repeats, max_naive_gib=args.max_naive_gib, **shape)
+    if args.isolate:  # peak RSS of a fresh process per case (timing stays the interleaved one)
+        for row, case in zip(rows, cases):
+            alone = _isolated(dict(case, repeats=1, max_naive_gib=args.max_naive_gib, **shape))
+            row["rss_peak"] = alone.get("rss_peak")
+            print(f"  {case['name']}/{case['impl']}: process RSS peak {_fmt_bytes(row['rss_peak'])}",
                   file=sys.stderr, flush=True)
     print_table(rows, tokens=args.tokens, d_model=args.d_model, vocab=args.vocab, chunk_size=args.chunk_size)
 
