@@ -137,6 +137,8 @@ def chunked_token_stats(hidden, weight, targets, *, chunk_size: int = 1024, topk
     batch_shape = targets.shape
     flat_hidden = hidden.reshape(-1, hidden.shape[-1])
     flat_targets = targets.reshape(-1)
+    # A chunk larger than the input would only add padded rows: clip it to the number of tokens.
+    chunk_size = max(1, min(chunk_size, flat_targets.shape[0]))
     stats = _fused_stats(flat_hidden, weight, flat_targets, chunk_size, topk, vocab_sharding)
     stats = jax.tree.map(lambda x: x.reshape(batch_shape), stats)
     frozen = jax.lax.stop_gradient(stats)
