@@ -31,7 +31,7 @@ import dataclasses
 import functools
 import math
 import re
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import flax.struct
 import jax

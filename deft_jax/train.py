@@ -241,7 +241,7 @@ def validate_config(config, *, check_devices: bool = True, num_devices: int | No
         if problem:
             raise ValueError(f"config.{name} {problem}")
     data_lib.validate_data_config(config.data)
-    spec = objective_spec(config)
+    objective_spec(config)  # validates the objective name and parameters
     known_model_fields = {f.name for f in dataclasses.fields(model_lib.ModelConfig)}
     bad = sorted(set(config.model.overrides.keys()) - known_model_fields)
     if bad:

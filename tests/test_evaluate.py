@@ -3,11 +3,8 @@ invariance, generation scoring end to end, the base model, and clear errors for 
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import shutil
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -15,39 +12,11 @@ import pytest
 
 from deft_jax import evaluate
 from deft_jax import model as model_lib
+from test_train_utils import run_module, subprocess_env, trained_smoke_run
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-SMOKE_ARGS = ["--config=configs/deformed_log.py:smoke", "--config.eval.at_end=True"]
 ALPHA = 0.5  # configs/deformed_log.py default
 
 
-def subprocess_env(tmp_root: pathlib.Path, *, devices: int | None = None) -> dict[str, str]:
-    """The test environment plus a session-wide JAX compilation cache (so repeated tiny runs compile once)."""
-    env = dict(os.environ)
-    env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_root / "jax_compilation_cache")
-    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-    env["JAX_PLATFORMS"] = "cpu"
-    if devices is not None:
-        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-    return env
-
-
-def run_module(module: str, *args: str, env: dict[str, str], timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO_ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
-
-
-def trained_smoke_run(tmp_path_factory) -> pathlib.Path:
-    """A tiny deformed-log run trained for 2 steps on 8 fake devices with the trainer's final eval, shared by
-    the test modules of one session (read-only; trained by whichever module asks first)."""
-    workdir = tmp_path_factory.getbasetemp() / "shared_smoke_run"
-    if (workdir / "TRAINED").is_file():
-        return workdir
-    done = run_module("deft_jax.train", *SMOKE_ARGS, f"--workdir={workdir}",
-                      env=subprocess_env(tmp_path_factory.getbasetemp()))
-    assert done.returncode == 0, done.stderr[-3000:]
-    (workdir / "TRAINED").write_text("ok")
-    return workdir
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +96,7 @@ def test_teacher_forced_equals_trainer_eval_and_numpy_reference(smoke_run, eight
 def test_one_device_in_a_subprocess_gives_the_same_numbers(smoke_run, eight_device_result, tmp_path,
                                                            tmp_path_factory):
     done = run_module("deft_jax.evaluate", f"--workdir={smoke_run}", f"--out_dir={tmp_path}", "--max_new_tokens=4",
-                      "--generation_batch_size=3", env=subprocess_env(tmp_path_factory.getbasetemp(), devices=1))
+                      "--generation_batch_size=3", env=subprocess_env(cache_root=tmp_path_factory.getbasetemp(), devices=1))
     assert done.returncode == 0, done.stderr[-3000:]
     one = json.loads((tmp_path / f"step_{eight_device_result['step']}.json").read_text())
     assert one["devices"] == "1 x cpu" and eight_device_result["devices"] == "8 x cpu"
@@ -248,7 +217,7 @@ def test_bad_input_errors(smoke_run, tmp_path):
 
 
 def test_cli_errors_are_messages_not_tracebacks(smoke_run, tmp_path, tmp_path_factory):
-    env = subprocess_env(tmp_path_factory.getbasetemp(), devices=1)
+    env = subprocess_env(cache_root=tmp_path_factory.getbasetemp(), devices=1)
     missing_step = run_module("deft_jax.evaluate", f"--workdir={smoke_run}", "--step=999", env=env)
     empty = run_module("deft_jax.evaluate", f"--workdir={tmp_path}", env=env)
     for done, expected in ((missing_step, "available steps: ["), (empty, "not a training run's workdir")):

@@ -2,10 +2,7 @@
 loads with the same logits and tokenization; clear errors for bad input."""
 from __future__ import annotations
 
-import os
 import pathlib
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -14,35 +11,10 @@ import pytest
 from deft_jax import evaluate
 from deft_jax import export
 from deft_jax import model as model_lib
-
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-SMOKE_ARGS = ["--config=configs/deformed_log.py:smoke", "--config.eval.at_end=True"]
+from test_train_utils import run_module, subprocess_env, trained_smoke_run
 
 
-def subprocess_env(tmp_root: pathlib.Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_root / "jax_compilation_cache")  # shared with the other tests
-    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-    env["JAX_PLATFORMS"] = "cpu"
-    return env
 
-
-def run_module(module: str, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO_ROOT, env=env, capture_output=True,
-                          text=True, timeout=300)
-
-
-def trained_smoke_run(tmp_path_factory) -> pathlib.Path:
-    """A tiny deformed-log run trained for 2 steps on 8 fake devices with the trainer's final eval, shared by
-    the test modules of one session (read-only; trained by whichever module asks first)."""
-    workdir = tmp_path_factory.getbasetemp() / "shared_smoke_run"
-    if (workdir / "TRAINED").is_file():
-        return workdir
-    done = run_module("deft_jax.train", *SMOKE_ARGS, f"--workdir={workdir}",
-                      env=subprocess_env(tmp_path_factory.getbasetemp()))
-    assert done.returncode == 0, done.stderr[-3000:]
-    (workdir / "TRAINED").write_text("ok")
-    return workdir
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +28,7 @@ def test_exported_run_loads_in_transformers_with_equal_logits(smoke_run, tmp_pat
 
     out = tmp_path / "hf"
     done = run_module("deft_jax.export", f"--workdir={smoke_run}", f"--out={out}",
-                      env=subprocess_env(tmp_path_factory.getbasetemp()))
+                      env=subprocess_env(cache_root=tmp_path_factory.getbasetemp()))
     assert done.returncode == 0, done.stderr[-3000:]
     assert "exported step 2" in done.stderr
 
@@ -86,6 +58,6 @@ def test_export_bad_input(smoke_run, tmp_path, tmp_path_factory):
     with pytest.raises(ValueError, match="--dtype='int8'"):
         export.export_run(workdir=smoke_run, out_dir=tmp_path / "b", dtype="int8")
     done = run_module("deft_jax.export", f"--workdir={tmp_path / 'nothing'}", f"--out={tmp_path / 'c'}",
-                      env=subprocess_env(tmp_path_factory.getbasetemp()))
+                      env=subprocess_env(cache_root=tmp_path_factory.getbasetemp()))
     assert done.returncode != 0
     assert "export: error:" in done.stderr and "does not exist" in done.stderr and "Traceback" not in done.stderr

@@ -14,6 +14,7 @@ import time
 import pytest
 
 from deft_jax import sweep
+from test_train_utils import subprocess_env
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SEEDS = (0, 1, 2)
@@ -31,15 +32,6 @@ def sweep():
     return [{{"seed": seed}} for seed in {SEEDS!r}]
 """
 
-
-def subprocess_env(tmp_root: pathlib.Path) -> dict[str, str]:
-    """The test environment (8 fake devices) plus a session-wide JAX compilation cache: the runs differ
-    only in their seed, a runtime value, so they share one compiled train step."""
-    env = dict(os.environ)
-    env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_root / "jax_compilation_cache")
-    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-    env["JAX_PLATFORMS"] = "cpu"
-    return env
 
 
 def sweep_args(config_file: pathlib.Path, workdir: pathlib.Path) -> list[str]:
@@ -61,7 +53,7 @@ def test_sweep_killed_in_the_middle_resumes_without_redoing_finished_runs(tmp_pa
     config_file = tmp_path / "tiny_sweep.py"
     config_file.write_text(TINY_SWEEP_CONFIG)
     workdir = tmp_path / "sweep"
-    env = subprocess_env(tmp_path_factory.getbasetemp())
+    env = subprocess_env(cache_root=tmp_path_factory.getbasetemp())  # runs share one compiled step
     first_marker = workdir / "seed=0" / sweep.DONE_MARKER
 
     with open(tmp_path / "first_launch.log", "wb") as log:

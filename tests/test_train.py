@@ -4,15 +4,14 @@ import math
 import signal
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from deft_jax import checkpointing, objectives, train
+from deft_jax import checkpointing, train
 from deft_jax import data as data_lib
 from deft_jax import sharding as sharding_lib
-from test_train_utils import (CONFIGS, kill, losses_by_step, params_leaves, read_metrics, run_in_process,
-                              smoke_config, start_cli, wait_for_step)
+from test_train_utils import (CONFIGS, kill, losses_by_step, params_leaves, run_in_process, smoke_config,
+                              start_cli, wait_for_step)
 
 
 # ------------------------------------------------------------------------------------------------
