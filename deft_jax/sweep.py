@@ -23,7 +23,6 @@ from __future__ import annotations
 import copy
 import csv
 import dataclasses
-import importlib.util
 import json
 import math
 import os
@@ -50,17 +49,6 @@ class SweepError(ValueError):
 
 # ====================================================================================================
 # Points and runs.
-
-def load_config_module(config_file: str | os.PathLike):
-    """Import a config file (the part of --config before ':') as a module, to read its sweep()."""
-    path = pathlib.Path(config_file)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {str(path)!r} not found")
-    spec = importlib.util.spec_from_file_location(f"deft_sweep_config_{abs(hash(str(path.resolve())))}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 def sweep_points(module, *, source: str = "the config file") -> list[dict[str, Any]]:
     """The validated list of points returned by `module.sweep()`."""
@@ -501,7 +489,7 @@ def main(argv: Sequence[str]) -> None:
     from absl import flags
     from ml_collections import config_flags
 
-    from deft_jax import evaluate
+    from deft_jax import evaluate, train
 
     if len(argv) > 1:
         raise SystemExit(f"sweep: error: unexpected arguments {list(argv[1:])}")
@@ -510,7 +498,7 @@ def main(argv: Sequence[str]) -> None:
     overrides = config_flags.get_override_values(FLAGS["config"])
     workdir = pathlib.Path(FLAGS.workdir).absolute()
     try:
-        module = load_config_module(config_arg.partition(":")[0])
+        module = train.load_config_module(config_arg.partition(":")[0])
         points = sweep_points(module, source=config_arg.partition(":")[0])
         runs = plan_runs(config=FLAGS.config, config_arg=config_arg, overrides=overrides, workdir=workdir,
                          points=points)

@@ -1076,7 +1076,8 @@ def load_config_module(path: str | os.PathLike):
     path = pathlib.Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {str(path)!r} not found")
-    module_spec = importlib.util.spec_from_file_location(f"deft_config_{path.stem}", path)
+    # A name unique per file, so two config files with one stem never share a module.
+    module_spec = importlib.util.spec_from_file_location(f"deft_config_{abs(hash(str(path.resolve())))}", path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     return module
