@@ -91,10 +91,13 @@ class ModelConfig:
     dtype: str = "float32"
     remat: bool = False
     scan_layers: bool = True
+    scan_unroll: int = 1  # layers per nn.scan iteration; >= n_layers unrolls fully (same numbers)
 
     def __post_init__(self):
         if self.model_type not in SUPPORTED_MODEL_TYPES:
             raise ValueError(f"model_type {self.model_type!r} is not supported; expected one of {SUPPORTED_MODEL_TYPES}")
+        if self.scan_unroll < 1:
+            raise ValueError(f"scan_unroll={self.scan_unroll} must be >= 1 (layers per scan iteration)")
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.n_kv_heads}")
         if self.rope_scaling is not None:
@@ -356,7 +359,8 @@ class Decoder(nn.Module):
         if c.scan_layers:
             stack = nn.scan(layer_cls, variable_axes={"params": 0}, split_rngs={"params": True},
                             in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
-                            length=c.n_layers, metadata_params={nn.PARTITION_NAME: "layers"})
+                            length=c.n_layers, unroll=min(c.scan_unroll, c.n_layers),
+                            metadata_params={nn.PARTITION_NAME: "layers"})
             (x, layer_cache), _ = stack(c, name="layers")((x, layer_cache), positions, segment_ids,
                                                           kv_segment_ids, cache_end)
         else:

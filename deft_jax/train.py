@@ -153,6 +153,7 @@ CONFIG_FIELDS: dict[str, Any] = {
     "model.param_dtype": _one_of(*DTYPES),
     "model.remat": _bool,
     "model.scan_layers": _bool,
+    "model.scan_unroll": _int(1),
     "model.overrides": _mapping,
     "tokenizer": _str,
     "loss.impl": _one_of(*LOSS_IMPLS),
@@ -311,7 +312,7 @@ def build_tokenizer(config):
 
 def _model_fields(config) -> dict[str, Any]:
     fields = dict(dtype=config.model.dtype, param_dtype=config.model.param_dtype, remat=config.model.remat,
-                  scan_layers=config.model.scan_layers)
+                  scan_layers=config.model.scan_layers, scan_unroll=config.model.scan_unroll)
     fields.update(config.model.overrides.to_dict() if hasattr(config.model.overrides, "to_dict")
                   else dict(config.model.overrides))
     return fields
