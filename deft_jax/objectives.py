@@ -154,7 +154,9 @@ def _topk_entropy(shifted_logits: jax.Array, *, topk: int) -> jax.Array:
     if k_eff == 1:
         return jnp.zeros(shifted_logits.shape[:-1], shifted_logits.dtype)
     top_values, _ = jax.lax.top_k(shifted_logits, k_eff)  # sorted: entry 0 is the max (0 after shifting)
-    top_values = top_values - jax.lax.stop_gradient(top_values[..., :1])
+    # The max as a reduction, not top_values[..., :1]: XLA:CPU rewrites top_k followed by that slice into
+    # a full sort of the vocabulary (measured 8.5 s instead of 0.25 s for 1024 tokens x 49152).
+    top_values = top_values - jax.lax.stop_gradient(jnp.max(top_values, axis=-1, keepdims=True))
     is_max = jnp.arange(k_eff) == 0
     log_q = top_values - _log1p_sum_exp(top_values, is_max)[..., None]
     return _entropy_from_log_probs(log_q) / math.log(k_eff)
