@@ -41,7 +41,10 @@ OBJECTIVE_PARAMS = {"deformed_log": {"alpha": 0.5}, "tsallis": {"q": 0.5}, "only
                     "only_bottom_logp": {"tau": 0.1}}
 
 
-def _loss_fn(*, impl: str, name: str, chunk_size: int):
+def _loss_fn(*, impl: str, name: str, chunk_size: int, with_metrics: bool = False):
+    """jit(value_and_grad) w.r.t. hidden and weight; `with_metrics` also returns the token means of p,
+    entropy and Σπ² that the trainer logs for every objective (so every objective computes all three
+    statistics, as in a train step; without them XLA drops the ones the objective does not read)."""
     params = OBJECTIVE_PARAMS.get(name, {})
 
     def loss(hidden, weight, targets, mask):
@@ -50,9 +53,11 @@ def _loss_fn(*, impl: str, name: str, chunk_size: int):
         else:
             out = fused.compute_chunked(name, hidden, weight, targets, mask, chunk_size=chunk_size, **params)
         total, denom = objectives.reduce_output(out)
-        return objectives.safe_divide(total, denom)
+        metrics = {key: pair[0] / pair[1] for key, pair in objectives.token_metrics(out, mask).items()
+                   if key in ("p", "entropy", "collision")} if with_metrics else {}
+        return objectives.safe_divide(total, denom), metrics
 
-    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
 
 
 def _inputs(*, tokens: int, d_model: int, vocab: int, seed: int = 0):
@@ -64,19 +69,21 @@ def _inputs(*, tokens: int, d_model: int, vocab: int, seed: int = 0):
     return hidden, weight, targets, mask
 
 
-def compile_case(*, impl: str, name: str, tokens: int, d_model: int, vocab: int, chunk_size: int):
+def compile_case(*, impl: str, name: str, tokens: int, d_model: int, vocab: int, chunk_size: int,
+                 with_metrics: bool = False):
     """(compiled executable, XLA peak bytes = arguments + outputs + temporaries) for one case."""
     args = _inputs(tokens=tokens, d_model=d_model, vocab=vocab)
-    compiled = _loss_fn(impl=impl, name=name, chunk_size=chunk_size).lower(*args).compile()
+    compiled = _loss_fn(impl=impl, name=name, chunk_size=chunk_size,
+                        with_metrics=with_metrics).lower(*args).compile()
     mem = compiled.memory_analysis()
     return compiled, mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
 
 
 def run_case(*, impl: str, name: str, tokens: int, d_model: int, vocab: int, chunk_size: int,
-             repeats: int, max_naive_gib: float) -> dict:
+             repeats: int, max_naive_gib: float, with_metrics: bool = False) -> dict:
     """One case alone in this process (used by --isolate for its peak RSS)."""
     compiled, xla_peak = compile_case(impl=impl, name=name, tokens=tokens, d_model=d_model, vocab=vocab,
-                                      chunk_size=chunk_size)
+                                      chunk_size=chunk_size, with_metrics=with_metrics)
     result = {"impl": impl, "objective": name, "xla_peak": xla_peak, "time": None}
     if impl == "naive" and xla_peak > max_naive_gib * 2**30:
         return result
@@ -141,9 +148,10 @@ def _fmt_ratio(a, b):
     return "—" if a is None or b is None else f"{a / b:.3f}"
 
 
-def print_table(rows: list[dict], *, tokens: int, d_model: int, vocab: int, chunk_size: int) -> None:
+def print_table(rows: list[dict], *, tokens: int, d_model: int, vocab: int, chunk_size: int,
+                with_metrics: bool = False) -> None:
     print(f"\n### lm-head + objective + grad: tokens={tokens}, d_model={d_model}, vocab={vocab}, "
-          f"chunk={chunk_size}, float32\n")
+          f"chunk={chunk_size}, float32{', with metrics' if with_metrics else ''}\n")
     print("| objective | impl | time (s) | vs NLL | vs naive | XLA peak | process RSS peak |")
     print("|---|---|---|---|---|---|---|")
     by_key = {(r["objective"], r["impl"]): r for r in rows}
@@ -167,6 +175,8 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max_naive_gib", type=float, default=12.0)
     parser.add_argument("--isolate", action="store_true", help="one subprocess per case (RSS per case)")
+    parser.add_argument("--with_metrics", action="store_true",
+                        help="also return the token means of p, entropy and Σπ² (what the trainer logs)")
     parser.add_argument("--_case", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args._case:
@@ -181,7 +191,8 @@ def main(argv=None) -> None:
         parser.error(f"--impls: unknown {unknown}; choose from naive, chunked")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"jax {jax.__version__} on {jax.devices()[0].device_kind}")
-    cases = [dict(impl=impl, name=name, chunk_size=args.chunk_size) for name in names for impl in impls]
+    cases = [dict(impl=impl, name=name, chunk_size=args.chunk_size, with_metrics=args.with_metrics)
+             for name in names for impl in impls]
     shape = dict(tokens=args.tokens, d_model=args.d_model, vocab=args.vocab)
     rows = run_interleaved(cases, repeats=args.repeats, max_naive_gib=args.max_naive_gib, **shape)
     if args.isolate:  # peak RSS of a fresh process per case (timing stays the interleaved one)
@@ -190,7 +201,8 @@ def main(argv=None) -> None:
             row["rss_peak"] = alone.get("rss_peak")
             print(f"  {case['name']}/{case['impl']}: process RSS peak {_fmt_bytes(row['rss_peak'])}",
                   file=sys.stderr, flush=True)
-    print_table(rows, tokens=args.tokens, d_model=args.d_model, vocab=args.vocab, chunk_size=args.chunk_size)
+    print_table(rows, tokens=args.tokens, d_model=args.d_model, vocab=args.vocab, chunk_size=args.chunk_size,
+                with_metrics=args.with_metrics)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,22 @@
-"""Train-step throughput at SmolLM2-135M shapes, NLL and DEFT side by side, plus checkpoint save/restore.
+"""Train-step throughput at SmolLM2-135M shapes: every objective relative to NLL, naive and chunked loss,
+and the torch + transformers reference step, all measured side by side in one process; plus checkpointing.
 
-    python experiments/bench_train.py                     # batch 4 x 256, float32, 3 timed steps each
-    python experiments/bench_train.py --batch 8 --seq 512 --steps 5 --dtype bfloat16 --mesh_data -1
+    python experiments/bench_train.py                                  # NLL, DEFT; naive; + torch reference
+    python experiments/bench_train.py --objectives all --impls naive,chunked --rounds 3
+    python experiments/bench_train.py --torch none --batch 8 --seq 512 --dtype bfloat16 --mesh_data -1
 
 The architecture comes from the SmolLM2-135M-Instruct GGUF metadata (30 layers, d 576, vocab 49152,
 tied embeddings); the weights are random (same shapes and cost as the real ones) and the batch is random
 tokens with the second half of every row supervised, so nothing here depends on the data pipeline.
-Each objective gets its own jitted train step (compile + first step reported separately) on a fresh
-state; the timed steps are the steady state. Then one AdamW state (params + moments) is checkpointed
-with the trainer's orbax manager and restored onto the same shardings.
+Every case (objective x impl, and torch NLL / DEFT) is compiled and run once first (reported as
+compile+first), then timed in `--rounds` interleaved rounds of `--steps` steps, each after
+`--warm_steps` untimed ones (a load change on the shared machine hits every case alike; the first step
+after switching cases pays for paging its memory in again; the table shows the median round). All JAX cases step one shared
+AdamW state (timing does not depend on the values), so memory stays that of one state. The torch
+reference (experiments/torch_reference.py, `pip install -e .[bench]`) is the same architecture in
+transformers with torch.optim.AdamW and the official DEFT code's loss formulas, run in a child process
+(timed inside it) so that the two runtimes' allocators and thread pools stay apart.
+Then one AdamW state (params + moments) is checkpointed with the trainer's orbax manager and restored.
 """
 from __future__ import annotations
 
@@ -17,16 +25,22 @@ import json
 import pathlib
 import platform
 import shutil
+import statistics
+import sys
 import tempfile
 import time
 
 import jax
 import numpy as np
 
-from deft_jax import checkpointing, metrics as metrics_lib, model as model_lib, objectives, sharding as sharding_lib
-from deft_jax import train
-
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from deft_jax import checkpointing, metrics as metrics_lib, model as model_lib, objectives  # noqa: E402
+from deft_jax import sharding as sharding_lib, train  # noqa: E402
+from experiments import torch_reference  # noqa: E402
+from experiments.bench_objectives import OBJECTIVE_PARAMS  # noqa: E402
 
 
 def random_batch(*, batch: int, seq: int, vocab: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -39,34 +53,58 @@ def random_batch(*, batch: int, seq: int, vocab: int, seed: int = 0) -> dict[str
             "segment_ids": np.ones((batch, seq), np.int32)}
 
 
-def bench_objective(name, *, model_config, mesh, rules, batch, steps, impl) -> dict:
+def objective_spec(name: str) -> objectives.ObjectiveSpec:
+    return objectives.parse_objective(name, **OBJECTIVE_PARAMS.get(name, {}))
+
+
+def jax_case(name: str, *, impl: str, model_config, mesh, rules, arrays, state_box: list):
+    """step() -> metrics for one (objective, impl): its own jitted train step on the shared state."""
     optimizer = train.make_optimizer(b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.01)
-    spec = train.StepSpec(
-        loss=train.LossSpec(model_config=model_config, objective=objectives.parse_objective(name), impl=impl),
-        optimizer=optimizer)
-    schedule = train.Schedule(lr=5e-5, total_steps=1000)
-    flops_per_token = model_lib.flops_per_token(model_config, seq_len=batch["inputs"].shape[1])
-    with train.mesh_context(mesh, rules):
-        state = train._jitted_random_init(model_config, optimizer, mesh, rules)(np.uint32(0))
-        jax.block_until_ready(state)
-        compiled = train.jitted_train_step(spec, mesh, rules)
-        step_fn = train.bind_schedule(compiled, schedule)
-        arrays = train._put_batch(batch, mesh=mesh, global_rows=batch["inputs"].shape[0])
+    spec = train.StepSpec(loss=train.LossSpec(model_config=model_config, objective=objective_spec(name), impl=impl),
+                          optimizer=optimizer)
+    compiled = train.jitted_train_step(spec, mesh, rules)
+    step_fn = train.bind_schedule(compiled, train.Schedule(lr=5e-5, total_steps=1000))
+
+    def step():
+        with train.mesh_context(mesh, rules):
+            state_box[0], metrics = step_fn(state_box[0], arrays)
+            return jax.block_until_ready(metrics)
+
+    step.compiled = compiled
+    return step
+
+
+def torch_case(objective: str, *, worker: torch_reference.TorchWorker):
+    """step() for the torch reference; the time is taken inside its worker process."""
+    def step():
+        _, seconds = worker.step(objective)
+        return seconds
+    step.reports_seconds = True
+    return step
+
+
+def time_cases(cases: dict, *, rounds: int, steps: int, warm_steps: int = 1, log=print) -> dict[str, dict]:
+    """{(objective, impl): {'first_s', 'seconds_per_step' (median round), 'rounds'}}: first call each case,
+    then `rounds` interleaved rounds of `warm_steps` untimed and `steps` timed steps per case."""
+    def timed(step) -> float:
         start = time.perf_counter()
-        state, metrics = step_fn(state, arrays)
-        jax.block_until_ready(metrics)
-        first = time.perf_counter() - start
-        start = time.perf_counter()
-        for _ in range(steps):
-            state, metrics = step_fn(state, arrays)
-        jax.block_until_ready(metrics)
-        seconds = (time.perf_counter() - start) / steps
-    host = metrics_lib.to_host_scalars(metrics)
-    tokens = batch["inputs"].size
-    return {"objective": name, "compile_and_first_step_s": first, "seconds_per_step": seconds,
-            "steps_per_second": 1 / seconds, "tokens_per_second": tokens / seconds,
-            "flops_per_token": flops_per_token, "loss": host["train/loss"], "nll": host["train/nll"],
-            "compilations": compiled._cache_size(), "state": state}
+        reported = step()
+        return reported if getattr(step, "reports_seconds", False) else time.perf_counter() - start
+
+    results = {}
+    for label, step in cases.items():
+        results[label] = {"first_s": timed(step), "rounds": []}
+        log(f"  {' '.join(label)}: compile + first step {results[label]['first_s']:.1f} s")
+    for round_index in range(rounds):
+        for label, step in cases.items():
+            for _ in range(warm_steps):  # untimed: the first step after another case pays for its memory
+                step()
+            results[label]["rounds"].append(sum(timed(step) for _ in range(steps)) / steps)
+        log(f"  round {round_index + 1}/{rounds}: " + ", ".join(f"{' '.join(k)} {v['rounds'][-1]:.2f}s"
+                                                                   for k, v in results.items()))
+    for row in results.values():
+        row["seconds_per_step"] = statistics.median(row["rounds"])
+    return results
 
 
 def bench_checkpoint(state, *, directory: pathlib.Path, mesh, rules, model_config) -> dict:
@@ -97,10 +135,17 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=1, help="steps per timed round")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (median reported)")
+    parser.add_argument("--warm_steps", type=int, default=1,
+                        help="untimed steps before each case's timed steps in every round (measured: the first "
+                             "JAX step after a torch step ran up to 3 s slower, its memory paged in anew)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-    parser.add_argument("--objectives", default="nll,deft")
-    parser.add_argument("--impl", default="naive", choices=train.LOSS_IMPLS)
+    parser.add_argument("--objectives", default="nll,deft", help="comma-separated, or 'all' (every objective)")
+    parser.add_argument("--impls", default="naive", help="comma-separated from " + ",".join(train.LOSS_IMPLS))
+    parser.add_argument("--scan_unroll", type=int, default=1, help="model.scan_unroll (>= 30: fully unrolled)")
+    parser.add_argument("--torch", default="nll,deft",
+                        help="torch reference objectives to time beside ours ('none' to skip)")
     parser.add_argument("--mesh_data", type=int, default=-1)
     parser.add_argument("--no_checkpoint", action="store_true")
     parser.add_argument("--json", default="", help="also write the results here")
@@ -110,40 +155,72 @@ def main() -> None:
     with config.unlocked():
         config.model.name = args.model
         config.model.dtype = args.dtype
+        config.model.scan_unroll = args.scan_unroll
     model_config = train.pretrained_architecture(config)
     mesh = sharding_lib.make_mesh(data=args.mesh_data)
     rules = model_lib.DEFAULT_LOGICAL_RULES
     batch = random_batch(batch=args.batch, seq=args.seq, vocab=model_config.vocab_size)
+    tokens = batch["inputs"].size
+    names = list(objectives.OBJECTIVES) if args.objectives == "all" else args.objectives.split(",")
+    impls = args.impls.split(",")
+    torch_objectives = [] if args.torch in ("", "none") else args.torch.split(",")
     peak = metrics_lib.assumed_peak_flops_per_device(configured=0.0, device_kind=jax.devices()[0].device_kind)
+    flops_per_token = model_lib.flops_per_token(model_config, seq_len=args.seq)
     print(f"{args.model}: {model_lib.count_params(model_lib.abstract_params(model_config)[0]) / 1e6:.1f}M params, "
-          f"batch {args.batch} x {args.seq}, compute {args.dtype}, params float32, loss impl {args.impl}; "
+          f"batch {args.batch} x {args.seq}, compute {args.dtype}, params float32, scan_unroll {args.scan_unroll}; "
           f"{jax.device_count()} {jax.default_backend()} device(s) ({platform.processor() or platform.machine()}); "
           f"MFU assumes {peak:.3g} FLOP/s per device", flush=True)
-    rows, state = [], None
-    for name in args.objectives.split(","):
-        row = bench_objective(name, model_config=model_config, mesh=mesh, rules=rules, batch=batch,
-                              steps=args.steps, impl=args.impl)
-        state = row.pop("state")
-        row["mfu"] = metrics_lib.model_flops_utilization(
-            flops_per_token=row["flops_per_token"], tokens_per_second=row["tokens_per_second"],
-            num_devices=mesh.devices.size, peak_flops_per_device=peak)
+
+    optimizer = train.make_optimizer(b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.01)
+    with train.mesh_context(mesh, rules):
+        state_box = [train._jitted_random_init(model_config, optimizer, mesh, rules)(np.uint32(0))]
+        arrays = train._put_batch(batch, mesh=mesh, global_rows=args.batch)
+    cases = {(name, impl): jax_case(name, impl=impl, model_config=model_config, mesh=mesh, rules=rules,
+                                    arrays=arrays, state_box=state_box)
+             for impl in impls for name in names}
+    worker = None
+    if torch_objectives:
+        worker = torch_reference.TorchWorker(model_config=model_config, objectives=torch_objectives, batch=batch)
+        cases.update({(name, "torch"): torch_case(name, worker=worker) for name in torch_objectives})
+    try:
+        results = time_cases(cases, rounds=args.rounds, steps=args.steps, warm_steps=args.warm_steps, log=lambda m: print(m, flush=True))
+    finally:
+        if worker is not None:
+            worker.close()
+
+    rows = []
+    torch_nll = results.get(("nll", "torch"), {}).get("seconds_per_step")
+    print(f"\n| objective, loss impl | compile + first step | s/step (median of {args.rounds}) | tokens/s | MFU | vs NLL (same impl) "
+          f"| vs naive | tokens/s vs torch NLL |\n|---|---|---|---|---|---|---|---|")
+    for (name, impl), row in results.items():
+        seconds = row["seconds_per_step"]
+        nll_key, naive_key = ("nll", impl), (name, "naive")
+        row.update({"objective": name, "impl": impl, "tokens_per_second": tokens / seconds,
+                    "mfu": metrics_lib.model_flops_utilization(flops_per_token=flops_per_token,
+                                                               tokens_per_second=tokens / seconds,
+                                                               num_devices=mesh.devices.size,
+                                                               peak_flops_per_device=peak),
+                    "vs_nll": seconds / results[nll_key]["seconds_per_step"] if nll_key in results else None,
+                    "vs_naive": (seconds / results[naive_key]["seconds_per_step"]
+                                 if impl == "chunked" and naive_key in results else None),
+                    "speed_vs_torch_nll": torch_nll / seconds if torch_nll else None})
         rows.append(row)
-        print(f"  {name:>6}: compile+first step {row['compile_and_first_step_s']:6.1f} s | "
-              f"{row['seconds_per_step']:6.2f} s/step | {row['steps_per_second']:.3f} steps/s | "
-              f"{row['tokens_per_second']:7.1f} tokens/s | MFU {row['mfu']:.1%} | loss {row['loss']:.4f} "
-              f"(nll {row['nll']:.4f})", flush=True)
+        fmt = lambda v, spec: "–" if v is None else format(v, spec)  # noqa: E731
+        print(f"| {name} {impl} | {row['first_s']:.1f} s | {seconds:.2f} | {row['tokens_per_second']:.0f} | "
+              f"{row['mfu']:.0%} | {fmt(row['vs_nll'], '.3f')} | {fmt(row['vs_naive'], '.3f')} | "
+              f"{fmt(row['speed_vs_torch_nll'], '.2f')}× |", flush=True)
     result = {"model": args.model, "batch": args.batch, "seq": args.seq, "dtype": args.dtype,
-              "devices": jax.device_count(), "backend": jax.default_backend(), "peak_flops_per_device": peak,
-              "objectives": rows}
+              "scan_unroll": args.scan_unroll, "devices": jax.device_count(), "backend": jax.default_backend(),
+              "peak_flops_per_device": peak, "flops_per_token": flops_per_token, "cases": rows}
     if not args.no_checkpoint:
         directory = pathlib.Path(tempfile.mkdtemp(prefix="bench_ckpt_"))
         try:
-            result["checkpoint"] = bench_checkpoint(state, directory=directory / "checkpoints", mesh=mesh,
+            result["checkpoint"] = bench_checkpoint(state_box[0], directory=directory / "checkpoints", mesh=mesh,
                                                     rules=rules, model_config=model_config)
         finally:
             shutil.rmtree(directory, ignore_errors=True)
         c = result["checkpoint"]
-        print(f"  checkpoint (params + AdamW moments, {c['bytes'] / 2**30:.2f} GiB): save blocks "
+        print(f"checkpoint (params + AdamW moments, {c['bytes'] / 2**30:.2f} GiB): save blocks "
               f"{c['save_blocking_s']:.2f} s, written in {c['save_total_s']:.2f} s; restore "
               f"{c['restore_s']:.2f} s; bit-exact {c['bit_exact']}", flush=True)
     if args.json:
