@@ -452,10 +452,30 @@ def _hf_chat_template(*, directory: pathlib.Path, config: dict) -> str | None:
 # -------------------------------------------------------------------------------------------------- loading
 
 
+BYTE_LEVEL = "byte"  # load_tokenizer's name for byte_level_tokenizer()
+
+
+def byte_level_tokenizer() -> Tokenizer:
+    """A 259-token byte-level tokenizer (3 ChatML/pad specials + 256 bytes, no merges) for tiny models."""
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {token: index for index, token in enumerate(specials + alphabet)}
+    backend = tokenizers.Tokenizer(models.BPE(vocab=vocab, merges=[], fuse_unk=False))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens([tokenizers.AddedToken(t, special=True, normalized=False) for t in specials])
+    logger.setLevel(logging.ERROR)  # silences "no chat template, using ChatML": ChatML is its intended template
+    return Tokenizer(backend=backend, eos_token="<|im_end|>", bos_token="<|im_start|>", pad_token="<|endoftext|>",
+                     source="byte-level")
+
+
 def load_tokenizer(name_or_path: str | os.PathLike) -> Tokenizer:
-    """Tokenizer for 'smollm2-135m-instruct' (or another known name), a .gguf file, or a Hugging Face dir."""
+    """Tokenizer for 'smollm2-135m-instruct' (or another known name), a .gguf file, a Hugging Face dir, or
+    'byte' (`byte_level_tokenizer`, for tiny models and tests)."""
     from deft_jax import pretrained
 
+    if str(name_or_path) == BYTE_LEVEL:
+        return byte_level_tokenizer()
     kind, path = pretrained.resolve(name_or_path)
     tokenizer = Tokenizer.from_gguf(path) if kind == "gguf" else Tokenizer.from_hf_dir(path)
     logger.info("loaded %r", tokenizer)

@@ -55,7 +55,6 @@ SCHEDULES = ("cosine", "constant")
 BATCH_KEYS = ("inputs", "targets", "loss_mask", "positions", "segment_ids")
 DTYPES = ("float32", "bfloat16", "float16")
 TINY_MODEL = "tiny"
-BYTE_TOKENIZER = "byte"
 TINY_VOCAB_MULTIPLE = 8  # tiny models round the tokenizer's vocabulary up to this (shardable over tensor)
 
 
@@ -280,31 +279,7 @@ def check_batch_divisibility(config, *, data_parallel: int) -> None:
 # ====================================================================================================
 # Tokenizer and model.
 
-def byte_level_tokenizer():
-    """A 259-token byte-level tokenizer (3 ChatML/pad specials + 256 bytes, no merges) for tiny models.
-
-    Adapter kept here until deft_jax.tokenizer offers one (e.g. load_tokenizer('byte')).
-    """
-    import tokenizers
-    from tokenizers import decoders, models, pre_tokenizers
-
-    from deft_jax import tokenizer as tokenizer_lib
-
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab = {token: index for index, token in enumerate(specials + alphabet)}
-    backend = tokenizers.Tokenizer(models.BPE(vocab=vocab, merges=[], fuse_unk=False))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    backend.decoder = decoders.ByteLevel()
-    backend.add_special_tokens([tokenizers.AddedToken(t, special=True, normalized=False) for t in specials])
-    logging.getLogger("deft_jax.tokenizer").setLevel(logging.ERROR)  # ChatML is its intended template
-    return tokenizer_lib.Tokenizer(backend=backend, eos_token="<|im_end|>", bos_token="<|im_start|>",
-                                   pad_token="<|endoftext|>", source="byte-level")
-
-
 def build_tokenizer(config):
-    if config.tokenizer == BYTE_TOKENIZER:
-        return byte_level_tokenizer()
     from deft_jax.tokenizer import load_tokenizer
 
     return load_tokenizer(config.tokenizer or config.model.name)

@@ -140,11 +140,11 @@ def _examples(task: str, **data_fields):
 ])
 def test_scoring_the_references_scores_one_and_wrong_answers_less(task, fields, shared_data_dir):
     from deft_jax import data as data_lib
-    from deft_jax import train
+    from deft_jax.tokenizer import load_tokenizer
 
     fields = {k: str(shared_data_dir / "gsm8k_test.jsonl") if v == "GSM8K" else v for k, v in fields.items()}
     examples = _examples(task, **fields)
-    prompts = data_lib.make_generation_prompts(examples, tokenizer=train.byte_level_tokenizer())
+    prompts = data_lib.make_generation_prompts(examples, tokenizer=load_tokenizer("byte"))
     assert len(prompts) == 4 and all(p.reference for p in prompts)
     assert evaluate.score_predictions(prompts, [p.reference for p in prompts]) == [1.0] * 4
     wrong = evaluate.score_predictions(prompts, ["zzzz 77777"] * 4)
