@@ -64,7 +64,9 @@ def test_relaunch_skips_finished_runs(smoke_workdir):
 
 def test_studies_share_runs():
     names = {name: {s.name for s in study.study_specs(name, smoke=False)} for name in study.STUDIES}
-    assert len(names["continuum"]) == 3 * len(study.OBJECTIVES)
+    without_dft = len(study.REGIMES) - len(study.DFT_REGIMES)  # DFT trains −p's model: weak regime only
+    assert len(names["continuum"]) == len(study.REGIMES) * len(study.OBJECTIVES) - without_dft
+    assert {s for s in names["continuum"] if "-dft-" in s} == {f"{r}-dft-noise0-seed0" for r in study.DFT_REGIMES}
     assert {s for s in names["noise"] if "noise0-" in s} <= names["continuum"]
     assert {s for s in names["seeds"] if s.endswith("seed0")} <= names["continuum"]
     assert len(names["seeds"]) == 6 and len(names["noise"]) == 6
