@@ -70,7 +70,6 @@ def jax_case(name: str, *, impl: str, model_config, mesh, rules, arrays, state_b
             state_box[0], metrics = step_fn(state_box[0], arrays)
             return jax.block_until_ready(metrics)
 
-    step.compiled = compiled
     return step
 
 

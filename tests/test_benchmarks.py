@@ -1,4 +1,4 @@
-"""The benchmark's torch reference step (experiments/torch_reference.py) computes what ours computes."""
+"""Benchmark helpers: the torch reference step computes what ours computes; the timing loop interleaves."""
 import numpy as np
 import pytest
 
@@ -8,7 +8,7 @@ pytest.importorskip("transformers")
 import jax.numpy as jnp  # noqa: E402
 
 from deft_jax import model as model_lib, objectives  # noqa: E402
-from experiments import torch_reference  # noqa: E402
+from experiments import bench_train, torch_reference  # noqa: E402
 
 
 @pytest.mark.parametrize("name", torch_reference.TORCH_OBJECTIVES)
@@ -38,3 +38,21 @@ def test_worker_steps_the_reference_model_in_a_child_process():
     assert losses[2] < losses[0]  # AdamW steps on one repeated batch lower its loss
     with pytest.raises(ValueError, match="subset of"):
         torch_reference.TorchWorker(model_config=config, objectives=("prob",), batch=batch)
+
+
+def test_time_cases_interleaves_rounds_with_untimed_warm_steps():
+    calls = []
+
+    def case(label, seconds=None):
+        def step():
+            calls.append(label)
+            return seconds
+        if seconds is not None:
+            step.reports_seconds = True  # like the torch worker: the case reports its own time
+        return step
+
+    results = bench_train.time_cases({("a", "naive"): case("a"), ("b", "torch"): case("b", seconds=2.0)},
+                                     rounds=2, steps=3, warm_steps=1, log=lambda message: None)
+    assert calls == ["a", "b"] + (["a"] * 4 + ["b"] * 4) * 2  # first calls, then per round: 1 warm + 3 timed
+    assert results[("b", "torch")]["rounds"] == [2.0, 2.0] and results[("b", "torch")]["seconds_per_step"] == 2.0
+    assert len(results[("a", "naive")]["rounds"]) == 2 and results[("a", "naive")]["seconds_per_step"] < 1.0
