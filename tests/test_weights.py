@@ -168,6 +168,9 @@ def test_gguf_matches_safetensors(llama_dir, tmp_path):
     config_hf, params_hf = W.load_hf_dir(directory)
     config_gguf, params_gguf = W.load_gguf(path)
     assert config_gguf == config_hf.replace(max_position_embeddings=config_gguf.max_position_embeddings)
+    # Architecture only (no tensors read), with overrides, from either format:
+    assert W.load_model_config(directory, scan_unroll=3) == config_hf.replace(scan_unroll=3)
+    assert W.load_model_config(path) == config_gguf
     flat_hf = dict(jax.tree_util.tree_flatten_with_path(params_hf)[0])
     flat_gguf = dict(jax.tree_util.tree_flatten_with_path(params_gguf)[0])
     assert flat_hf.keys() == flat_gguf.keys()
