@@ -45,7 +45,8 @@ def assumed_peak_flops_per_device(*, configured: float, device_kind: str) -> flo
     for kind, peak in PEAK_FLOPS_BY_DEVICE_KIND.items():
         if device_kind.lower().startswith(kind.lower()):
             if kind == "cpu":
-                return peak * len(os.sched_getaffinity(0)) / max(jax.local_device_count(), 1)
+                cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+                return peak * cores / max(jax.local_device_count(), 1)
             return peak
     return 0.0
 
