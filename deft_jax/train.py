@@ -585,8 +585,7 @@ def eval_step(params, batch, *, loss: LossSpec):
 
 def param_shardings(model_config: model_lib.ModelConfig, *, mesh: Mesh, rules) -> tuple[Any, Any]:
     """(abstract params, NamedSharding tree) from the model's logical axes; checks divisibility."""
-    with nn.logical_axis_rules(()):  # no activation constraints while unboxing shapes (works in any context)
-        abstract, logical = model_lib.abstract_params(model_config)
+    abstract, logical = model_lib.abstract_params(model_config)
     shardings = sharding_lib.logical_to_shardings(logical_axes=logical, mesh=mesh, rules=rules)
     sharding_lib.check_divisible(abstract_tree=abstract, shardings=shardings, what="parameter")
     return abstract, shardings

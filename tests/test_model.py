@@ -1,4 +1,5 @@
 """Decoder properties that need no checkpoint: packing, KV cache, scan/remat layouts, logical axes, FLOPs."""
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -114,6 +115,19 @@ def test_logical_axes_match_params_and_untied_head():
     assert shapes["layers"]["attn"]["q_norm"]["scale"].shape == (2, 16)
     assert M.lm_head_weight(shapes, config) is shapes["lm_head"]
     assert M.count_params(shapes) == M.count_non_embedding_params(config) + 2 * config.vocab_size * config.d_model
+
+
+def test_abstract_params_inside_an_active_mesh_and_rules():
+    """Shapes come out unconstrained whatever context the caller is in (a trainer inside its mesh)."""
+    config = M.ModelConfig.tiny()
+    expected_shapes, expected_axes = M.abstract_params(config)
+    mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Explicit,))
+    with jax.set_mesh(mesh), nn.logical_axis_rules((("embed", "data"), ("batch", "data"))):
+        shapes, axes = M.abstract_params(config)
+    assert axes == expected_axes
+    assert jax.tree.map(lambda s: (s.shape, s.dtype), shapes) == jax.tree.map(lambda s: (s.shape, s.dtype),
+                                                                               expected_shapes)
+    assert all(isinstance(s, jax.ShapeDtypeStruct) for s in jax.tree_util.tree_leaves(shapes))
 
 
 def test_bf16_params_and_compute():
