@@ -158,7 +158,7 @@ def test_missing_file_and_config_errors_name_the_field(tmp_path):
         validate_data_config(cfg)
     cfg = default_data_config()
     cfg.task = "gsm8k"
-    with pytest.raises(DataError, match="config.data.path"):
+    with pytest.raises(DataError, match="config.data.path.*data_path=<file>"):
         validate_data_config(cfg)
     cfg = default_data_config()
     cfg.noise_fraction = 0.1

@@ -82,7 +82,8 @@ def validate_data_config(cfg: ml_collections.ConfigDict) -> None:
         "task", f"{task!r} is not one of {NAMED_TASKS} or 'reasoning_gym:<name>'",
     )
     if task in FILE_TASKS:
-        _require(bool(cfg.path), "path", f"task {task!r} reads a file; set data.path")
+        _require(bool(cfg.path), "path", f"task {task!r} reads a file; set data.path (on the command line "
+                 f"--config.data.path=<file>, or data_path=<file> in the config argument)")
         _require(not (cfg.eval_path and cfg.eval_fraction > 0), "eval_fraction",
                  "set either data.eval_path (a separate eval file) or data.eval_fraction (split data.path), not both")
     if task == "tfds":
