@@ -161,6 +161,7 @@ class Tokenizer:
         unk_token: str | None = None,
         chat_template: str | None = None,
         source: str = "<in memory>",
+        warn_on_chatml_fallback: bool = True,
     ):
         self.backend = backend
         self.source = source
@@ -177,7 +178,7 @@ class Tokenizer:
         self.chat_template_source = "checkpoint" if chat_template else "chatml-fallback"
         self.chat_template = chat_template if chat_template else CHATML_TEMPLATE
         self._compiled_template = compile_chat_template(self.chat_template)
-        if not chat_template:
+        if not chat_template and warn_on_chatml_fallback:
             missing = [t for t in ("<|im_start|>", "<|im_end|>") if backend.token_to_id(t) is None]
             logger.warning("%s has no chat template; rendering chats as ChatML%s", source,
                            f" (its vocabulary lacks {missing}, so they encode as plain text)" if missing else "")
@@ -464,9 +465,8 @@ def byte_level_tokenizer() -> Tokenizer:
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     backend.decoder = decoders.ByteLevel()
     backend.add_special_tokens([tokenizers.AddedToken(t, special=True, normalized=False) for t in specials])
-    logger.setLevel(logging.ERROR)  # silences "no chat template, using ChatML": ChatML is its intended template
     return Tokenizer(backend=backend, eos_token="<|im_end|>", bos_token="<|im_start|>", pad_token="<|endoftext|>",
-                     source="byte-level")
+                     source="byte-level", warn_on_chatml_fallback=False)  # ChatML is its intended template
 
 
 def load_tokenizer(name_or_path: str | os.PathLike) -> Tokenizer:

@@ -1,6 +1,7 @@
 """Tokenizer: exact GGUF BPE rebuild vs transformers' GGUF conversion, chat templates vs transformers'
 apply_chat_template, save_hf round trip through transformers.AutoTokenizer."""
 import json
+import logging
 
 import jinja2
 import pytest
@@ -297,3 +298,16 @@ def test_tiny_gguf_unsupported(tmp_path):
         Tokenizer.from_gguf(write_tiny_gguf(tmp_path / "qwen.gguf", pre="qwen2"))
     with pytest.raises(FileNotFoundError):
         Tokenizer.from_gguf(tmp_path / "missing.gguf")
+
+
+def test_chatml_fallback_warns_except_for_the_byte_tokenizer(caplog):
+    """A checkpoint without a template is told it gets ChatML; the byte tokenizer, built for ChatML, is not,
+    and building it leaves the module's logger as it was."""
+    logger = logging.getLogger("deft_jax.tokenizer")
+    level = logger.level
+    with caplog.at_level(logging.WARNING, logger="deft_jax.tokenizer"):
+        byte = load_tokenizer("byte")
+        assert not caplog.records
+        Tokenizer(backend=byte.backend, eos_token="<|im_end|>", source="no-template")
+    assert [r.getMessage() for r in caplog.records] == ["no-template has no chat template; rendering chats as ChatML"]
+    assert logger.level == level and byte.chat_template == CHATML_TEMPLATE
