@@ -12,7 +12,7 @@ Arguments (comma-separated, after the file name), besides base.py's common ones 
     objective=<name>   nll | prob | dft | eaft | cayley | deft | deformed_log (default nll)
     alpha=<float>      deformed_log's α (default 0.5; ignored by the other objectives)
     regime=<name>      weak | intermediate | strong (default weak)
-    noise=<float>      fraction of corrupted FigFont answers in the train split (default 0)
+    noise=<float>      fraction of corrupted FigFont answers in the train split (default 0; which ones: by seed)
     seed=<int>         model/optimizer seed and data shuffle seed (default 0)
     steps=, batch=, lr=, num_train=, num_eval=   the budget (defaults: the full study's)
     smoke              tiny random model + byte tokenizer, a few steps (tests, seconds)
@@ -103,6 +103,8 @@ def get_config(arg=None):
     config.data.num_train = budget["num_train"]
     config.data.num_eval = budget["num_eval"]
     config.data.noise_fraction = float(parsed.noise)
+    if parsed.noise > 0:  # each seed corrupts its own examples, so the spread covers which labels are wrong
+        config.data.noise_seed = parsed.seed
     config.data.shuffle_seed = parsed.seed
     config.seed = parsed.seed
     config.model.dtype = "float32"  # bf16 matmuls are slow on CPUs

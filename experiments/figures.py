@@ -17,8 +17,8 @@ Writes (each only when its inputs exist):
                      needs no study run: `--only initial_scatter`).
   scores.png         the evaluator's score per objective and regime (continuum), 0% vs 20% label noise
                      (noise) and the seed spread (seeds): bars are means, error bars one standard deviation.
-  <workdir>/noise_gradients.md  (a table, not a figure) on the 20%-noise training set, for the base model and
-                     each noisy run's final checkpoint under the NLL, −p and DEFT gates: the corrupted
+  <workdir>/noise_gradients.md  (a table, not a figure) on seed 0's 20%-noise training set, for the base
+                     model and each noisy seed-0 run's final checkpoint under the NLL, −p and DEFT gates: the corrupted
                      targets' share of the tokens and of Σ gate·‖π − e_y‖, and mean p of corrupted vs clean
                      targets. A gate that suppresses wrong labels gives them less than their token share.
 """
@@ -212,8 +212,8 @@ def corrupted_share_row(stats: dict[str, np.ndarray], *, model: str, gate: str) 
 
 
 def noise_gradient_rows(workdir: pathlib.Path, *, smoke: bool, log=print) -> list[dict]:
-    """Rows of corrupted_share_row on the noisy training set: the base model, then each finished
-    20%-noise run's final checkpoint, each under the gates of the noise study's objectives (NLL, −p, DEFT;
+    """Rows of corrupted_share_row on seed 0's noisy training set: the base model, then each finished
+    20%-noise seed-0 run's final checkpoint, each under the gates of the noise study's objectives (NLL, −p, DEFT;
     cached per model)."""
     from deft_jax import data as data_lib
     from deft_jax import evaluate
@@ -223,7 +223,7 @@ def noise_gradient_rows(workdir: pathlib.Path, *, smoke: bool, log=print) -> lis
     rows = []
     for spec in study.study_specs("noise", smoke=smoke):
         run_dir = workdir / spec.name
-        if spec.noise == 0 or not (run_dir / "SWEEP_DONE.json").is_file():
+        if spec.noise == 0 or spec.seed != 0 or not (run_dir / "SWEEP_DONE.json").is_file():
             continue
         config = evaluate.load_run_config(run_dir)
         examples = data_lib.load_examples(config.data, split="train")

@@ -1,7 +1,7 @@
 """The studies of experiments/README.md, each one resumable command.
 
     python experiments/study.py continuum [--smoke] [--workdir runs/study]   # objectives x regimes
-    python experiments/study.py noise     [--smoke]                          # FigFont, 0% / 20% noise
+    python experiments/study.py noise     [--smoke]                          # FigFont, 0% / 20% noise, 3 seeds
     python experiments/study.py seeds     [--smoke]                          # NLL vs DEFT, 3 seeds
     python experiments/study.py all       [--smoke]                          # the three, then figures
     python experiments/study.py continuum --print_commands                   # one trainer command per run
@@ -42,6 +42,7 @@ DFT_REGIMES = ("weak",)
 DEFORMED_ALPHA = 0.5  # the deformed-log member of the continuum study (between NLL, α → 0, and −p, α = 1)
 REGIMES = ("weak", "intermediate", "strong")
 SMOKE_OBJECTIVES = ("nll", "deft")
+SEEDED_OBJECTIVES = ("nll", "deft")  # the headline pair: several seeds in the seeds and noise studies
 STUDIES = ("continuum", "noise", "seeds")
 TEACHER_FORCED = ("nll", "mean_p", "token_accuracy")
 SMOKE_NUM_EVAL, SMOKE_MAX_NEW_TOKENS = 4, 8
@@ -84,12 +85,13 @@ def study_specs(study: str, *, smoke: bool) -> list[RunSpec]:
     if study == "continuum":
         return [RunSpec(regime, objective) for regime in REGIMES for objective in objectives
                 if objective != "dft" or regime in DFT_REGIMES]
-    if study == "noise":
+    seeds = (0, 1) if smoke else (0, 1, 2)
+    if study == "noise":  # NLL and DEFT over the seeds study's seeds at both noise levels, −p on seed 0
         noisy = SMOKE_OBJECTIVES if smoke else ("nll", "prob", "deft")
-        return [RunSpec("weak", objective, noise=noise) for noise in (0.0, 0.2) for objective in noisy]
+        return [RunSpec("weak", objective, noise=noise, seed=seed) for noise in (0.0, 0.2) for objective in noisy
+                for seed in (seeds if objective in SEEDED_OBJECTIVES else (0,))]
     if study == "seeds":
-        seeds = (0, 1) if smoke else (0, 1, 2)
-        return [RunSpec("weak", objective, seed=seed) for objective in ("nll", "deft") for seed in seeds]
+        return [RunSpec("weak", objective, seed=seed) for objective in SEEDED_OBJECTIVES for seed in seeds]
     raise ValueError(f"unknown study {study!r}; choose from {STUDIES}")
 
 

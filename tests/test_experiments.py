@@ -67,9 +67,9 @@ def test_studies_share_runs():
     without_dft = len(study.REGIMES) - len(study.DFT_REGIMES)  # DFT trains −p's model: weak regime only
     assert len(names["continuum"]) == len(study.REGIMES) * len(study.OBJECTIVES) - without_dft
     assert {s for s in names["continuum"] if "-dft-" in s} == {f"{r}-dft-noise0-seed0" for r in study.DFT_REGIMES}
-    assert {s for s in names["noise"] if "noise0-" in s} <= names["continuum"]
+    assert {s for s in names["noise"] if "noise0-" in s} <= names["continuum"] | names["seeds"]
     assert {s for s in names["seeds"] if s.endswith("seed0")} <= names["continuum"]
-    assert len(names["seeds"]) == 6 and len(names["noise"]) == 6
+    assert len(names["seeds"]) == 6 and len(names["noise"]) == 14  # 2 levels x (NLL, DEFT x 3 seeds + −p)
 
 
 def test_figures_from_smoke_runs(smoke_workdir, tmp_path):
@@ -92,7 +92,7 @@ def test_noise_gradient_table_covers_every_supervised_training_token(smoke_workd
 
     workdir, _ = smoke_workdir
     rows = figures.noise_gradient_rows(workdir, smoke=True, log=lambda _: None)
-    noisy = [s for s in study.study_specs("noise", smoke=True) if s.noise > 0]
+    noisy = [s for s in study.study_specs("noise", smoke=True) if s.noise > 0 and s.seed == 0]
     assert [(r["model"], r["gate"]) for r in rows] == [
         (model, gate) for model in ["base"] + [f"{s.point()['objective']} @ noise 0.2" for s in noisy]
         for gate in ("nll", "deft")]  # the smoke noise study trains NLL and DEFT
@@ -152,3 +152,18 @@ def test_only_selects_named_runs_and_rejects_unknown_names():
     assert study.select(specs, only=None) == specs
     with pytest.raises(ValueError, match="not runs of this study"):
         study.select(specs, only=["strong-deft-seed0"])
+
+
+def test_each_noisy_seed_corrupts_its_own_examples():
+    """The noise study's spread covers which labels are wrong; at 0% noise the seed leaves noise_seed alone
+    (so the seeds study's runs are the noise study's 0% runs)."""
+    from configs import study as study_config
+    from deft_jax import data as data_lib
+
+    assert study_config.get_config("noise=0.0,seed=2,smoke").data.noise_seed == 0
+    corrupted = {}
+    for seed in (1, 2):
+        config = study_config.get_config(f"noise=0.2,seed={seed},smoke")
+        assert config.data.noise_seed == seed
+        corrupted[seed] = {e.index for e in data_lib.load_examples(config.data, split="train") if e.corrupted}
+    assert len(corrupted[1]) == len(corrupted[2]) > 0 and corrupted[1] != corrupted[2]
