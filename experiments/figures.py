@@ -377,6 +377,9 @@ def plot_scores(workdir: pathlib.Path, *, path: pathlib.Path, title: str) -> pat
     if not tables:
         return None
     plt = _pyplot()
+    labels = ["base"] + [run.point()["objective"] for run in (study.RunSpec("weak", o) for o in study.OBJECTIVES)]
+    labels += [row["objective"] for rows in tables.values() for row in rows if row["objective"] not in labels]
+    colors = {label: f"C{index % 10}" for index, label in enumerate(dict.fromkeys(labels))}  # same in every panel
     widths = {"continuum": 3.0, "noise": 1.4, "seeds": 1.0}
     figure, axes = plt.subplots(1, len(tables), figsize=(sum(2.4 * widths[n] for n in tables), 2.8), squeeze=False,
                                 gridspec_kw={"width_ratios": [widths[n] for n in tables]})
@@ -404,9 +407,9 @@ def plot_scores(workdir: pathlib.Path, *, path: pathlib.Path, title: str) -> pat
                 means.append(_float(row.get("score_mean")))
                 stds.append(_float(row.get("score_std")))
             stds = [0.0 if math.isnan(v) else v for v in stds]
-            axis.bar(xs, means, width=width, yerr=stds, capsize=2, label=label, color=f"C{s}")
+            axis.bar(xs, means, width=width, yerr=stds, capsize=2, label=label, color=colors[label])
         axis.set_xticks(range(len(groups)), [f"noise {g}" if name == "noise" else g for g in groups], fontsize=7)
-        axis.set_title(name, fontsize=8)
+        axis.set_title(name if name == "continuum" else f"{name} (± std over seeds)", fontsize=8)
         axis.set_ylabel("score", fontsize=7)
         axis.tick_params(labelsize=6)
         axis.grid(axis="y", alpha=0.3)
