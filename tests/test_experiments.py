@@ -167,3 +167,44 @@ def test_each_noisy_seed_corrupts_its_own_examples():
         assert config.data.noise_seed == seed
         corrupted[seed] = {e.index for e in data_lib.load_examples(config.data, split="train") if e.corrupted}
     assert len(corrupted[1]) == len(corrupted[2]) > 0 and corrupted[1] != corrupted[2]
+
+
+def test_wrong_answer_tokens_start_where_the_twin_differs():
+    """Hand-built: two examples, the second corrupted from its 3rd supervised token on."""
+    from types import SimpleNamespace
+
+    from experiments import noise_gates
+
+    def tokenized(tokens, prompt_length):
+        return SimpleNamespace(tokens=np.asarray(tokens), prompt_length=prompt_length)
+
+    noisy = [tokenized([1, 2, 5, 6, 7], 2), tokenized([1, 2, 5, 6, 8, 9, 0], 2)]  # supervised: 3 + 5 tokens
+    twins = [tokenized([1, 2, 5, 6, 3, 0], 2)]  # the clean second example: 4 supervised tokens
+    grad = np.array([1.0, 1.0, 1.0, 2.0, 2.0, 4.0, 8.0, 16.0])  # wrong-answer tokens: the last three
+    stats = {"g": {"p": np.linspace(0.1, 0.8, 8), "collision": np.full(8, 0.5), "gate": np.ones(8), "grad_norm": grad}}
+    twin_stats = {"g": {"p": np.array([0.9, 0.9, 0.6, 0.7]), "grad_norm": np.array([3.0, 3.0, 1.0, 3.0])}}
+    (row,) = noise_gates.wrong_answer_rows(noisy_stats=stats, twin_stats=twin_stats, noisy_tokenized=noisy,
+                                           twin_tokenized=twins, corrupted=[False, True], task="t")
+    assert row["wrong_tokens"] == 3 and row["tokens"] == 8 and row["token_share"] == pytest.approx(3 / 8)
+    assert row["gradient_share"] == pytest.approx(28 / 35)
+    assert row["mean_p_wrong"] == pytest.approx(np.linspace(0.1, 0.8, 8)[5:].mean())
+    assert row["mean_p_twin"] == pytest.approx(0.65)  # the twin's tokens from the same place: its last two
+    assert row["grad_wrong_over_twin"] == pytest.approx((28 / 3) / 2.0)
+    assert noise_gates.first_difference(np.array([1, 2]), np.array([1, 2, 3])) == 2
+    with pytest.raises(ValueError, match="supervised tokens"):
+        noise_gates.split_per_example(np.ones(7), noisy)
+
+
+def test_noise_gates_smoke_on_gsm8k(shared_data_dir):
+    """End to end on the tiny model: the wrong answers are the corrupted examples' changed final numbers
+    (+ EOS), NLL's share is the reference, and under NLL's gate (1) the gradient is ‖π − e_y‖ alone."""
+    from experiments import noise_gates
+
+    rows = noise_gates.main(["--smoke", "--tasks=gsm8k", "--num=10", "--noise=0.3"])
+    by_objective = {row["objective"]: row for row in rows}
+    assert set(by_objective) == set(figures.study_objective_specs())
+    assert len({(r["wrong_tokens"], r["tokens"], r["mean_p_wrong"]) for r in rows}) == 1  # one forward pass
+    nll = by_objective["nll"]
+    assert 3 <= nll["wrong_tokens"] < nll["tokens"] and nll["mean_gate_wrong"] == pytest.approx(1.0)
+    for row in rows:
+        assert 0 < row["gradient_share"] < 1
