@@ -98,13 +98,38 @@ def wrong_answer_rows(*, noisy_stats: dict, twin_stats: dict, noisy_tokenized: S
 
 def measure_task(task: str, *, smoke: bool, num: int, noise: float, seed: int, log=print) -> list[dict]:
     """wrong_answer_rows of `task` under the base model, for every continuum objective's gate."""
+    noisy_config = task_config(task, smoke=smoke, num=num, noise=noise, seed=seed)
+    clean_config = task_config(task, smoke=smoke, num=num, noise=0.0, seed=seed)
+    return measure(noisy_config=noisy_config, clean_config=clean_config, run_dir=None, log=log)
+
+
+def measure_run(run_dir: pathlib.Path, *, with_base: bool = True, log=print) -> list[dict]:
+    """wrong_answer_rows on a noisy training run's own training set: under its final checkpoint, and (with_base)
+    under the base model (the same examples and row lengths), labelled by `model`."""
+    from deft_jax import evaluate
+
+    noisy_config = evaluate.load_run_config(run_dir)
+    if not noisy_config.data.noise_fraction > 0:
+        raise SystemExit(f"noise_gates: {run_dir} trained without label noise (data.noise_fraction 0)")
+    clean_config = noisy_config.copy_and_resolve_references()
+    clean_config.data.noise_fraction = 0.0
+    rows = []
+    for model_dir in ((None, run_dir) if with_base else (run_dir,)):
+        for row in measure(noisy_config=noisy_config, clean_config=clean_config, run_dir=model_dir, log=log):
+            rows.append({"model": "base" if model_dir is None else str(run_dir), **row})
+    return rows
+
+
+def measure(*, noisy_config, clean_config, run_dir: pathlib.Path | None, log=print) -> list[dict]:
+    """wrong_answer_rows of noisy_config's training set (twins from clean_config) under the base model
+    (run_dir None) or run_dir's latest checkpoint."""
     from deft_jax import data as data_lib
     from deft_jax import evaluate
 
-    noisy_config = task_config(task, smoke=smoke, num=num, noise=noise, seed=seed)
-    clean_config = task_config(task, smoke=smoke, num=num, noise=0.0, seed=seed)
+    task = noisy_config.data.task
     setup = evaluate.build_setup(noisy_config)
-    params = evaluate.base_params(setup)
+    params = (evaluate.base_params(setup) if run_dir is None else
+              evaluate.restore_params(setup, workdir=run_dir, step=evaluate.available_steps(run_dir)[-1]))
     noisy = data_lib.load_examples(noisy_config.data, split="train")
     clean = {e.index: e for e in data_lib.load_examples(clean_config.data, split="train")}
     noisy_tokenized, report = data_lib.tokenize_examples(noisy, tokenizer=setup.tokenizer, cfg=noisy_config.data)
@@ -115,7 +140,8 @@ def measure_task(task: str, *, smoke: bool, num: int, noise: float, seed: int, l
     corrupted = [e.corrupted for e in noisy]
     twins, _ = data_lib.tokenize_examples([clean[e.index] for e in noisy if e.corrupted], tokenizer=setup.tokenizer,
                                           cfg=clean_config.data)
-    log(f"{task}: {sum(corrupted)} of {len(noisy)} answers corrupted; forward passes under the base model")
+    log(f"{task}: {sum(corrupted)} of {len(noisy)} answers corrupted; forward passes under "
+        f"{'the base model' if run_dir is None else run_dir}")
     specs = figures.study_objective_specs()
     noisy_stats = figures.token_statistics(setup, params, noisy_tokenized, objective_specs=specs)
     twin_stats = figures.token_statistics(setup, params, twins, objective_specs=specs)
@@ -124,17 +150,31 @@ def measure_task(task: str, *, smoke: bool, num: int, noise: float, seed: int, l
 
 
 def markdown(rows: Sequence[dict], *, title: str) -> str:
-    lines = [f"# {title}", "",
-             "| task | objective | wrong-answer tokens | token share | gradient share | share / NLL's | "
-             "mean p wrong (twin) | mean α wrong | mean gate wrong | ‖grad‖ wrong / twin |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    nll_share = {row["task"]: row["gradient_share"] for row in rows if row["objective"] == "nll"}
+    with_model = any("model" in row for row in rows)
+    columns = (["model"] if with_model else []) + [
+        "task", "objective", "wrong-answer tokens", "token share", "gradient share", "share / NLL's",
+        "mean p wrong (twin)", "mean α wrong", "mean gate wrong", "‖grad‖ wrong / twin"]
+    lines = [f"# {title}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    nll_share = {(row.get("model"), row["task"]): row["gradient_share"] for row in rows if row["objective"] == "nll"}
     for row in rows:
-        relative = row["gradient_share"] / nll_share[row["task"]] if row["task"] in nll_share else float("nan")
-        lines.append(f"| {row['task']} | {row['objective']} | {row['wrong_tokens']} of {row['tokens']} | "
-                     f"{row['token_share']:.3g} | {row['gradient_share']:.3g} | {relative:.2f} | "
-                     f"{row['mean_p_wrong']:.3f} ({row['mean_p_twin']:.3f}) | {row['mean_alpha_wrong']:.3f} | "
-                     f"{row['mean_gate_wrong']:.3g} | {row['grad_wrong_over_twin']:.2f} |")
+        key = (row.get("model"), row["task"])
+        relative = row["gradient_share"] / nll_share[key] if key in nll_share else float("nan")
+        cells = ([row["model"]] if with_model else []) + [
+            row["task"], row["objective"], f"{row['wrong_tokens']} of {row['tokens']}", f"{row['token_share']:.3g}",
+            f"{row['gradient_share']:.3g}", f"{relative:.2f}", f"{row['mean_p_wrong']:.3f} ({row['mean_p_twin']:.3f})",
+            f"{row['mean_alpha_wrong']:.3f}", f"{row['mean_gate_wrong']:.3g}", f"{row['grad_wrong_over_twin']:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def trained_markdown(rows: Sequence[dict]) -> str:
+    """Per model (base, then each run): what it predicts on the wrong answers and on their clean twins."""
+    lines = ["| model | task | wrong-answer tokens | mean p wrong answer | mean p right answer (twin) |",
+             "|---|---|---|---|---|"]
+    for row in rows:
+        if row["objective"] == "nll":  # p does not depend on the gate: one row per model
+            lines.append(f"| {row['model']} | {row['task']} | {row['wrong_tokens']} | {row['mean_p_wrong']:.4f} | "
+                         f"{row['mean_p_twin']:.4f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -145,6 +185,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     parser.add_argument("--noise", type=float, default=0.2, help="fraction of corrupted answers")
     parser.add_argument("--seed", type=int, default=0, help="which answers are corrupted")
     parser.add_argument("--smoke", action="store_true", help="tiny random model + byte tokenizer (plumbing only)")
+    parser.add_argument("--workdir", action="append", default=[],
+                        help="instead of --tasks: a training run with label noise (repeatable); measures its own "
+                             "training set under its final checkpoint and under the base model")
     parser.add_argument("--out", default=None, help="also write the table (Markdown) here")
     args = parser.parse_args(argv)
     tasks = [t for t in args.tasks.split(",") if t]
@@ -152,6 +195,20 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     if unknown:
         raise SystemExit(f"noise_gates: unknown task(s) {unknown}; choose from {list(TASKS)}")
     started = time.perf_counter()
+    if args.workdir:
+        from deft_jax import evaluate
+
+        rows, measured_sets = [], []
+        for run_dir in map(pathlib.Path, args.workdir):
+            data = evaluate.load_run_config(run_dir).data.to_json(sort_keys=True)
+            rows += measure_run(run_dir, with_base=data not in measured_sets)  # the base model once per set
+            measured_sets.append(data)
+        table = ("# Wrong answers after training on them vs before (p is the model's, whatever the gate)\n\n"
+                 + trained_markdown(rows) + "\n" + markdown(rows, title="Every gate, per model"))
+        print(table)
+        if args.out:
+            pathlib.Path(args.out).write_text(table)
+        return rows
     rows = []
     for task in tasks:
         rows += measure_task(task, smoke=args.smoke, num=args.num, noise=args.noise, seed=args.seed)

@@ -208,3 +208,18 @@ def test_noise_gates_smoke_on_gsm8k(shared_data_dir):
     assert 3 <= nll["wrong_tokens"] < nll["tokens"] and nll["mean_gate_wrong"] == pytest.approx(1.0)
     for row in rows:
         assert 0 < row["gradient_share"] < 1
+
+
+def test_noise_gates_on_trained_noisy_runs(smoke_workdir):
+    """--workdir: a noisy run's own training set under its checkpoint and (once per set) the base model;
+    training on the wrong answers raises their probability above the base model's."""
+    from experiments import noise_gates
+
+    workdir, _ = smoke_workdir
+    runs = [workdir / study.RunSpec("weak", objective, noise=0.2).name for objective in ("nll", "deft")]
+    rows = noise_gates.main([f"--workdir={run}" for run in runs])
+    models = list(dict.fromkeys(row["model"] for row in rows))
+    assert models == ["base"] + [str(run) for run in runs]
+    p_wrong = {row["model"]: row["mean_p_wrong"] for row in rows if row["objective"] == "nll"}
+    assert p_wrong[str(runs[0])] > p_wrong["base"]
+    assert "| model | task |" in noise_gates.trained_markdown(rows)
