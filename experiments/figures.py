@@ -17,10 +17,6 @@ Writes (each only when its inputs exist):
                      needs no study run: `--only initial_scatter`).
   scores.png         the evaluator's score per objective and regime (continuum), 0% vs 20% label noise
                      (noise) and the seed spread (seeds): bars are means, error bars one standard deviation.
-  <workdir>/noise_gradients.md  (a table, not a figure) on seed 0's 20%-noise training set, for the base
-                     model and each noisy seed-0 run's final checkpoint under the NLL, −p and DEFT gates: the corrupted
-                     targets' share of the tokens and of Σ gate·‖π − e_y‖, and mean p of corrupted vs clean
-                     targets. A gate that suppresses wrong labels gives them less than their token share.
 """
 from __future__ import annotations
 
@@ -180,80 +176,6 @@ def scatter_panels(workdir: pathlib.Path, *, smoke: bool, num_examples: int, log
             lambda: run_token_statistics(run_dir=run_dir, config=evaluate.load_run_config(run_dir),
                                          num_examples=num_examples))
     return panels
-
-
-# ====================================================================================================
-# Label noise: how much of each objective's gradient the corrupted targets get.
-
-def noise_gradient_statistics(setup, params, examples, *, specs) -> dict[str, np.ndarray]:
-    """{"<corrupted|clean>|<gate label>|<p|grad_norm>": per-token values} over the supervised tokens of the
-    corrupted and of the clean training examples, every gate from one forward pass per group."""
-    from deft_jax import data as data_lib
-
-    out = {}
-    for group, members in (("corrupted", [e for e in examples if e.corrupted]),
-                           ("clean", [e for e in examples if not e.corrupted])):
-        tokenized, _ = data_lib.tokenize_examples(members, tokenizer=setup.tokenizer, cfg=setup.config.data)
-        for label, values in token_statistics(setup, params, tokenized, objective_specs=specs).items():
-            for key in ("p", "grad_norm"):
-                out[f"{group}|{label}|{key}"] = values[key]
-    return out
-
-
-def corrupted_share_row(stats: dict[str, np.ndarray], *, model: str, gate: str) -> dict:
-    """The corrupted targets' share of tokens and of Σ gate·‖π − e_y‖ under `gate`, and mean p per group."""
-    corrupted, clean = stats[f"corrupted|{gate}|grad_norm"], stats[f"clean|{gate}|grad_norm"]
-    total = float(corrupted.sum() + clean.sum())
-    return {"model": model, "gate": gate, "corrupted_tokens": int(corrupted.size), "clean_tokens": int(clean.size),
-            "token_share": corrupted.size / (corrupted.size + clean.size),
-            "gradient_share": float(corrupted.sum()) / total if total > 0 else math.nan,
-            "mean_p_corrupted": float(stats[f"corrupted|{gate}|p"].mean()),
-            "mean_p_clean": float(stats[f"clean|{gate}|p"].mean())}
-
-
-def noise_gradient_rows(workdir: pathlib.Path, *, smoke: bool, log=print) -> list[dict]:
-    """Rows of corrupted_share_row on seed 0's noisy training set: the base model, then each finished
-    20%-noise seed-0 run's final checkpoint, each under the gates of the noise study's objectives (NLL, −p, DEFT;
-    cached per model)."""
-    from deft_jax import data as data_lib
-    from deft_jax import evaluate
-
-    gates = {spec.point()["objective"] for spec in study.study_specs("noise", smoke=smoke)}
-    specs = {label: spec for label, spec in study_objective_specs().items() if label in gates}
-    rows = []
-    for spec in study.study_specs("noise", smoke=smoke):
-        run_dir = workdir / spec.name
-        if spec.noise == 0 or spec.seed != 0 or not (run_dir / "SWEEP_DONE.json").is_file():
-            continue
-        config = evaluate.load_run_config(run_dir)
-        examples = data_lib.load_examples(config.data, split="train")
-
-        def statistics(restore: bool):
-            setup = evaluate.build_setup(config)
-            params = (evaluate.restore_params(setup, workdir=run_dir, step=evaluate.available_steps(run_dir)[-1])
-                      if restore else evaluate.base_params(setup))
-            return noise_gradient_statistics(setup, params, examples, specs=specs)
-
-        if not rows:
-            log(f"noise gradients: base model on {spec.name}'s training set")
-            base = cached_statistics(workdir / f"base-{spec.regime}" / f"noise{spec.noise:g}_{STATS_FILE}",
-                                     lambda: statistics(False))
-            rows += [corrupted_share_row(base, model="base", gate=gate) for gate in specs]
-        log(f"noise gradients: {spec.name}")
-        trained = cached_statistics(run_dir / f"train_{STATS_FILE}", lambda: statistics(True))
-        rows += [corrupted_share_row(trained, model=f"{spec.point()['objective']} @ noise {spec.noise:g}", gate=gate)
-                 for gate in specs]
-    return rows
-
-
-def noise_gradient_markdown(rows: Sequence[dict]) -> str:
-    lines = ["| model | gate | corrupted tokens | token share | gradient share | mean p corrupted | mean p clean |",
-             "|---|---|---|---|---|---|---|"]
-    for row in rows:
-        lines.append(f"| {row['model']} | {row['gate']} | {row['corrupted_tokens']} of "
-                     f"{row['corrupted_tokens'] + row['clean_tokens']} | {row['token_share']:.3f} | "
-                     f"{row['gradient_share']:.3f} | {row['mean_p_corrupted']:.3f} | {row['mean_p_clean']:.3f} |")
-    return "\n".join(lines) + "\n"
 
 
 # ====================================================================================================
@@ -427,14 +349,13 @@ def main(argv: Sequence[str] | None = None) -> list[pathlib.Path]:
     parser.add_argument("--out", default="experiments/figures", help="folder for the PNGs")
     parser.add_argument("--smoke", action="store_true", help="the smoke studies' runs (titles say so)")
     parser.add_argument("--scatter_examples", type=int, default=8, help="eval examples per scatter panel")
-    parser.add_argument("--only", default="token_scatter,dynamics,scores,noise_gradients",
+    parser.add_argument("--only", default="token_scatter,dynamics,scores",
                         help="comma-separated, of token_scatter, dynamics, scores, initial_scatter (the untrained "
-                             "model under every objective's gate; needs no study run), noise_gradients (the table "
-                             "<workdir>/noise_gradients.md; needs the noise study)")
+                             "model under every objective's gate; needs no study run)")
     args = parser.parse_args(argv)
     workdir, out = pathlib.Path(args.workdir).absolute(), pathlib.Path(args.out)
     wanted = set(args.only.split(","))
-    unknown = sorted(wanted - {"token_scatter", "dynamics", "scores", "initial_scatter", "noise_gradients"})
+    unknown = sorted(wanted - {"token_scatter", "dynamics", "scores", "initial_scatter"})
     if unknown:
         raise SystemExit(f"figures: unknown figure(s) {unknown} in --only")
     if not workdir.is_dir() and wanted != {"initial_scatter"}:
@@ -456,14 +377,6 @@ def main(argv: Sequence[str] | None = None) -> list[pathlib.Path]:
         written.append(plot_dynamics(workdir, path=out / "dynamics.png", title=f"DEFT training dynamics{note}"))
     if "scores" in wanted:
         written.append(plot_scores(workdir, path=out / "scores.png", title=f"evaluator scores{note}"))
-    if "noise_gradients" in wanted:
-        rows = noise_gradient_rows(workdir, smoke=args.smoke)
-        if rows:
-            table = workdir / "noise_gradients.md"
-            table.write_text(f"# Corrupted targets' share of the gradient (training set){note}\n\n"
-                             + noise_gradient_markdown(rows))
-            print(table.read_text())
-            written.append(table)
     written = [path for path in written if path is not None]
     for path in written:
         print(f"wrote {path}")

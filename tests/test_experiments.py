@@ -75,50 +75,12 @@ def test_studies_share_runs():
 def test_figures_from_smoke_runs(smoke_workdir, tmp_path):
     workdir, _ = smoke_workdir
     written = figures.main([f"--workdir={workdir}", f"--out={tmp_path}", "--smoke", "--scatter_examples=2"])
-    assert sorted(p.name for p in written) == ["dynamics.png", "noise_gradients.md", "scores.png",
-                                                "token_scatter.png"]
-    for path in [p for p in written if p.suffix == ".png"]:
+    assert sorted(p.name for p in written) == ["dynamics.png", "scores.png", "token_scatter.png"]
+    for path in written:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size < 400_000
     stats = np.load(workdir / study.RunSpec("weak", "deft").name / figures.STATS_FILE)
     assert stats["p"].shape == stats["grad_norm"].shape and stats["p"].size > 0
     assert np.all((stats["p"] > 0) & (stats["p"] <= 1)) and np.all(stats["gate"] > 0)
-
-
-def test_noise_gradient_table_covers_every_supervised_training_token(smoke_workdir):
-    """One row per (model, gate); token counts are the response + EOS lengths of the corrupted and clean
-    training examples; p comes from one forward pass, so it is the same under every gate."""
-    from deft_jax import data as data_lib
-    from deft_jax import evaluate
-
-    workdir, _ = smoke_workdir
-    rows = figures.noise_gradient_rows(workdir, smoke=True, log=lambda _: None)
-    noisy = [s for s in study.study_specs("noise", smoke=True) if s.noise > 0 and s.seed == 0]
-    assert [(r["model"], r["gate"]) for r in rows] == [
-        (model, gate) for model in ["base"] + [f"{s.point()['objective']} @ noise 0.2" for s in noisy]
-        for gate in ("nll", "deft")]  # the smoke noise study trains NLL and DEFT
-    config = evaluate.load_run_config(workdir / noisy[0].name)
-    examples = data_lib.load_examples(config.data, split="train")
-    assert 0 < sum(e.corrupted for e in examples) < len(examples)
-    setup = evaluate.build_setup(config)
-    corrupted = {e.index: e.corrupted for e in examples}
-    counts = {True: 0, False: 0}
-    tokenized, _ = data_lib.tokenize_examples(examples, tokenizer=setup.tokenizer, cfg=config.data)
-    for example in tokenized:  # the kept ones (over-length examples are dropped, as in training)
-        counts[corrupted[example.index]] += len(example.tokens) - example.prompt_length
-    for row in rows:
-        assert (row["corrupted_tokens"], row["clean_tokens"]) == (counts[True], counts[False])
-        assert 0 < row["gradient_share"] < 1
-    for model in {r["model"] for r in rows}:
-        assert len({(r["mean_p_corrupted"], r["mean_p_clean"]) for r in rows if r["model"] == model}) == 1
-    assert "| gate |" in figures.noise_gradient_markdown(rows)
-
-
-def test_corrupted_share_row_arithmetic():
-    stats = {"corrupted|g|grad_norm": np.array([1.0, 3.0]), "clean|g|grad_norm": np.array([2.0, 2.0, 2.0]),
-             "corrupted|g|p": np.array([0.1, 0.3]), "clean|g|p": np.array([0.5, 0.5, 0.8])}
-    row = figures.corrupted_share_row(stats, model="m", gate="g")
-    assert row["token_share"] == pytest.approx(2 / 5) and row["gradient_share"] == pytest.approx(4 / 10)
-    assert row["mean_p_corrupted"] == pytest.approx(0.2) and row["mean_p_clean"] == pytest.approx(0.6)
 
 
 def test_gradient_magnitude_equals_direct_norm():
