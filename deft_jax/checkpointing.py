@@ -41,7 +41,7 @@ def _state_handler() -> ocp.PyTreeCheckpointHandler:
 
 
 def checkpoint_dir(workdir: str | pathlib.Path) -> pathlib.Path:
-    return pathlib.Path(workdir) / "checkpoints"
+    return pathlib.Path(workdir).absolute() / "checkpoints"  # orbax reads no metadata from relative paths
 
 
 TMP_MARKER = ".orbax-checkpoint-tmp"

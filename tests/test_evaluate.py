@@ -224,3 +224,17 @@ def test_cli_errors_are_messages_not_tracebacks(smoke_run, tmp_path, tmp_path_fa
         assert done.returncode != 0
         assert expected in done.stderr and "evaluate: error:" in done.stderr
         assert "Traceback" not in done.stderr
+
+
+def test_restore_from_a_relative_workdir(smoke_run, eight_device_result, monkeypatch):
+    """A workdir given relative to the current directory restores the same params (orbax's metadata read
+    returns nothing for relative paths, so checkpoint paths are made absolute)."""
+    config = evaluate.load_run_config(smoke_run)
+    setup = evaluate.build_setup(config, devices=jax.devices()[:1])
+    step = eight_device_result["step"]
+    expected = jax.device_get(evaluate.restore_params(setup, workdir=smoke_run, step=step))
+    monkeypatch.chdir(smoke_run.parent)
+    relative = pathlib.Path(smoke_run.name)
+    assert evaluate.checkpoint_param_shapes(workdir=relative, step=step)
+    restored = jax.device_get(evaluate.restore_params(setup, workdir=relative, step=step))
+    jax.tree.map(np.testing.assert_array_equal, restored, expected)
