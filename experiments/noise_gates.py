@@ -14,10 +14,16 @@ wrong earns little gradient, while NLL (gate 1) pushes hardest exactly there. Th
   number, after a reasoning chain that computes the right one: confidently wrong by construction.
 
 For every corrupted example, its clean twin (the same example without noise) gives the reference: the
-wrong-answer tokens are the supervised tokens from the first one that differs from the twin's. Per
-objective: the wrong-answer tokens' share of Σ gate·‖π − e_y‖ over every supervised token of the noisy
+wrong-answer tokens are the supervised tokens that differ from the twin's (between the common prefix and
+the common suffix, so the shared EOS is not counted), the right-answer tokens the twin's at that place.
+Per objective: the wrong-answer tokens' share of Σ gate·‖π − e_y‖ over every supervised token of the noisy
 training set (compare with their share of the tokens), and the mean gradient magnitude on a wrong-answer
-token relative to the twin's token at the same place.
+token relative to a right-answer one.
+
+    python experiments/noise_gates.py --workdir RUN [--workdir RUN ...] --out FILE
+
+measures trained runs instead: each noisy run's own training set under its final checkpoint (and the base
+model once per training set): has training taught the model the wrong answers?
 """
 from __future__ import annotations
 
@@ -64,10 +70,18 @@ def first_difference(a: np.ndarray, b: np.ndarray) -> int:
     return int(differing[0]) if differing.size else length
 
 
+def differing_spans(a: np.ndarray, b: np.ndarray) -> tuple[slice, slice]:
+    """The parts of a and of b between their common prefix and their common suffix (e.g. the wrong and the
+    right number of `#### N<eos>`, without the shared EOS)."""
+    prefix = first_difference(a, b)
+    suffix = min(first_difference(a[::-1], b[::-1]), min(len(a), len(b)) - prefix)
+    return slice(prefix, len(a) - suffix), slice(prefix, len(b) - suffix)
+
+
 def wrong_answer_rows(*, noisy_stats: dict, twin_stats: dict, noisy_tokenized: Sequence, twin_tokenized: Sequence,
                       corrupted: Sequence[bool], task: str) -> list[dict]:
     """One row per objective label: the wrong-answer tokens' token share and gradient share over the noisy
-    set, their mean p, α and gradient magnitude, and the clean twins' at the same places.
+    set, their mean p, α and gradient magnitude, and the clean twins' right-answer tokens' (differing_spans).
 
     noisy_stats / twin_stats: {label: token statistics} (figures.token_statistics) of every noisy example /
     of the clean twins of the corrupted ones (in the same order as the corrupted flags)."""
@@ -76,23 +90,23 @@ def wrong_answer_rows(*, noisy_stats: dict, twin_stats: dict, noisy_tokenized: S
     corrupted_positions = [i for i, flag in enumerate(corrupted) if flag]
     if len(corrupted_positions) != len(twin_targets):
         raise ValueError(f"{len(corrupted_positions)} corrupted examples but {len(twin_targets)} clean twins")
-    starts = [first_difference(targets[i], twin) for i, twin in zip(corrupted_positions, twin_targets)]
+    spans = [differing_spans(targets[i], twin) for i, twin in zip(corrupted_positions, twin_targets)]
     rows = []
     for label, stats in noisy_stats.items():
         per_example = {key: split_per_example(stats[key], noisy_tokenized) for key in ("p", "collision", "gate",
                                                                                        "grad_norm")}
         twin = {key: split_per_example(twin_stats[label][key], twin_tokenized) for key in ("p", "grad_norm")}
-        wrong = {key: np.concatenate([per_example[key][i][s:] for i, s in zip(corrupted_positions, starts)])
+        wrong = {key: np.concatenate([per_example[key][i][span] for i, (span, _) in zip(corrupted_positions, spans)])
                  for key in per_example}
-        twin_suffix = {key: np.concatenate([twin[key][j][s:] for j, s in enumerate(starts)]) for key in twin}
+        twin_span = {key: np.concatenate([twin[key][j][span] for j, (_, span) in enumerate(spans)]) for key in twin}
         total = float(stats["grad_norm"].sum())
         rows.append({"task": task, "objective": label, "wrong_tokens": int(wrong["p"].size),
                      "tokens": int(stats["p"].size), "token_share": wrong["p"].size / stats["p"].size,
                      "gradient_share": float(wrong["grad_norm"].sum()) / total,
                      "mean_p_wrong": float(wrong["p"].mean()), "mean_alpha_wrong": float(wrong["collision"].mean()),
                      "mean_gate_wrong": float(wrong["gate"].mean()),
-                     "mean_p_twin": float(twin_suffix["p"].mean()),
-                     "grad_wrong_over_twin": float(wrong["grad_norm"].mean() / twin_suffix["grad_norm"].mean())})
+                     "mean_p_twin": float(twin_span["p"].mean()),
+                     "grad_wrong_over_twin": float(wrong["grad_norm"].mean() / twin_span["grad_norm"].mean())})
     return rows
 
 

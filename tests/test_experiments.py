@@ -132,7 +132,7 @@ def test_each_noisy_seed_corrupts_its_own_examples():
 
 
 def test_wrong_answer_tokens_start_where_the_twin_differs():
-    """Hand-built: two examples, the second corrupted from its 3rd supervised token on."""
+    """Hand-built: two examples, the second corrupted in its 3rd and 4th supervised tokens (EOS 0 shared)."""
     from types import SimpleNamespace
 
     from experiments import noise_gates
@@ -142,17 +142,19 @@ def test_wrong_answer_tokens_start_where_the_twin_differs():
 
     noisy = [tokenized([1, 2, 5, 6, 7], 2), tokenized([1, 2, 5, 6, 8, 9, 0], 2)]  # supervised: 3 + 5 tokens
     twins = [tokenized([1, 2, 5, 6, 3, 0], 2)]  # the clean second example: 4 supervised tokens
-    grad = np.array([1.0, 1.0, 1.0, 2.0, 2.0, 4.0, 8.0, 16.0])  # wrong-answer tokens: the last three
+    grad = np.array([1.0, 1.0, 1.0, 2.0, 2.0, 4.0, 8.0, 16.0])  # wrong-answer tokens: 4.0 and 8.0
     stats = {"g": {"p": np.linspace(0.1, 0.8, 8), "collision": np.full(8, 0.5), "gate": np.ones(8), "grad_norm": grad}}
     twin_stats = {"g": {"p": np.array([0.9, 0.9, 0.6, 0.7]), "grad_norm": np.array([3.0, 3.0, 1.0, 3.0])}}
     (row,) = noise_gates.wrong_answer_rows(noisy_stats=stats, twin_stats=twin_stats, noisy_tokenized=noisy,
                                            twin_tokenized=twins, corrupted=[False, True], task="t")
-    assert row["wrong_tokens"] == 3 and row["tokens"] == 8 and row["token_share"] == pytest.approx(3 / 8)
-    assert row["gradient_share"] == pytest.approx(28 / 35)
-    assert row["mean_p_wrong"] == pytest.approx(np.linspace(0.1, 0.8, 8)[5:].mean())
-    assert row["mean_p_twin"] == pytest.approx(0.65)  # the twin's tokens from the same place: its last two
-    assert row["grad_wrong_over_twin"] == pytest.approx((28 / 3) / 2.0)
+    assert row["wrong_tokens"] == 2 and row["tokens"] == 8 and row["token_share"] == pytest.approx(2 / 8)
+    assert row["gradient_share"] == pytest.approx(12 / 35)
+    assert row["mean_p_wrong"] == pytest.approx(np.linspace(0.1, 0.8, 8)[5:7].mean())
+    assert row["mean_p_twin"] == pytest.approx(0.6)  # the twin's right answer: its 3rd token alone
+    assert row["grad_wrong_over_twin"] == pytest.approx(6.0 / 1.0)
     assert noise_gates.first_difference(np.array([1, 2]), np.array([1, 2, 3])) == 2
+    a, b = noise_gates.differing_spans(np.array([7, 1, 7]), np.array([7, 7]))  # an insertion: a has one more
+    assert (a, b) == (slice(1, 2), slice(1, 1))
     with pytest.raises(ValueError, match="supervised tokens"):
         noise_gates.split_per_example(np.ones(7), noisy)
 
