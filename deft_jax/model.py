@@ -401,13 +401,7 @@ def abstract_params(config: ModelConfig):
     """(ShapeDtypeStruct tree, logical-axes tree) without allocating anything, in any mesh or rules context."""
     with nn.logical_axis_rules(()):  # the caller's rules would constrain init's activations: shapes need none
         boxed = jax.eval_shape(lambda: Decoder(config).init(jax.random.key(0), _dummy_inputs())["params"])
-    return _strip_partition_boxes(boxed), nn.get_partition_spec(boxed)
-
-
-def _strip_partition_boxes(tree):
-    """The boxed values, without the sharding constraint `nn.unbox` adds under an active mesh or rules."""
-    is_box = lambda x: isinstance(x, nn.Partitioned)  # noqa: E731 (LogicallyPartitioned subclasses it)
-    return jax.tree.map(lambda x: x.unbox(apply_constraint=False) if is_box(x) else x, tree, is_leaf=is_box)
+        return nn.unbox(boxed), nn.get_partition_spec(boxed)
 
 
 def param_logical_axes(config: ModelConfig):

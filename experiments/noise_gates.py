@@ -114,7 +114,8 @@ def measure_task(task: str, *, smoke: bool, num: int, noise: float, seed: int, l
     """wrong_answer_rows of `task` under the base model, for every continuum objective's gate."""
     noisy_config = task_config(task, smoke=smoke, num=num, noise=noise, seed=seed)
     clean_config = task_config(task, smoke=smoke, num=num, noise=0.0, seed=seed)
-    return measure(noisy_config=noisy_config, clean_config=clean_config, run_dir=None, log=log)
+    (rows,) = measure(noisy_config=noisy_config, clean_config=clean_config, models=[None], log=log).values()
+    return rows
 
 
 def measure_run(run_dir: pathlib.Path, *, with_base: bool = True, log=print) -> list[dict]:
@@ -124,26 +125,26 @@ def measure_run(run_dir: pathlib.Path, *, with_base: bool = True, log=print) -> 
 
     noisy_config = evaluate.load_run_config(run_dir)
     if not noisy_config.data.noise_fraction > 0:
-        raise SystemExit(f"noise_gates: {run_dir} trained without label noise (data.noise_fraction 0)")
+        raise SystemExit(f"noise_gates: {run_dir} trained without label noise (data.noise_fraction 0); pass a "
+                         "run trained with data.noise_fraction > 0")
+    if not evaluate.available_steps(run_dir):
+        raise SystemExit(f"noise_gates: {run_dir} has no checkpoint yet; let its training finish (or resume it)")
     clean_config = noisy_config.copy_and_resolve_references()
     clean_config.data.noise_fraction = 0.0
-    rows = []
-    for model_dir in ((None, run_dir) if with_base else (run_dir,)):
-        for row in measure(noisy_config=noisy_config, clean_config=clean_config, run_dir=model_dir, log=log):
-            rows.append({"model": "base" if model_dir is None else str(run_dir), **row})
-    return rows
+    by_model = measure(noisy_config=noisy_config, clean_config=clean_config,
+                       models=[None, run_dir] if with_base else [run_dir], log=log)
+    return [{"model": "base" if model is None else str(model), **row} for model, rows in by_model.items()
+            for row in rows]
 
 
-def measure(*, noisy_config, clean_config, run_dir: pathlib.Path | None, log=print) -> list[dict]:
-    """wrong_answer_rows of noisy_config's training set (twins from clean_config) under the base model
-    (run_dir None) or run_dir's latest checkpoint."""
+def measure(*, noisy_config, clean_config, models: Sequence[pathlib.Path | None], log=print) -> dict:
+    """{model: wrong_answer_rows} of noisy_config's training set (twins from clean_config), per model: None
+    for the base model, else a run directory's latest checkpoint. Data and setup are built once."""
     from deft_jax import data as data_lib
     from deft_jax import evaluate
 
     task = noisy_config.data.task
     setup = evaluate.build_setup(noisy_config)
-    params = (evaluate.base_params(setup) if run_dir is None else
-              evaluate.restore_params(setup, workdir=run_dir, step=evaluate.available_steps(run_dir)[-1]))
     noisy = data_lib.load_examples(noisy_config.data, split="train")
     clean = {e.index: e for e in data_lib.load_examples(clean_config.data, split="train")}
     noisy_tokenized, report = data_lib.tokenize_examples(noisy, tokenizer=setup.tokenizer, cfg=noisy_config.data)
@@ -154,13 +155,18 @@ def measure(*, noisy_config, clean_config, run_dir: pathlib.Path | None, log=pri
     corrupted = [e.corrupted for e in noisy]
     twins, _ = data_lib.tokenize_examples([clean[e.index] for e in noisy if e.corrupted], tokenizer=setup.tokenizer,
                                           cfg=clean_config.data)
-    log(f"{task}: {sum(corrupted)} of {len(noisy)} answers corrupted; forward passes under "
-        f"{'the base model' if run_dir is None else run_dir}")
     specs = figures.study_objective_specs()
-    noisy_stats = figures.token_statistics(setup, params, noisy_tokenized, objective_specs=specs)
-    twin_stats = figures.token_statistics(setup, params, twins, objective_specs=specs)
-    return wrong_answer_rows(noisy_stats=noisy_stats, twin_stats=twin_stats, noisy_tokenized=noisy_tokenized,
-                             twin_tokenized=twins, corrupted=corrupted, task=task)
+    out = {}
+    for model in models:
+        log(f"{task}: {sum(corrupted)} of {len(noisy)} answers corrupted; forward passes under "
+            f"{'the base model' if model is None else model}")
+        params = (evaluate.base_params(setup) if model is None else
+                  evaluate.restore_params(setup, workdir=model, step=evaluate.available_steps(model)[-1]))
+        noisy_stats = figures.token_statistics(setup, params, noisy_tokenized, objective_specs=specs)
+        twin_stats = figures.token_statistics(setup, params, twins, objective_specs=specs)
+        out[model] = wrong_answer_rows(noisy_stats=noisy_stats, twin_stats=twin_stats, noisy_tokenized=noisy_tokenized,
+                                       twin_tokenized=twins, corrupted=corrupted, task=task)
+    return out
 
 
 def markdown(rows: Sequence[dict], *, title: str) -> str:
@@ -209,26 +215,23 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     if unknown:
         raise SystemExit(f"noise_gates: unknown task(s) {unknown}; choose from {list(TASKS)}")
     started = time.perf_counter()
+    rows = []
     if args.workdir:
         from deft_jax import evaluate
 
-        rows, measured_sets = [], []
+        measured_sets = []
         for run_dir in map(pathlib.Path, args.workdir):
             data = evaluate.load_run_config(run_dir).data.to_json(sort_keys=True)
             rows += measure_run(run_dir, with_base=data not in measured_sets)  # the base model once per set
             measured_sets.append(data)
         table = ("# Wrong answers after training on them vs before (p is the model's, whatever the gate)\n\n"
                  + trained_markdown(rows) + "\n" + markdown(rows, title="Every gate, per model"))
-        print(table)
-        if args.out:
-            pathlib.Path(args.out).write_text(table)
-        return rows
-    rows = []
-    for task in tasks:
-        rows += measure_task(task, smoke=args.smoke, num=args.num, noise=args.noise, seed=args.seed)
-    model = "tiny random model (SMOKE: not a result)" if args.smoke else "base smollm2-135m-instruct"
-    table = markdown(rows, title=f"{model}, step 0: wrong answers' share of each objective's gradient "
-                                 f"({args.noise:g} noise, seed {args.seed}, first {args.num} training examples)")
+    else:
+        for task in tasks:
+            rows += measure_task(task, smoke=args.smoke, num=args.num, noise=args.noise, seed=args.seed)
+        model = "tiny random model (SMOKE: not a result)" if args.smoke else "base smollm2-135m-instruct"
+        table = markdown(rows, title=f"{model}, step 0: wrong answers' share of each objective's gradient "
+                                     f"({args.noise:g} noise, seed {args.seed}, first {args.num} training examples)")
     print(table)
     print(f"total {time.perf_counter() - started:.0f}s")
     if args.out:
@@ -240,4 +243,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
 
 if __name__ == "__main__":
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    main()
+    from deft_jax.data import DataError
+    from deft_jax.evaluate import EvaluationError
+
+    try:
+        main()
+    except (DataError, EvaluationError, FileNotFoundError) as error:  # bad input: the message, no traceback
+        raise SystemExit(f"noise_gates: {error}") from None

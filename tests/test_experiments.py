@@ -187,3 +187,5 @@ def test_noise_gates_on_trained_noisy_runs(smoke_workdir):
     p_wrong = {row["model"]: row["mean_p_wrong"] for row in rows if row["objective"] == "nll"}
     assert p_wrong[str(runs[0])] > p_wrong["base"]
     assert "| model | task |" in noise_gates.trained_markdown(rows)
+    with pytest.raises(SystemExit, match="without label noise"):
+        noise_gates.main([f"--workdir={workdir / study.RunSpec('weak', 'nll').name}"])
