@@ -8,6 +8,7 @@ import sys
 import time
 
 import numpy as np
+from deft_jax import config as config_lib
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = REPO_ROOT / "configs"
@@ -18,8 +19,8 @@ def smoke_config(name="nll", arg="", **overrides):
     """configs/<name>.py:smoke[,arg] with dotted-key overrides applied (and validated)."""
     from deft_jax import train
 
-    config = train.load_config(f"{CONFIGS / name}.py:smoke" + (f",{arg}" if arg else ""))
-    return train.apply_overrides(config, overrides) if overrides else config
+    config = config_lib.load_config(f"{CONFIGS / name}.py:smoke" + (f",{arg}" if arg else ""))
+    return config_lib.apply_overrides(config, overrides) if overrides else config
 
 
 def run_in_process(config, workdir, **kwargs):
