@@ -17,6 +17,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from tqdm import tqdm
 
 # Peak dense FLOP/s per device assumed for MFU when config.peak_flops_per_device is 0 (auto). bf16 dense
 # numbers from the vendors' data sheets. The CPU figure is float32 per core (an AVX-512 FMA core at
@@ -164,7 +165,6 @@ class Progress:
         self._first = None
         self.total = total
         if self.enabled and use_bar:
-            from tqdm import tqdm
             self._bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, file=sys.stderr)
 
     def update(self, *, step: int, scalars: Mapping[str, Any] | None = None) -> None:
@@ -185,7 +185,7 @@ class Progress:
             parts = [f"step {step}/{self.total}"]
             if elapsed > 0 and step > first_step:  # a rate exists from the second step on
                 rate = (step - first_step) / elapsed
-                parts += [f"{rate:.2f} steps/s", f"ETA {_format_seconds((self.total - step) / rate)}"]
+                parts += [f"{rate:.2f} steps/s", f"ETA {tqdm.format_interval((self.total - step) / rate)}"]
             print(" | ".join(parts + [shown]), file=sys.stderr, flush=True)
 
     def close(self) -> None:
@@ -199,10 +199,3 @@ _SHOWN = ("train/loss", "train/nll", "train/mean_p", "train/mean_alpha", "perf/t
 
 def _shown(scalars: Mapping[str, Any]) -> dict[str, float]:
     return {k: float(scalars[k]) for k in _SHOWN if k in scalars and not isinstance(scalars[k], list)}
-
-
-def _format_seconds(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
