@@ -175,7 +175,6 @@ def main() -> None:
           f"MFU assumes {peak:.3g} FLOP/s per device", flush=True)
 
     optimizer = step_lib.make_optimizer(b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.01)
-    with sharding_lib.mesh_context(mesh, rules):
     state_box = [build.init_state(config, model_config=model_config, optimizer=optimizer, mesh=mesh, rules=rules)]
     with sharding_lib.mesh_context(mesh, rules):
         arrays = sharding_lib.put_batch(batch, mesh=mesh, global_rows=args.batch, keys=data_lib.BATCH_KEYS)

@@ -194,12 +194,12 @@ def test_base_model_row(smoke_run, eight_device_result, tmp_path):
 
 def test_bad_input_errors(smoke_run, tmp_path):
     step = checkpointing.available_steps(smoke_run)[-1]
-    with pytest.raises(evaluate.EvaluationError, match=rf"no checkpoint for step 999 .* available steps: \[{step}\]"):
+    with pytest.raises(checkpointing.CheckpointError, match=rf"no checkpoint for step 999 .* available steps: \[{step}\]"):
         evaluate.evaluate_run(workdir=smoke_run, steps=999, out_dir=tmp_path)
     no_checkpoint = tmp_path / "no_checkpoint"
     no_checkpoint.mkdir()
     shutil.copy(smoke_run / "config.json", no_checkpoint / "config.json")
-    with pytest.raises(FileNotFoundError, match="no checkpoint under"):
+    with pytest.raises(checkpointing.CheckpointError, match="no checkpoint under"):
         evaluate.evaluate_run(workdir=no_checkpoint)
     with pytest.raises(FileNotFoundError, match="is not a training run's workdir"):
         evaluate.evaluate_run(workdir=tmp_path)
@@ -209,7 +209,7 @@ def test_bad_input_errors(smoke_run, tmp_path):
     config = json.loads((other / "config.json").read_text())
     config["model"]["overrides"]["d_ff"] = 64
     (other / "config.json").write_text(json.dumps(config))
-    with pytest.raises(evaluate.EvaluationError) as error:
+    with pytest.raises(checkpointing.CheckpointError) as error:
         evaluate.evaluate_run(workdir=other, out_dir=tmp_path / "x")
     message = str(error.value)
     assert "different model config" in message

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from deft_jax import build
+from deft_jax import checkpointing
 from deft_jax import evaluate
 from deft_jax import export
 from deft_jax import model as model_lib
@@ -52,7 +53,7 @@ def test_exported_run_loads_in_transformers_with_equal_logits(smoke_run, tmp_pat
 
 
 def test_export_bad_input(smoke_run, tmp_path, tmp_path_factory):
-    with pytest.raises(evaluate.EvaluationError, match=r"available steps: \[2\]"):
+    with pytest.raises(checkpointing.CheckpointError, match=r"available steps: \[2\]"):
         export.export_run(workdir=smoke_run, out_dir=tmp_path / "a", step=5)
     with pytest.raises(ValueError, match="looks like a training workdir"):
         export.export_run(workdir=smoke_run, out_dir=smoke_run)

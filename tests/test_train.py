@@ -230,6 +230,7 @@ def test_sigterm_resume_and_sigkill_mid_write_end_exactly_as_an_uninterrupted_ru
     logged_steps = [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()
                     if "train/loss" in json.loads(line)]
     assert logged_steps == list(range(1, 41))  # the replayed steps after SIGKILL: one line each
+    reference_params, reference_losses = uninterrupted
     for got, want in zip(params_leaves(final["state"]), reference_params):
         assert np.array_equal(got, want)
     losses = losses_by_step(workdir)
