@@ -10,7 +10,8 @@
 
 What counts as the user's mistake (printed as `<tool>: error: <message>`, exit status 2):
   - `UserError` and its subclasses, wherever raised;
-  - ValueError (DataError, EvaluationError ... are ValueErrors) and the OSErrors that name a path
+  - ValueError (DataError, EvaluationError ... are ValueErrors), NotImplementedError (an input asking for
+    what the project does not support, e.g. a GGUF tokenizer type) and the OSErrors that name a path
     (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError) when
     the project's own code raised them, i.e. the innermost frame of the traceback lies in the
     `deft_jax` or `configs` packages: those are the checks that explain what to fix.
@@ -31,6 +32,7 @@ from typing import Any
 
 USAGE_EXIT_CODE = 2
 PATH_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
+CHECKED_ERRORS = (ValueError, NotImplementedError) + PATH_ERRORS  # user errors when the project raised them
 PROJECT_PACKAGES = ("deft_jax", "configs")
 
 
@@ -68,7 +70,7 @@ def is_user_error(error: BaseException) -> bool:
     """Whether `error` is a user's mistake (one line, exit 2) rather than a bug (traceback)."""
     if isinstance(error, UserError):
         return True
-    if isinstance(error, (ValueError,) + PATH_ERRORS):
+    if isinstance(error, CHECKED_ERRORS):
         return _raised_by_project(error)
     return False
 
@@ -86,7 +88,7 @@ def user_errors(tool: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]
         def wrapped(*args, **kwargs):
             try:
                 return main(*args, **kwargs)
-            except (ValueError,) + PATH_ERRORS as error:
+            except CHECKED_ERRORS as error:
                 if not is_user_error(error):
                     raise
                 print(error_line(tool, error), file=sys.stderr)
