@@ -309,12 +309,13 @@ def _unreadable(error: BaseException, *, step: int, step_dir: epath.Path) -> Che
     return CheckpointCorruptError(step=step, where=where, reason=f"unreadable: {reason[:300]}")
 
 
-def restore(manager: ocp.CheckpointManager, *, target: Any, step: int | None = None, verify: bool = True
-            ) -> tuple[Any, dict[str, Any], int]:
+def restore(manager: ocp.CheckpointManager, *, target: Any, step: int | None = None, verify: bool = True,
+            partial: bool = False) -> tuple[Any, dict[str, Any], int]:
     """Restore (state, data_state, step) from `step` (default: the latest complete checkpoint).
 
     `target` is the abstract train state: a pytree of jax.ShapeDtypeStruct with `.sharding` set to the
     shardings wanted now (see sharding.with_shardings); arrays are resharded onto them on load.
+    `partial`: `target` is a subtree of the saved state (e.g. {"params": ...}); only that is read.
     With `verify` (default), the step's files, readability, checksums and finiteness are checked
     (CheckpointCorruptError naming the step and the file or tensor).
     """
@@ -322,7 +323,8 @@ def restore(manager: ocp.CheckpointManager, *, target: Any, step: int | None = N
         step = manager.latest_step()
     if step is None:
         raise FileNotFoundError(f"no complete checkpoint under {manager.directory}.")
-    state_args = ocp.args.PyTreeRestore(target, restore_args=ocp.checkpoint_utils.construct_restore_args(target))
+    state_args = ocp.args.PyTreeRestore(target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                                        partial_restore=partial)
     state, data_state, record = _restore_items(manager, step=int(step), state_args=state_args, verify=verify)
     if verify:
         verify_tensors(state, record=record, step=int(step),
@@ -355,6 +357,21 @@ def _restore_items(manager: ocp.CheckpointManager, *, step: int, state_args, ver
     return restored[STATE_ITEM], dict(restored[DATA_ITEM] or {}), record
 
 
+def state_metadata(directory: str | pathlib.Path | epath.Path, step: int) -> Any:
+    """The saved state's tree of array metadata (shape, dtype) of `step`, read without the tensors;
+    CheckpointCorruptError when the files it comes from are missing or damaged (orbax's checkpointer
+    returns None there, which callers met as AttributeError: 'NoneType' object has no attribute 'tree')."""
+    check_step_files(directory, step)
+    step_dir = step_directory(directory, step)
+    try:
+        return _state_handler().metadata(step_dir / STATE_ITEM).tree
+    except Exception as error:  # noqa: BLE001 (classified: a damaged step, or re-raised untouched)
+        corrupt = _unreadable(error, step=int(step), step_dir=step_dir)
+        if corrupt is None:
+            raise
+        raise corrupt from error
+
+
 def verify_step(directory: str | pathlib.Path, step: int, *, target: Any = None) -> int:
     """Check checkpoint `step` under `directory` (a workdir's checkpoints/): its files, that every tensor
     reads, matches the checksum written at save time and is finite. Returns the number of tensors whose
@@ -368,15 +385,7 @@ def verify_step(directory: str | pathlib.Path, step: int, *, target: Any = None)
             raise FileNotFoundError(f"no complete checkpoint for step {step} under {manager.directory} "
                                     f"(steps: {sorted(manager.all_steps())}).")
         if target is None:
-            check_step_files(manager.directory, step)
-            step_dir = step_directory(manager.directory, step)
-            try:  # the handler raises what the checkpointer's metadata() swallows (returning None)
-                tree = _state_handler().metadata(step_dir / STATE_ITEM).tree
-            except Exception as error:  # noqa: BLE001 (classified: a damaged step, or re-raised untouched)
-                corrupt = _unreadable(error, step=int(step), step_dir=step_dir)
-                if corrupt is None:
-                    raise
-                raise corrupt from error
+            tree = state_metadata(manager.directory, step)
             restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
             state_args = ocp.args.PyTreeRestore(restore_args=restore_args)
         else:

@@ -117,11 +117,8 @@ def resolve_steps(*, workdir: str | pathlib.Path, requested: str | int | None) -
 
 def checkpoint_param_shapes(*, workdir: str | pathlib.Path, step: int) -> dict[str, tuple[tuple, str]]:
     """{'/'-joined parameter path: (shape, dtype)} of the params stored in a checkpoint (metadata only)."""
-    import orbax.checkpoint as ocp
-
     path = checkpointing.checkpoint_dir(workdir) / str(step) / checkpointing.STATE_ITEM
-    metadata = ocp.PyTreeCheckpointer().metadata(path)
-    tree = metadata.item_metadata.tree if hasattr(metadata, "item_metadata") else metadata.tree
+    tree = checkpointing.state_metadata(checkpointing.checkpoint_dir(workdir), step)
     if not isinstance(tree, Mapping) or "params" not in tree:
         raise EvaluationError(f"{path} holds no 'params' entry (found {sorted(tree) if isinstance(tree, Mapping) else type(tree).__name__}); "
                               "it was not written by deft_jax.train.")
@@ -197,10 +194,9 @@ def restore_params(setup: EvalSetup, *, workdir: str | pathlib.Path, step: int) 
     """The params of checkpoint `step` placed on the evaluation mesh (the optimizer state is not read).
 
     Raises EvaluationError listing the tensors whose shapes differ when the checkpoint was written by
-    another model config.
+    another model config, and checkpointing.CheckpointCorruptError (naming the step and the file or
+    tensor) when the step is damaged or holds non-finite params.
     """
-    import orbax.checkpoint as ocp
-
     problems = shape_differences(stored=checkpoint_param_shapes(workdir=workdir, step=step),
                                  expected=setup.abstract_params)
     if problems:
@@ -210,17 +206,13 @@ def restore_params(setup: EvalSetup, *, workdir: str | pathlib.Path, step: int) 
             f"config than {pathlib.Path(workdir) / 'config.json'} describes ({len(problems)} parameter(s) "
             f"differ):\n  {shown}\nEvaluate it with the config it was trained with.")
     target = {"params": sharding_lib.with_shardings(setup.abstract_params, setup.param_shardings)}
-    restore_args = jax.tree.map(
-        lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, global_shape=x.shape, dtype=x.dtype), target)
     manager = checkpointing.make_manager(directory=checkpointing.checkpoint_dir(workdir), read_only=True,
                                          async_save=False)
     try:
-        restored = manager.restore(int(step), args=ocp.args.Composite(**{
-            checkpointing.STATE_ITEM: ocp.args.PyTreeRestore(target, restore_args=restore_args,
-                                                             partial_restore=True)}))
+        restored, _, _ = checkpointing.restore(manager, target=target, step=int(step), partial=True)
     finally:
         manager.close()
-    return restored[checkpointing.STATE_ITEM]["params"]
+    return restored["params"]
 
 
 def base_params(setup: EvalSetup) -> Any:

@@ -4,6 +4,7 @@ import dataclasses
 import json
 import re
 import shutil
+import types
 
 import flax
 import jax
@@ -118,6 +119,23 @@ def test_a_damaged_step_is_named_and_resume_falls_back_to_the_previous_one(saved
     assert (step, data_state) == (2, {"cursor": 2})
     assert skipped == lines == [f"{error}; falling back to step 2"]
     _assert_equal_trees(state, states[2])
+
+
+@pytest.mark.parametrize("corruption", ["data_file_bit_flip", "manifest_damaged", "metadata_deleted"])
+def test_evaluate_refuses_a_damaged_step_naming_it(saved, corruption):
+    """evaluate.restore_params (used by evaluate and export): the intact step 2 restores bit-equal, the
+    damaged step 4 is refused with CheckpointCorruptError (before: NaN metrics, or AttributeError)."""
+    from deft_jax import evaluate
+
+    directory, states = saved
+    abstract = {name: jax.ShapeDtypeStruct(value.shape, value.dtype) for name, value in states[2]["params"].items()}
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    setup = types.SimpleNamespace(abstract_params=abstract, param_shardings=jax.tree.map(lambda _: sharding, abstract))
+    workdir = directory.parent
+    _assert_equal_trees(evaluate.restore_params(setup, workdir=workdir, step=2), states[2]["params"])
+    CORRUPTIONS[corruption](directory)
+    with pytest.raises(checkpointing.CheckpointCorruptError, match=r"^checkpoint 4 is corrupt \("):
+        evaluate.restore_params(setup, workdir=workdir, step=4)
 
 
 def test_non_finite_params_are_an_error_naming_the_tensor(saved, tmp_path):
