@@ -177,17 +177,29 @@ def _leaf_digest(x: jax.Array) -> jax.Array:
 _jitted_leaf_digest = jax.jit(_leaf_digest)  # one compile per (shape, dtype, sharding), shared by leaves
 
 
+def _to_host(x: jax.Array) -> np.ndarray:
+    """A small result on every process (a global array of a multi-host run is not fetched whole)."""
+    if x.is_fully_addressable:
+        return np.asarray(x)
+    if x.sharding.is_fully_replicated:
+        return np.asarray(x.addressable_data(0))
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
 def _digests(leaves: list) -> np.ndarray:
-    """uint32 [len(leaves), 3]: `_leaf_digest` of each leaf (dispatched together, fetched once)."""
+    """uint32 [len(leaves), 3]: `_leaf_digest` of each leaf (all dispatched before any is fetched)."""
     rows = [_jitted_leaf_digest(leaf) for leaf in leaves]
-    return np.stack(jax.device_get(rows)) if rows else np.zeros((0, 3), np.uint32)
+    return np.stack([_to_host(row) for row in rows]) if rows else np.zeros((0, 3), np.uint32)
 
 
 def tensor_digests(tree: Any) -> dict[str, tuple[str, int]]:
     """{leaf name: (16-hex-digit fingerprint of the tensor's bits, number of non-finite elements)}.
 
-    Computed on the devices holding the arrays (one jitted pass; every process of a multi-host run must
-    call it, as for a save); numpy leaves are put on the default device first."""
+    Computed on the devices holding the arrays (a jitted reduction per leaf, compiled once per distinct
+    shape, dtype and sharding; every process of a multi-host run must call it, as for a save); numpy
+    leaves are put on the default device first."""
     named = jax.tree_util.tree_flatten_with_path(tree)[0]
     digests = _digests([leaf for _, leaf in named])
     return {leaf_name(path): (f"{int(row[0]):08x}{int(row[1]):08x}", int(row[2]))
@@ -199,7 +211,7 @@ def checksum_record(state: Any) -> dict[str, Any]:
     digests = tensor_digests(state)
     leaves = {leaf_name(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]}
     return {"format": CHECKSUM_FORMAT, "tensors": {
-        name: {"shape": list(np.shape(leaves[name])), "dtype": str(np.dtype(leaves[name].dtype)),
+        name: {"shape": list(np.shape(leaves[name])), "dtype": str(jnp.result_type(leaves[name])),
                "fingerprint": fingerprint}
         for name, (fingerprint, _) in digests.items()}}
 
@@ -209,21 +221,25 @@ def verify_tensors(tree: Any, *, record: dict[str, Any] | None, step: int, where
     and that every floating tensor is finite; returns how many tensors matched a recorded fingerprint.
 
     Raises CheckpointCorruptError naming the first tensor (in the tree's order) that differs or holds
-    a non-finite value. Tensors absent from the record (a partial restore restores fewer, never more)
-    are an error only when the record exists and lacks them."""
+    a non-finite value. A partial restore checks the tensors it restored; a tensor restored as another
+    dtype than it was saved in (orbax casts to the target's dtype) has no fingerprint to compare."""
     recorded = None if record is None else record.get("tensors", {})
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    dtypes = {leaf_name(path): str(jnp.result_type(leaf)) for path, leaf in leaves}
     matched = 0
     for name, (fingerprint, nonfinite) in tensor_digests(tree).items():
         if recorded is not None:
-            if name not in recorded:
+            saved = recorded.get(name)
+            if saved is None:
                 raise CheckpointCorruptError(step=step, where=f"{where} (tensor {name})",
                                              reason="not in the checksums written at save time")
-            if recorded[name].get("fingerprint") != fingerprint:
-                raise CheckpointCorruptError(
-                    step=step, where=f"{where} (tensor {name})",
-                    reason=f"its bits differ from the checksum written at save time (fingerprint "
-                           f"{fingerprint}, saved {recorded[name].get('fingerprint')}): a data file was damaged")
-            matched += 1
+            if saved.get("dtype") == dtypes[name]:  # (cast on restore to another dtype: other bits)
+                if saved.get("fingerprint") != fingerprint:
+                    raise CheckpointCorruptError(
+                        step=step, where=f"{where} (tensor {name})",
+                        reason=f"its bits differ from the checksum written at save time (fingerprint "
+                               f"{fingerprint}, saved {saved.get('fingerprint')}): a data file was damaged")
+                matched += 1
         if nonfinite:
             raise CheckpointCorruptError(step=step, where=f"{where} (tensor {name})",
                                          reason=f"{nonfinite} non-finite value(s) (NaN or inf)")

@@ -138,6 +138,18 @@ def test_evaluate_refuses_a_damaged_step_naming_it(saved, corruption):
         evaluate.restore_params(setup, workdir=workdir, step=4)
 
 
+def test_a_restore_cast_to_another_dtype_is_not_called_corrupt(saved):
+    directory, states = saved
+    target = _target()
+    target["params"] = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.bfloat16, sharding=x.sharding),
+                                    target["params"])
+    manager = checkpointing.make_manager(directory=directory, read_only=True, async_save=False)
+    state, _, _ = checkpointing.restore(manager, target=target, step=4)
+    manager.close()
+    want = jax.tree.map(lambda x: np.asarray(x).astype(jnp.bfloat16), states[4]["params"])
+    _assert_equal_trees(state["params"], want)
+
+
 def test_non_finite_params_are_an_error_naming_the_tensor(saved, tmp_path):
     directory, states = saved
     bad = _state(6)
