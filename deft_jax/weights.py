@@ -30,7 +30,7 @@ import jax
 import numpy as np
 
 from deft_jax import model as model_lib
-from deft_jax.gguf_file import open_gguf  # noqa: F401 (public here too)
+from deft_jax.gguf_file import open_gguf
 from deft_jax.model import ModelConfig
 
 # ----------------------------------------------------------------------------------------------------------
