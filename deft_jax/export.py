@@ -23,9 +23,6 @@ EXPORT_DTYPES = ("float32", "bfloat16", "float16")
 def export_run(*, workdir: str | pathlib.Path, out_dir: str | pathlib.Path, step: int | str | None = None,
                dtype: str | None = None, devices: Sequence[Any] | None = None) -> tuple[pathlib.Path, int]:
     """Write checkpoint `step` (default the latest) of the run in `workdir` to `out_dir`; (out_dir, step)."""
-    from deft_jax import evaluate
-    from deft_jax import weights
-
     if dtype is not None and dtype not in EXPORT_DTYPES:
         raise cli.UserError(f"--dtype={dtype!r}{cli.did_you_mean(dtype, EXPORT_DTYPES)}: expected one of "
                             f"{EXPORT_DTYPES} (default: the run's param_dtype).")
@@ -34,6 +31,9 @@ def export_run(*, workdir: str | pathlib.Path, out_dir: str | pathlib.Path, step
         raise FileExistsError(f"--out={str(out_dir)!r} is a file; give a directory for the Hugging Face files.")
     if (out_dir / "checkpoints").is_dir() or (out_dir / "metrics.jsonl").exists():
         raise ValueError(f"--out={str(out_dir)!r} looks like a training workdir; export into a new directory.")
+    from deft_jax import evaluate  # (after the argument checks: an error needs no JAX import)
+    from deft_jax import weights
+
     config = evaluate.load_run_config(workdir)
     (selected,) = evaluate.resolve_steps(workdir=workdir, requested=step)
     setup = evaluate.build_setup(config, devices=devices)
