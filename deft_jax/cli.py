@@ -25,6 +25,7 @@ import argparse
 import difflib
 import functools
 import os
+import re
 import sys
 import traceback
 from collections.abc import Callable, Iterable, Sequence
@@ -102,18 +103,63 @@ def run(tool: str, main: Callable[[Sequence[str]], Any], argv: Sequence[str] | N
     return user_errors(tool)(main)(sys.argv[1:] if argv is None else list(argv))
 
 
-def run_absl(tool: str, main: Callable[[Sequence[str]], Any]) -> None:
-    """absl.app.run(main) with one error path: a flag the parser rejects (unknown, missing, ill-typed,
-    an ml_collections config file that fails to load) and a user error raised by main both print
-    `<tool>: error: <message>` and exit 2."""
-    from absl import app
+def _innermost_message(error: BaseException) -> str:
+    """The text of `error`, unwrapping the exception-in-an-exception of ml_collections' KeyError/AttributeError
+    (whose str() is the repr of the inner message)."""
+    while error.args and isinstance(error.args[0], BaseException):
+        error = error.args[0]
+    return str(error.args[0]) if isinstance(error, (KeyError, AttributeError)) and error.args else str(error)
+
+
+def _without_traceback(message: str) -> str:
+    """A flag error that embeds a formatted traceback (ml_collections does) keeps its first and last lines."""
+    if "Traceback (most recent call last)" not in message:
+        return message
+    lines = [line for line in message.splitlines() if line.strip()]
+    return f"{lines[0]} {lines[-1].strip()}"
+
+
+def parse_absl_flags(argv: Sequence[str], *, flag_values=None) -> list[str]:
+    """absl flag parsing whose every failure is a UserError with a one-line message: an unknown, missing or
+    ill-typed flag, an unknown ml_collections override (`--config.optim.lrr`: ml_collections suggests the
+    nearest field), and a config file that fails to load (which ml_collections only reports on first use)."""
     from absl import flags
+
+    flag_values = flags.FLAGS if flag_values is None else flag_values
+    try:
+        remaining = flag_values(list(argv))
+    except flags.Error as error:
+        raise UserError(_without_traceback(str(error))) from None
+    except (AttributeError, KeyError, TypeError, ValueError) as error:  # raised while applying an override
+        message = _innermost_message(error)
+        names = re.findall(r"'([^']+)'", message)
+        given = [arg.split("=", 1)[0] for arg in argv[1:] if arg.startswith("--")]
+        flag = next((arg for arg in given if names and f".{names[0]}" in arg), None)
+        if isinstance(error, (AttributeError, KeyError)):
+            message = f"no such config field {message}"
+        raise UserError(f"{flag}: {message}" if flag else message) from None
+    for name in list(flag_values):
+        value = flag_values[name].value
+        if value is None or isinstance(value, (str, bytes, int, float, bool, list, tuple, dict)):
+            continue
+        try:
+            getattr(value, "keys", None)  # a config file that failed to load raises on first access
+        except OSError as error:
+            reason = [line.strip() for line in str(error).splitlines() if line.strip()][-1]
+            raise UserError(f"--{name}: cannot load the config file: {reason}") from None
+    return remaining
+
+
+def run_absl(tool: str, main: Callable[[Sequence[str]], Any]) -> None:
+    """absl.app.run(main) with one error path: a flag the parser rejects (`parse_absl_flags`) and a user
+    error raised by main both print `<tool>: error: <message>` and exit 2."""
+    from absl import app
 
     def parse_flags(argv: list[str]) -> list[str]:
         try:
-            return flags.FLAGS(argv)
-        except flags.Error as error:
-            print(f"{tool}: error: {one_line(str(error))}", file=sys.stderr)
+            return parse_absl_flags(argv)
+        except UserError as error:
+            print(error_line(tool, error), file=sys.stderr)
             raise SystemExit(USAGE_EXIT_CODE) from None
 
     app.run(user_errors(tool)(main), flags_parser=parse_flags)

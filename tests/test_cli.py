@@ -1,11 +1,15 @@
 """One error path for every CLI: a user's mistake is `<tool>: error: <message>` on one line, exit status 2,
 and no traceback; a bug keeps its traceback."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
 from deft_jax import cli
 from deft_jax import generate
-from tests.test_train_utils import run_module, subprocess_env
+from tests.test_train_utils import REPO_ROOT, run_module, subprocess_env
 
 
 def _only_error_line(done, tool):
@@ -79,3 +83,36 @@ def test_bugs_keep_their_traceback():
 def test_did_you_mean():
     assert cli.did_you_mean("lrr", ["lr", "b1", "b2"]) == " (did you mean 'lr'?)"
     assert cli.did_you_mean("zzz", ["lr", "b1"]) == ""
+
+
+ABSL_TOOL = """
+from absl import flags
+from ml_collections import config_flags
+from deft_jax import cli
+config_flags.DEFINE_config_file("config", None, "config file", lock_config=True)
+cli.run_absl("tool", lambda argv: print(flags.FLAGS.config.optim.lr))
+"""
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--config={missing}"], "--config: cannot load the config file: [Errno 2] No such file or directory: '{missing}'"),
+    (["--config={config}", "--config.optim.lrr=1e-3"],
+     "--config.optim.lrr: no such config field 'lrr'; Did you mean \"lr\" instead of \"lrr\"?"),
+    (["--config={config}", "--config.optim.lr=abc"],
+     "flag --config.optim.lr=abc: could not convert string to float: 'abc'"),
+    (["--config={config}", "--config.optim.lr=0.5"], None),
+], ids=["missing_config_file", "misspelt_override", "ill_typed_override", "valid"])
+def test_absl_and_config_flag_errors_are_one_line(tmp_path, args, expected):
+    """What train / evaluate / sweep get from cli.run_absl (ml_collections reports a config file that fails
+    to load only on first use, and a misspelt override as a chained KeyError/AttributeError)."""
+    missing, config = str(tmp_path / "nope.py"), tmp_path / "config.py"
+    config.write_text("import ml_collections\n\ndef get_config():\n"
+                      "    return ml_collections.ConfigDict({'optim': {'lr': 1e-3, 'b1': 0.9}})\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    args = [a.format(missing=missing, config=config) for a in args]
+    done = subprocess.run([sys.executable, "-c", ABSL_TOOL, *args],
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
+    if expected is None:
+        assert done.returncode == 0 and done.stdout.strip() == "0.5", done.stderr[-2000:]
+    else:
+        assert _only_error_line(done, "tool") == f"tool: error: {expected.format(missing=missing)}"
