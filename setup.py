@@ -2,7 +2,7 @@
 import setuptools
 
 # Pins: jax, jaxlib, flax and orbax-checkpoint move together. These versions resolve without conflicts
-# on Python 3.11 here (DESIGN §5); newer jax releases have broken older flax and orbax before, so bump
+# on Python 3.11; newer jax releases have broken older flax and orbax before, so bump
 # all of them at once, and only after the test suite passes on the new set. On a GPU image that ships
 # its own JAX, install with `pip install --no-deps -e .` and the project runs on what is present.
 CORE = [
@@ -11,7 +11,6 @@ CORE = [
     "flax==0.12.8",
     "optax==0.2.8",
     "orbax-checkpoint==0.12.8",
-    "chex>=0.1.90",
     "ml-collections>=1.0",
     "absl-py>=2.0",
     "numpy>=1.26",
@@ -48,7 +47,7 @@ setuptools.setup(
     name="deft_jax",
     version="0.1.0",
     description="Token-level SFT objectives (NLL, -p, Tsallis, DFT, EAFT, Cayley, DEFT) in JAX/Flax.",
-    packages=setuptools.find_packages(include=["deft_jax", "deft_jax.*"]),
+    packages=setuptools.find_packages(include=["deft_jax", "deft_jax.*", "configs", "configs.*"]),
     python_requires=">=3.10",
     install_requires=CORE,
     extras_require={"test": TEST, "bench": ["torch==2.13.0", "transformers>=4.56", "accelerate>=1.0"]},

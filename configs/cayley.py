@@ -1,11 +1,5 @@
 """Official 'Cayley_Trans': (1 − p^α*)/(α* + 1e-8), α* = clamp(f + (1 − f)(1 − r)/(1 + r), 0.001, 1), r = 1 − p,\nf = 0.5 · mean p over the valid tokens of each micro-batch (the floor couples the tokens of a micro-batch)."""
-import pathlib
-import sys
-
-_REPO_ROOT = str(pathlib.Path(__file__).resolve().parents[1])
-if _REPO_ROOT not in sys.path:  # so that `configs.base` imports from any working directory
-    sys.path.insert(0, _REPO_ROOT)
-from configs import base  # noqa: E402
+from configs import base
 
 
 def get_config(arg=None):

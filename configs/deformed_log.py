@@ -1,11 +1,5 @@
 """Deformed-log family (official 'GeneralFamily-α'): (1 − p^α)/α, gate p^α; α → 0 is NLL, α = 1 is −p."""
-import pathlib
-import sys
-
-_REPO_ROOT = str(pathlib.Path(__file__).resolve().parents[1])
-if _REPO_ROOT not in sys.path:  # so that `configs.base` imports from any working directory
-    sys.path.insert(0, _REPO_ROOT)
-from configs import base  # noqa: E402
+from configs import base
 
 
 def get_config(arg=None):

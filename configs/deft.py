@@ -1,11 +1,5 @@
 """DEFT (arXiv 2602.11424): (1 − p^α)/(α + ε), α = sg(Σ_v π_v²) (collision probability), official ε = 1e-6."""
-import pathlib
-import sys
-
-_REPO_ROOT = str(pathlib.Path(__file__).resolve().parents[1])
-if _REPO_ROOT not in sys.path:  # so that `configs.base` imports from any working directory
-    sys.path.insert(0, _REPO_ROOT)
-from configs import base  # noqa: E402
+from configs import base
 
 
 def get_config(arg=None):

@@ -1,11 +1,5 @@
 """DFT (Wu et al. 2025): sg(p)·(−log p), gate p (the gradient of −p, the value of a scaled NLL)."""
-import pathlib
-import sys
-
-_REPO_ROOT = str(pathlib.Path(__file__).resolve().parents[1])
-if _REPO_ROOT not in sys.path:  # so that `configs.base` imports from any working directory
-    sys.path.insert(0, _REPO_ROOT)
-from configs import base  # noqa: E402
+from configs import base
 
 
 def get_config(arg=None):

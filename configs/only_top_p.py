@@ -1,11 +1,5 @@
 """Official 'OnlyTopP-τ': (1 − p) on tokens with p ≥ τ; the others leave the sum and the token count."""
-import pathlib
-import sys
-
-_REPO_ROOT = str(pathlib.Path(__file__).resolve().parents[1])
-if _REPO_ROOT not in sys.path:  # so that `configs.base` imports from any working directory
-    sys.path.insert(0, _REPO_ROOT)
-from configs import base  # noqa: E402
+from configs import base
 
 
 def get_config(arg=None):

@@ -19,14 +19,10 @@ Arguments (comma-separated, after the file name), besides base.py's common ones 
 e.g. `python -m deft_jax.train --config configs/study.py:objective=deft,regime=strong --workdir DIR`.
 """
 import pathlib
-import sys
 
 import ml_collections
 
-_REPO_ROOT = str(pathlib.Path(__file__).resolve().parents[1])
-if _REPO_ROOT not in sys.path:  # so that `configs.base` imports from any working directory
-    sys.path.insert(0, _REPO_ROOT)
-from configs import base  # noqa: E402
+from configs import base
 
 OBJECTIVES = ("nll", "prob", "dft", "eaft", "cayley", "deft", "deformed_log")
 REGIMES = ("weak", "intermediate", "strong")
@@ -39,7 +35,7 @@ REGIME_DATA = {
     "intermediate": dict(task="reasoning_gym:word_sorting", rg_seed=1, rg_eval_start=10_000, max_length=192),
     "strong": dict(task="reasoning_gym:number_sorting", rg_seed=1, rg_eval_start=10_000, max_length=320),
 }
-# The full study's budget: the train step runs ≈115 tokens/s for the 135M model on the 2-core CPU
+# The full study's budget: the train step runs ≈115 tokens/s for the 135M model on a small CPU
 # (measured, experiments/README.md), so 16 steps of 6 rows = one epoch of 96 examples, as the paper
 # trains one epoch; lr 1e-4 rather than the paper's 5e-5 because we take 16 steps instead of its ~156
 # (40,000 / 256): see experiments/README.md.
@@ -48,7 +44,7 @@ FULL_BUDGET = dict(steps=16, batch=6, lr=1e-4, num_train=96, num_eval=32)
 FULL_SCAN_UNROLL = 64
 # Full runs share XLA's persistent compilation cache: runs with the same objective and row length (seeds,
 # noise, regimes of equal length) skip recompiling the 135M train step.
-COMPILATION_CACHE = str(pathlib.Path(_REPO_ROOT) / "runs" / "xla_cache")
+COMPILATION_CACHE = str(pathlib.Path(__file__).resolve().parents[1] / "runs" / "xla_cache")
 # Smoke: the same regimes' tasks at tiny sizes (FigFont art is up to ~940 bytes: byte tokenizer).
 SMOKE_BUDGET = dict(steps=2, batch=8, lr=1e-3, num_train=16, num_eval=8)
 # Smoke: rows of 512 bytes, so FigFont uses 2-letter words and number_sorting short integer lists there.

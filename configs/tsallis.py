@@ -1,11 +1,5 @@
 """Tsallis q-log: −ln_q p = (1 − p^(1−q))/(1 − q), gate p^(1−q) (the deformed-log family with q = 1 − α)."""
-import pathlib
-import sys
-
-_REPO_ROOT = str(pathlib.Path(__file__).resolve().parents[1])
-if _REPO_ROOT not in sys.path:  # so that `configs.base` imports from any working directory
-    sys.path.insert(0, _REPO_ROOT)
-from configs import base  # noqa: E402
+from configs import base
 
 
 def get_config(arg=None):

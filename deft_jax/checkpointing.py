@@ -30,7 +30,7 @@ import pathlib
 import re
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -49,7 +49,11 @@ STATE_FILES = ("_METADATA", "manifest.ocdbt")  # what orbax needs to find the te
 MIN_SLICE_BYTES_FOR_REPLICA_PARALLEL = 4 << 20
 
 
-class CheckpointCorruptError(cli.UserError):
+class CheckpointError(cli.UserError):
+    """A checkpoint that is missing, of another model, or unreadable; the message says which and what to do."""
+
+
+class CheckpointCorruptError(CheckpointError):
     """A checkpoint step that cannot be trusted: a file is missing, damaged or unreadable, a tensor differs
     from its checksum, or a tensor is not finite. `step`, `where` (file or tensor) and `reason` say which."""
 
@@ -59,14 +63,13 @@ class CheckpointCorruptError(cli.UserError):
 
 
 def _state_handler() -> ocp.PyTreeCheckpointHandler:
-    from orbax.checkpoint._src.serialization import type_handler_registry
-
-    handlers = []
-    for kind, handler in type_handler_registry._DEFAULT_TYPE_HANDLERS:  # noqa: SLF001 (orbax's defaults)
-        if kind is jax.Array:
-            handler = ocp.type_handlers.ArrayHandler(
-                min_slice_bytes_for_replica_parallel=MIN_SLICE_BYTES_FOR_REPLICA_PARALLEL)
-        handlers.append((kind, handler))
+    """orbax's default handlers, with replica-parallel writes of jax.Arrays only for slices >= 4 MiB."""
+    handlers = [(int, ocp.type_handlers.ScalarHandler()), (float, ocp.type_handlers.ScalarHandler()),
+                (bytes, ocp.type_handlers.ScalarHandler()), (np.number, ocp.type_handlers.ScalarHandler()),
+                (np.ndarray, ocp.type_handlers.NumpyHandler()),
+                (jax.Array, ocp.type_handlers.ArrayHandler(
+                    min_slice_bytes_for_replica_parallel=MIN_SLICE_BYTES_FOR_REPLICA_PARALLEL)),
+                (str, ocp.type_handlers.StringHandler())]
     registry = ocp.type_handlers.create_type_handler_registry(*handlers)
     return ocp.PyTreeCheckpointHandler(type_handler_registry=registry)
 
@@ -107,7 +110,7 @@ def make_manager(*, directory: str | pathlib.Path, max_to_keep: int | None = 3,
         CHECKSUM_ITEM: ocp.JsonCheckpointHandler()})
 
 
-class NoIntactCheckpointError(cli.UserError):
+class NoIntactCheckpointError(CheckpointError):
     """Every checkpoint step under a directory is corrupt; `errors` holds each step's error, newest first."""
 
     def __init__(self, *, directory: str, errors: list[CheckpointCorruptError]):
@@ -121,7 +124,7 @@ class NoIntactCheckpointError(cli.UserError):
 _LANE_SEEDS = (0x9E3779B9, 0x7F4A7C15)  # two independent 32-bit lanes: a 64-bit fingerprint
 
 
-def leaf_name(path) -> str:
+def path_name(path) -> str:
     """'/'-joined key path of a pytree leaf ('params/layers/attn/q_proj/kernel', 'opt_state/0/mu/...'); the
     same name for a dataclass / namedtuple field, a dict key or a list index, so a state restored without
     its target (plain dicts and lists) names its tensors as the saved state did."""
@@ -202,14 +205,14 @@ def tensor_digests(tree: Any) -> dict[str, tuple[str, int]]:
     leaves are put on the default device first."""
     named = jax.tree_util.tree_flatten_with_path(tree)[0]
     digests = _digests([leaf for _, leaf in named])
-    return {leaf_name(path): (f"{int(row[0]):08x}{int(row[1]):08x}", int(row[2]))
+    return {path_name(path): (f"{int(row[0]):08x}{int(row[1]):08x}", int(row[2]))
             for (path, _), row in zip(named, digests)}
 
 
 def checksum_record(state: Any) -> dict[str, Any]:
     """The JSON saved beside a state: {"format": 1, "tensors": {name: {shape, dtype, fingerprint}}}."""
     digests = tensor_digests(state)
-    leaves = {leaf_name(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]}
+    leaves = {path_name(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]}
     return {"format": CHECKSUM_FORMAT, "tensors": {
         name: {"shape": list(np.shape(leaves[name])), "dtype": str(jnp.result_type(leaves[name])),
                "fingerprint": fingerprint}
@@ -225,7 +228,7 @@ def verify_tensors(tree: Any, *, record: dict[str, Any] | None, step: int, where
     dtype than it was saved in (orbax casts to the target's dtype) has no fingerprint to compare."""
     recorded = None if record is None else record.get("tensors", {})
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    dtypes = {leaf_name(path): str(jnp.result_type(leaf)) for path, leaf in leaves}
+    dtypes = {path_name(path): str(jnp.result_type(leaf)) for path, leaf in leaves}
     matched = 0
     for name, (fingerprint, nonfinite) in tensor_digests(tree).items():
         if recorded is not None:
@@ -476,3 +479,88 @@ def check_restorable(*, directory: str | pathlib.Path, target: Any) -> int:
         return step
     finally:
         manager.close()
+
+
+# ====================================================================================================
+# Reading a run's checkpoints for evaluation and export (parameters only).
+
+def available_steps(workdir: str | pathlib.Path) -> list[int]:
+    """Steps with a complete checkpoint under <workdir>/checkpoints (ascending; [] when none)."""
+    directory = checkpoint_dir(workdir)
+    if not directory.is_dir():
+        return []
+    manager = make_manager(directory=directory, read_only=True, async_save=False)
+    try:
+        return sorted(int(step) for step in manager.all_steps())
+    finally:
+        manager.close()
+
+
+def resolve_steps(*, workdir: str | pathlib.Path, requested: str | int | None) -> list[int]:
+    """`requested`: None or 'latest' (the latest checkpoint), 'all', or a step number."""
+    steps = available_steps(workdir)
+    if not steps:
+        raise CheckpointError(f"no checkpoint under {checkpoint_dir(workdir)}: the run has not saved one yet (or "
+                              f"--workdir points elsewhere). Use --base to evaluate the model before fine-tuning.")
+    if requested in (None, "", "latest"):
+        return [steps[-1]]
+    if requested == "all":
+        return steps
+    try:
+        step = int(requested)
+    except (TypeError, ValueError):
+        raise CheckpointError(f"--step={requested!r}: expected a step number, 'latest' or 'all'.") from None
+    if step not in steps:
+        raise CheckpointError(f"--step={step}: there is no checkpoint for step {step} under "
+                              f"{checkpoint_dir(workdir)}; available steps: {steps}.")
+    return [step]
+
+
+def param_shapes(*, workdir: str | pathlib.Path, step: int) -> dict[str, tuple[tuple, str]]:
+    """{parameter path: (shape, dtype)} of the params stored in a checkpoint (metadata only)."""
+    path = checkpoint_dir(workdir) / str(step) / STATE_ITEM
+    tree = state_metadata(checkpoint_dir(workdir), step)
+    if not isinstance(tree, Mapping) or "params" not in tree:
+        found = sorted(tree) if isinstance(tree, Mapping) else type(tree).__name__
+        raise CheckpointError(f"{path} holds no 'params' entry (found {found}); it was not written by "
+                              f"deft_jax.train.")
+    return {path_name(p): (tuple(leaf.shape), str(leaf.dtype))
+            for p, leaf in jax.tree_util.tree_flatten_with_path(tree["params"])[0]}
+
+
+def shape_differences(*, stored: Mapping[str, tuple[tuple, str]], expected: Any) -> list[str]:
+    """Human-readable differences between a checkpoint's params and an abstract params tree."""
+    wanted = {path_name(p): tuple(leaf.shape) for p, leaf in jax.tree_util.tree_flatten_with_path(expected)[0]}
+    problems = []
+    for name in sorted(set(wanted) | set(stored)):
+        if name not in stored:
+            problems.append(f"{name}: missing from the checkpoint (config expects {wanted[name]})")
+        elif name not in wanted:
+            problems.append(f"{name}: in the checkpoint {stored[name][0]} but not in the config's model")
+        elif stored[name][0] != wanted[name]:
+            problems.append(f"{name}: checkpoint {stored[name][0]} vs config {wanted[name]}")
+    return problems
+
+
+def restore_params(*, workdir: str | pathlib.Path, step: int, abstract_params: Any, shardings: Any) -> Any:
+    """The params of checkpoint `step` placed on `shardings` (the optimizer state is not read).
+
+    Raises CheckpointError listing the tensors whose shapes differ when the checkpoint was written by
+    another model config, and CheckpointCorruptError (naming the step and the file or tensor) when the
+    step is damaged or holds non-finite params.
+    """
+    problems = shape_differences(stored=param_shapes(workdir=workdir, step=step), expected=abstract_params)
+    if problems:
+        shown = "; ".join(problems[:5]) + (f"; ... and {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise CheckpointError(
+            f"checkpoint {checkpoint_dir(workdir) / str(step)} was written by a different model config than "
+            f"{pathlib.Path(workdir) / 'config.json'} describes ({len(problems)} parameter(s) differ: {shown}); "
+            f"evaluate it with the config it was trained with.")
+    target = {"params": jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                                     abstract_params, shardings)}
+    manager = make_manager(directory=checkpoint_dir(workdir), read_only=True, async_save=False)
+    try:
+        restored, _, _ = restore(manager, target=target, step=int(step), partial=True)
+    finally:
+        manager.close()
+    return restored["params"]

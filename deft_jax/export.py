@@ -15,7 +15,10 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from deft_jax import build
+from deft_jax import checkpointing
 from deft_jax import cli
+from deft_jax import weights
 
 EXPORT_DTYPES = ("float32", "bfloat16", "float16")
 
@@ -31,13 +34,11 @@ def export_run(*, workdir: str | pathlib.Path, out_dir: str | pathlib.Path, step
         raise FileExistsError(f"--out={str(out_dir)!r} is a file; give a directory for the Hugging Face files.")
     if (out_dir / "checkpoints").is_dir() or (out_dir / "metrics.jsonl").exists():
         raise ValueError(f"--out={str(out_dir)!r} looks like a training workdir; export into a new directory.")
-    from deft_jax import evaluate  # (after the argument checks: an error needs no JAX import)
-    from deft_jax import weights
-
-    config = evaluate.load_run_config(workdir)
-    (selected,) = evaluate.resolve_steps(workdir=workdir, requested=step)
-    setup = evaluate.build_setup(config, devices=devices)
-    params = evaluate.restore_params(setup, workdir=workdir, step=selected)
+    config = build.load_run_config(workdir)
+    (selected,) = checkpointing.resolve_steps(workdir=workdir, requested=step)
+    setup = build.model_setup(config, devices=devices)
+    params = checkpointing.restore_params(workdir=workdir, step=selected, abstract_params=setup.abstract_params,
+                                          shardings=setup.param_shardings)
     weights.export_hf(params, setup.model_config, setup.tokenizer, out_dir, dtype=dtype)
     return out_dir, selected
 

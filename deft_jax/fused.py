@@ -133,7 +133,7 @@ def chunked_token_stats(hidden, weight, targets, *, chunk_size: int = 1024, topk
     """
     hidden, weight, targets = jnp.asarray(hidden), jnp.asarray(weight), jnp.asarray(targets)
     _check_inputs(hidden=hidden, weight=weight, targets=targets, chunk_size=chunk_size)
-    objectives._check_topk(topk)  # same validation and message as the naive path
+    objectives.check_topk(topk)  # same validation and message as the naive path
     batch_shape = targets.shape
     flat_hidden = hidden.reshape(-1, hidden.shape[-1])
     flat_targets = targets.reshape(-1)
@@ -143,6 +143,18 @@ def chunked_token_stats(hidden, weight, targets, *, chunk_size: int = 1024, topk
     stats = jax.tree.map(lambda x: x.reshape(batch_shape), stats)
     frozen = jax.lax.stop_gradient(stats)
     return frozen.replace(log_p=stats.log_p)
+
+
+def chunked_max_logit(hidden, weight, *, chunk_size: int):
+    """max_v (h W)_v per token, [...] float32, without the [tokens, V] logits (chunks of `chunk_size`)."""
+    flat = hidden.reshape(-1, hidden.shape[-1])
+    n = flat.shape[0]
+    chunk_size = max(1, min(chunk_size, n))
+    padded = -(-n // chunk_size) * chunk_size
+    flat = jnp.pad(flat, ((0, padded - n), (0, 0))).reshape(-1, chunk_size, flat.shape[-1])
+    maxima = jax.lax.map(lambda h: jnp.max(jnp.einsum("cd,dv->cv", h, weight,
+                                                      preferred_element_type=jnp.float32), axis=-1), flat)
+    return maxima.reshape(-1)[:n].reshape(hidden.shape[:-1])
 
 
 def compute_chunked(name, hidden, weight, targets, mask, *, chunk_size: int = 1024, vocab_sharding=None,

@@ -27,6 +27,8 @@ import numpy as np
 from deft_jax import cli
 from deft_jax import model as model_lib
 from deft_jax.model import ModelConfig
+from deft_jax import tokenizer as tokenizer_lib
+from deft_jax import weights
 
 PROMPT_BUCKET = 32  # prompt lengths are padded up to a multiple of this, to limit recompilation
 
@@ -215,9 +217,6 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> list[str]:
-    from deft_jax import tokenizer as tokenizer_lib
-    from deft_jax import weights
-
     args = parse_args(argv)
     sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)
     start = time.perf_counter()

@@ -17,11 +17,11 @@ from typing import Any
 
 import jax
 import numpy as np
+from tqdm import tqdm
 
-# Peak dense FLOP/s per device assumed for MFU when config.metrics.peak_flops_per_device is 0 (auto).
-# bf16 dense numbers from the vendors' data sheets. The CPU figure is float32 per core (AVX-512 FMA at
-# ~3 GHz: the 2-core benchmark machine's jnp.matmul tops out at ≈195 GFLOP/s); a CPU device spans the
-# cores this process may use, shared among its local CPU devices (fake multi-device meshes).
+# Peak dense FLOP/s per device assumed for MFU when config.peak_flops_per_device is 0 (auto). bf16 dense
+# numbers from the vendors' data sheets. The CPU figure is float32 per core (an AVX-512 FMA core at
+# ~3 GHz); a CPU device spans the cores this process may use, shared among its local CPU devices.
 PEAK_FLOPS_BY_DEVICE_KIND = {
     "TPU v4": 275e12,
     "TPU v5 lite": 197e12,
@@ -34,8 +34,6 @@ PEAK_FLOPS_BY_DEVICE_KIND = {
     "NVIDIA A100": 312e12,
     "cpu": 100e9,  # per core
 }
-
-ALPHA_HISTOGRAM_EDGES = tuple(float(x) for x in np.linspace(0.0, 1.0, 11))  # last bucket holds alpha >= 1
 
 
 def assumed_peak_flops_per_device(*, configured: float, device_kind: str) -> float:
@@ -74,7 +72,10 @@ class MetricWriter:
     Only the process with `enabled=True` (process 0) writes; others accept calls and do nothing.
     """
 
-    def __init__(self, *, workdir: str | pathlib.Path, enabled: bool, tensorboard: bool = True):
+    def __init__(self, *, workdir: str | pathlib.Path, enabled: bool, tensorboard: bool = True,
+                 resume_step: int | None = None):
+        """`resume_step`: the checkpoint step a run resumes from; records of later steps (written before a
+        kill, and about to be replayed) are dropped from metrics.jsonl so every step keeps one line."""
         self.enabled = enabled
         self._tb = None
         self._jsonl = None
@@ -83,6 +84,8 @@ class MetricWriter:
         workdir = pathlib.Path(workdir)
         self.jsonl_path = workdir / "metrics.jsonl"
         self.tensorboard_dir = workdir / "tensorboard"
+        if self.jsonl_path.exists():
+            drop_records_after(self.jsonl_path, step=0 if resume_step is None else resume_step)
         self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")
         if tensorboard:
             from tensorboardX import SummaryWriter
@@ -119,6 +122,18 @@ class MetricWriter:
             self._tb = None
 
 
+def drop_records_after(path: pathlib.Path, *, step: int) -> int:
+    """Rewrite the JSON-lines file `path` without records whose 'step' exceeds `step` (atomically);
+    returns how many were dropped."""
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = [line for line in lines if not line.strip() or json.loads(line).get("step", 0) <= step]
+    if len(kept) != len(lines):
+        temporary = path.with_name(path.name + ".tmp")
+        temporary.write_text("".join(kept), encoding="utf-8")
+        temporary.replace(path)
+    return len(lines) - len(kept)
+
+
 def _json_float(value: Any) -> Any:
     value = float(value)
     return value if math.isfinite(value) else str(value)
@@ -150,7 +165,6 @@ class Progress:
         self._first = None
         self.total = total
         if self.enabled and use_bar:
-            from tqdm import tqdm
             self._bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, file=sys.stderr)
 
     def update(self, *, step: int, scalars: Mapping[str, Any] | None = None) -> None:
@@ -167,11 +181,12 @@ class Progress:
         if scalars:
             first_step, first_time = self._first
             elapsed = time.perf_counter() - first_time
-            rate = (step - first_step) / elapsed if elapsed > 0 and step > first_step else float("nan")
-            eta = (self.total - step) / rate if rate > 0 else float("nan")
             shown = " ".join(f"{k.split('/')[-1]}={v:.4g}" for k, v in _shown(scalars).items())
-            print(f"step {step}/{self.total} | {rate:.2f} steps/s | ETA {_format_seconds(eta)} | {shown}",
-                  file=sys.stderr, flush=True)
+            parts = [f"step {step}/{self.total}"]
+            if elapsed > 0 and step > first_step:  # a rate exists from the second step on
+                rate = (step - first_step) / elapsed
+                parts += [f"{rate:.2f} steps/s", f"ETA {tqdm.format_interval((self.total - step) / rate)}"]
+            print(" | ".join(parts + [shown]), file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self._bar is not None:
@@ -184,10 +199,3 @@ _SHOWN = ("train/loss", "train/nll", "train/mean_p", "train/mean_alpha", "perf/t
 
 def _shown(scalars: Mapping[str, Any]) -> dict[str, float]:
     return {k: float(scalars[k]) for k in _SHOWN if k in scalars and not isinstance(scalars[k], list)}
-
-
-def _format_seconds(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"

@@ -42,6 +42,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from deft_jax import sharding as sharding_lib
+
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 LLAMA3_ROPE_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 
@@ -402,6 +404,16 @@ def abstract_params(config: ModelConfig):
     with nn.logical_axis_rules(()):  # the caller's rules would constrain init's activations: shapes need none
         boxed = jax.eval_shape(lambda: Decoder(config).init(jax.random.key(0), _dummy_inputs())["params"])
         return nn.unbox(boxed), nn.get_partition_spec(boxed)
+
+
+def param_layout(config: ModelConfig, *, mesh, rules) -> tuple[Any, Any]:
+    """(abstract params, NamedSharding tree) from the logical axes and `rules`; executes nothing.
+
+    Raises ValueError naming the parameter when a dimension does not split over its mesh axes."""
+    shapes, logical = abstract_params(config)
+    shardings = sharding_lib.logical_to_shardings(logical_axes=logical, mesh=mesh, rules=rules)
+    sharding_lib.check_divisible(abstract_tree=shapes, shardings=shardings, what="parameter")
+    return shapes, shardings
 
 
 def param_logical_axes(config: ModelConfig):

@@ -15,6 +15,20 @@ The computation has two stages so that a chunked / fused lm-head path can reuse 
    gate and the diagnostics, from the statistics alone (plus batch-level reductions such as Cayley's
    mean p over the valid tokens of the call).
 
+The registry (`OBJECTIVES`), loss per token and gate:
+
+    nll                  −log p                                        1
+    prob                 1 − p                                         p
+    deformed_log (α)     (1 − p^α)/α   (α → 0: −log p)                 p^α
+    tsallis (q)          (1 − p^(1−q))/(1 − q) = −ln_q p               p^(1−q)
+    only_{top,bottom}_p  (1 − p)·1[p ≥ τ] / 1[p ≤ τ]                   p·1[·]
+    only_{top,bottom}_logp  −log p·1[p ≥ τ] / 1[p ≤ τ]                 1[·]
+    dft                  sg(p)·(−log p)                                p
+    eaft (k, β)          sg(H̃)^β·(−log p), H̃ = top-k entropy / log k   H̃^β
+    cayley               (1 − p^α*)/(α* + ε), α* = clamp(f + (1 − f)(1 − r)/(1 + r), 0.001, 1),
+                         r = 1 − p, f = 0.5·mean p                      p^α*·α*/(α* + ε)
+    deft (ε)             (1 − p^α)/(α + ε), α = sg(Σπ²)                 p^α·α/(α + ε)
+
 `compute(name, logits, targets, mask, **params)` runs both. `reduce(...)` turns per-token losses into a
 (sum, denominator) pair with a named normalisation. Objectives are chosen by name from `OBJECTIVES`;
 the official PyTorch strings (luludus/DEFT `objective_trans`) are accepted as aliases with their exact
@@ -126,7 +140,7 @@ def _check_mask(mask, *, shape) -> None:
         raise ValueError(f"mask must be bool, integer or floating (0 = ignored), got {mask.dtype}")
 
 
-def _check_topk(topk) -> None:
+def check_topk(topk) -> None:
     if topk is None:
         return
     if isinstance(topk, bool) or not isinstance(topk, (int, np.integer)) or topk < 1:
@@ -173,7 +187,7 @@ def token_stats(logits, targets, *, topk: int | None = None) -> TokenStats:
     logits = jnp.asarray(logits)
     targets = jnp.asarray(targets)
     _check_logits_targets(logits, targets)
-    _check_topk(topk)
+    check_topk(topk)
     z = logits.astype(_stats_dtype(logits.dtype))
     vocab = z.shape[-1]
     z_max = jax.lax.stop_gradient(jnp.max(z, axis=-1, keepdims=True))
@@ -413,18 +427,13 @@ def _check_cayley(params):
 
 @dataclasses.dataclass(frozen=True)
 class Objective:
-    """A registered objective: parameters, detached coefficients, what it needs, documentation."""
+    """A registered objective: its parameters, its detached coefficients and what it needs."""
 
     name: str
     params: tuple[Param, ...]
     coefficients: Callable[..., Coefficients]
-    formula: str
-    gate: str
-    aliases: tuple[str, ...] = ()
     epsilon_param: str | None = None  # name of the param added to α in the denominator
-    needs_collision: bool = False
     needs_topk_entropy: bool = False
-    uses_batch_statistics: bool = False  # couples tokens of one call (Cayley's mean p)
     thresholded: bool = False  # kept ⊂ mask; token-mean denominators count kept tokens
     check_params: Callable[[dict], str | None] | None = None
 
@@ -435,30 +444,23 @@ class Objective:
         raise KeyError(name)
 
 
+# Losses and gates: the module docstring's table; official alias strings: ALIASES below.
 OBJECTIVES: dict[str, Objective] = {
     obj.name: obj
     for obj in [
-        Objective("nll", (), _coef_nll, "−log p", "1", aliases=("original", "logp")),
-        Objective("prob", (), _coef_prob, "1 − p", "p", aliases=("p",)),
-        Objective("deformed_log", (_ALPHA,), _coef_deformed_log, "(1 − p^α)/α  (α → 0: −log p)", "p^α",
-                  aliases=("GeneralFamily-<alpha>",)),
-        Objective("tsallis", (_Q,), _coef_tsallis, "(1 − p^(1−q))/(1 − q) = −ln_q p", "p^(1−q)"),
-        Objective("only_top_p", (_TAU,), _threshold_coef(keep_top=True, alpha=1.0),
-                  "(1 − p)·1[p ≥ τ]", "p·1[p ≥ τ]", aliases=("OnlyTopP-<tau>",), thresholded=True),
-        Objective("only_bottom_p", (_TAU,), _threshold_coef(keep_top=False, alpha=1.0),
-                  "(1 − p)·1[p ≤ τ]", "p·1[p ≤ τ]", aliases=("OnlyBottomP-<tau>",), thresholded=True),
-        Objective("only_top_logp", (_TAU,), _threshold_coef(keep_top=True, alpha=0.0),
-                  "−log p·1[p ≥ τ]", "1[p ≥ τ]", aliases=("OnlyTopLogP-<tau>",), thresholded=True),
-        Objective("only_bottom_logp", (_TAU,), _threshold_coef(keep_top=False, alpha=0.0),
-                  "−log p·1[p ≤ τ]", "1[p ≤ τ]", aliases=("OnlyBottomLogP-<tau>",), thresholded=True),
-        Objective("dft", (), _coef_dft, "sg(p)·(−log p)", "p"),
-        Objective("eaft", (_K, _POWER), _coef_eaft, "sg(H̃)^β·(−log p)", "H̃^β", needs_topk_entropy=True),
+        Objective("nll", (), _coef_nll),
+        Objective("prob", (), _coef_prob),
+        Objective("deformed_log", (_ALPHA,), _coef_deformed_log),
+        Objective("tsallis", (_Q,), _coef_tsallis),
+        Objective("only_top_p", (_TAU,), _threshold_coef(keep_top=True, alpha=1.0), thresholded=True),
+        Objective("only_bottom_p", (_TAU,), _threshold_coef(keep_top=False, alpha=1.0), thresholded=True),
+        Objective("only_top_logp", (_TAU,), _threshold_coef(keep_top=True, alpha=0.0), thresholded=True),
+        Objective("only_bottom_logp", (_TAU,), _threshold_coef(keep_top=False, alpha=0.0), thresholded=True),
+        Objective("dft", (), _coef_dft),
+        Objective("eaft", (_K, _POWER), _coef_eaft, needs_topk_entropy=True),
         Objective("cayley", (_epsilon_param(1e-8), _FLOOR_SCALE, _ALPHA_MIN, _ALPHA_MAX), _coef_cayley,
-                  "(1 − p^α*)/(α* + ε), α* = clamp(f + (1 − f)·p/(2 − p), 0.001, 1), f = 0.5·mean p",
-                  "p^α*·α*/(α* + ε)", aliases=("Cayley_Trans",), epsilon_param="epsilon",
-                  uses_batch_statistics=True, check_params=_check_cayley),
-        Objective("deft", (_epsilon_param(1e-6),), _coef_deft, "(1 − p^α)/(α + ε), α = sg(Σπ²)",
-                  "p^α·α/(α + ε)", aliases=("DEFT",), epsilon_param="epsilon", needs_collision=True),
+                  epsilon_param="epsilon", check_params=_check_cayley),
+        Objective("deft", (_epsilon_param(1e-6),), _coef_deft, epsilon_param="epsilon"),
     ]
 }
 
@@ -647,7 +649,10 @@ def _float_mask(mask, *, dtype):
 
 def detached_coefficients(name_or_spec, stats: TokenStats, mask, **params) -> Coefficients:
     """The objective's detached per-token coefficients (α or scale, kept) for these statistics."""
-    spec = _resolve(name_or_spec, params)
+    return _coefficients_of(_resolve(name_or_spec, params), stats, mask)
+
+
+def _coefficients_of(spec: ObjectiveSpec, stats: TokenStats, mask) -> Coefficients:
     _check_stats_for(spec, stats)
     dtype = stats.log_p.dtype
     mask = jnp.asarray(mask)
@@ -669,7 +674,11 @@ def objective_from_stats(name_or_spec, stats: TokenStats, mask, *, coefficients:
     Masked tokens (mask == 0) get 0 in every field whatever their target (even out of range); an
     unmasked out-of-range target gives NaN (never a silent fallback).
     """
-    spec = _resolve(name_or_spec, params)
+    return _objective_of(_resolve(name_or_spec, params), stats, mask, coefficients=coefficients)
+
+
+def _objective_of(spec: ObjectiveSpec, stats: TokenStats, mask, *, coefficients: Coefficients | None
+                  ) -> ObjectiveOutput:
     objective = spec.objective
     _check_stats_for(spec, stats)
     mask = jnp.asarray(mask)
@@ -677,7 +686,7 @@ def objective_from_stats(name_or_spec, stats: TokenStats, mask, *, coefficients:
     dtype = stats.log_p.dtype
     mask_f, valid = _float_mask(mask, dtype=dtype)
     if coefficients is None:
-        coefficients = detached_coefficients(spec, stats, mask)
+        coefficients = _coefficients_of(spec, stats, mask)
     coefficients = jax.lax.stop_gradient(coefficients)
 
     log_p = jnp.where(valid, stats.log_p, 0.0)
@@ -735,7 +744,7 @@ def compute(name, logits, targets, mask, **params) -> ObjectiveOutput:
     _check_mask(mask, shape=targets.shape)
     _check_target_range(targets, mask, vocab=logits.shape[-1])
     stats = token_stats(logits, targets, topk=required_topk(spec))
-    return objective_from_stats(spec, stats, mask)
+    return _objective_of(spec, stats, mask, coefficients=None)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ for a large vocabulary), Cayley on the batch mean of p, EAFT on the normalised t
 from __future__ import annotations
 
 import argparse
+import math
 import pathlib
 import sys
 
@@ -162,6 +163,52 @@ def draw_gates(out: str | pathlib.Path, *, dpi: int = 80) -> pathlib.Path:
     _save_small_png(fig, out, dpi=dpi)
     plt.close(fig)
     return out
+
+
+def _numeric(values) -> bool:
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+
+
+SWEEP_PLOTTED_METRICS = ("score", "nll", "mean_p")
+
+
+def sweep_summary(rows, *, swept, path: str | pathlib.Path, title: str) -> pathlib.Path | None:
+    """A sweep's metrics (generation score, NLL, mean p) against its swept field (PNG); None when no run has
+    metrics. With one numeric swept field it is the x axis (log scale when it spans >= 20x and is
+    positive); otherwise the runs are placed in order and labelled by name."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    evaluated = [row for row in rows if row.get("nll") is not None]
+    if not evaluated:
+        return None
+    xs = [row.get(swept[0]) for row in evaluated] if len(swept) == 1 else None
+    metrics = [m for m in SWEEP_PLOTTED_METRICS if any(row.get(m) is not None for row in evaluated)]
+    figure, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
+    for axis, metric in zip(axes[0], metrics):
+        ys = [float("nan") if row.get(metric) is None else row.get(metric) for row in evaluated]
+        if xs is not None and _numeric(xs):
+            order = sorted(range(len(xs)), key=lambda i: xs[i])
+            axis.plot([xs[i] for i in order], [ys[i] for i in order], marker="o")
+            axis.set_xlabel(swept[0])
+            if min(xs) > 0 and max(xs) / min(xs) >= 20:
+                axis.set_xscale("log")
+        else:
+            axis.plot(range(len(ys)), ys, marker="o")
+            axis.set_xticks(range(len(ys)), [row["run"] for row in evaluated], rotation=45, ha="right", fontsize=7)
+        label = metric
+        if metric == "score" and evaluated[0].get("scoring_task"):
+            label = f"score ({evaluated[0]['scoring_task']})"
+        axis.set_ylabel(label)
+        axis.grid(alpha=0.3)
+    figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    path = pathlib.Path(path)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,6 @@
 """Scoring of generated answers, one function per task, as the paper scores each task.
 
-- FigFont: Jaro-Winkler similarity of the lower-cased, stripped prediction and reference (DESIGN §4).
+- FigFont: Jaro-Winkler similarity of the lower-cased, stripped prediction and reference.
 - GSM8K: exact match of the final number (the `#### N` line, "the answer is N", \\boxed{N}, else the
   last number), after normalisation (commas, `$`, `%`, trailing zeros: 3.50 == 3.5).
 - MATH: the last \\boxed{...} (or \\fbox{...}) of the prediction, checked for mathematical equivalence

@@ -209,3 +209,50 @@ def global_batch(local_batch: Mapping[str, np.ndarray], *, mesh: Mesh,
         out[name] = jax.make_array_from_process_local_data(batch_sharding(mesh, ndim=local.ndim), local,
                                                            global_shape)
     return out
+
+
+def process_rows(mesh: Mesh, *, global_rows: int) -> tuple[int, int]:
+    """(block index, block count): this process feeds rows [i·R/n, (i+1)·R/n) of each global batch.
+
+    With the mesh's devices ordered by process, each process's devices hold one contiguous block of
+    rows; the data iterator is then asked for that block (its process_index / process_count).
+    """
+    if jax.process_count() == 1:
+        return 0, 1
+    index_map = batch_sharding(mesh).addressable_devices_indices_map((global_rows, 1))
+    blocks = sorted({(s[0].start or 0, global_rows if s[0].stop is None else s[0].stop) for s in index_map.values()})
+    lo, hi = blocks[0][0], blocks[-1][1]
+    contiguous = all(a[1] == b[0] for a, b in zip(blocks, blocks[1:]))
+    rows = hi - lo
+    if not contiguous or global_rows % rows or lo % rows:
+        raise ValueError(f"process {jax.process_index()} holds batch rows {blocks}, not one aligned contiguous "
+                         f"block; order the mesh devices by process.")
+    return lo // rows, global_rows // rows
+
+
+def put_batch(local: Mapping[str, np.ndarray], *, mesh: Mesh, global_rows: int,
+              keys: Sequence[str]) -> dict[str, jax.Array]:
+    """This process's rows of `keys` placed as global [global_rows, ...] arrays split over the batch axes."""
+    local = {key: local[key] for key in keys}
+    if jax.process_count() == 1:
+        return {key: jax.device_put(value, batch_sharding(mesh, ndim=np.ndim(value))) for key, value in local.items()}
+    return global_batch(local, mesh=mesh, global_batch_size=global_rows)
+
+
+class mesh_context:  # noqa: N801 (a context manager used like a function)
+    """`with jax.set_mesh(mesh), nn.logical_axis_rules(rules)`: activation constraints use the rules."""
+
+    def __init__(self, mesh: Mesh, rules):
+        self._mesh, self._rules = mesh, rules
+        self._stack = []
+
+    def __enter__(self):
+        for context in (jax.set_mesh(self._mesh), nn.logical_axis_rules(self._rules)):
+            context.__enter__()
+            self._stack.append(context)
+        return self
+
+    def __exit__(self, *exc):
+        while self._stack:
+            self._stack.pop().__exit__(*exc)
+        return False

@@ -10,7 +10,7 @@ Each point of `sweep()` (a dict of dotted config fields, e.g. {"objective.alpha"
 command and the resolved config) and, once the trainer starts, its own config.json, checkpoints and
 metrics. Runs train one after another as subprocesses (`python -m deft_jax.train`, so a crash or a kill
 stops one run, not the sweep's record of the others; --in_process calls train.train_and_evaluate
-instead). A run that finished gets a marker file, SWEEP_DONE.json, and is skipped when the sweep is
+instead); a run's result is read from its final.json. A run that finished gets a marker file, SWEEP_DONE.json, and is skipped when the sweep is
 launched again; an interrupted run is resumed by the trainer from its latest checkpoint. Extra config
 arguments and `--config.<field>=<value>` overrides apply to every run (the point's own fields win).
 
@@ -36,11 +36,17 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from deft_jax import checkpointing
+from deft_jax import config as config_lib
+from deft_jax import evaluate
+from deft_jax import plots
+from deft_jax import reporting
+from deft_jax import step as step_lib
+from deft_jax import train
+
 DONE_MARKER = "SWEEP_DONE.json"
 POINT_FILE = "sweep_point.json"
 TRAIN_LOG = "train.log"
-SUMMARY_METRICS = ("nll", "token_accuracy", "mean_p", "mean_gate", "mean_alpha", "mean_entropy", "loss")
-PLOTTED_METRICS = ("score", "nll", "mean_p")
 
 
 class SweepError(ValueError):
@@ -82,38 +88,12 @@ def run_names(points: Sequence[Mapping[str, Any]]) -> list[str]:
     raise SweepError(f"sweep() has repeated points: {duplicates}; every point must differ.")
 
 
-def _get_field(config, dotted: str):
-    node = config
-    parts = dotted.split(".")
-    for depth, part in enumerate(parts):
-        if not hasattr(node, "keys") or part not in node.keys():
-            where = ".".join(parts[:depth]) or "the config"
-            known = sorted(node.keys()) if hasattr(node, "keys") else []
-            raise SweepError(f"sweep point field {dotted!r}: {where} has no field {part!r}; known: {known}")
-        node = node[part] if depth == len(parts) - 1 else getattr(node, part)
-    return node
-
-
 def apply_point(config, point: Mapping[str, Any]):
-    """A deep copy of `config` with the point's fields set (they must exist), validated by the trainer."""
-    from deft_jax import train
-
-    config = copy.deepcopy(config)
-    for dotted, value in point.items():
-        _get_field(config, dotted)
-        *parents, leaf = dotted.split(".")
-        node = config
-        for part in parents:
-            node = getattr(node, part)
-        try:
-            setattr(node, leaf, value)
-        except (TypeError, ValueError) as error:
-            raise SweepError(f"sweep point field {dotted!r}={value!r}: {error}") from None
+    """A validated copy of `config` with the point's fields set (they must exist)."""
     try:
-        train.validate_config(config, check_devices=False)
+        return config_lib.apply_overrides(config, point)
     except ValueError as error:
         raise SweepError(f"sweep point {dict(point)}: {error}") from None
-    return config
 
 
 def flag_value(value: Any) -> str:
@@ -181,12 +161,6 @@ def plan_runs(*, config, config_arg: str, overrides: Mapping[str, Any], workdir:
     return runs
 
 
-def _write_json(path: pathlib.Path, payload: Any) -> None:
-    temporary = path.with_suffix(path.suffix + ".tmp")
-    temporary.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
-    temporary.replace(path)
-
-
 def check_same_config(run: SweepRun) -> None:
     """Raise SweepError when <run>/sweep_point.json holds another resolved config than this sweep's
     (changed overrides or config file): a finished run would otherwise be skipped, and an interrupted
@@ -216,7 +190,7 @@ def _changed_fields(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = ""
 def write_run_files(run: SweepRun) -> None:
     """<run>/sweep_point.json: the point, the command and the resolved config."""
     run.workdir.mkdir(parents=True, exist_ok=True)
-    _write_json(run.workdir / POINT_FILE, {"name": run.name, "point": run.point, "command": run.shell_command(),
+    reporting.write_json(run.workdir / POINT_FILE, {"name": run.name, "point": run.point, "command": run.shell_command(),
                                            "config": run.resolved_config_json()})
 
 
@@ -231,17 +205,6 @@ def write_commands(runs: Sequence[SweepRun], *, path: str | os.PathLike | None) 
 
 # ====================================================================================================
 # Running.
-
-def _final_metrics(log_text: str) -> dict[str, Any] | None:
-    """The trainer's last `{"final": {...}}` stdout line, or None."""
-    for line in reversed(log_text.splitlines()):
-        if line.startswith('{"final"'):
-            try:
-                return json.loads(line)["final"]
-            except (json.JSONDecodeError, KeyError):
-                return None
-    return None
-
 
 class _Forwarder:
     """Forwards SIGTERM/SIGINT to the running trainer subprocess (which checkpoints and exits)."""
@@ -279,20 +242,18 @@ def train_subprocess(run: SweepRun, *, forwarder: _Forwarder) -> tuple[bool, str
     with open(log_path, "rb") as log:
         log.seek(start_offset)
         text = log.read().decode(errors="replace")
-    final = _final_metrics(text)
-    if code != 0:
+    final = train.read_final(run.workdir)
+    if code not in (0, train.EXIT_PREEMPTED):
         tail = "\n    ".join(text.strip().splitlines()[-8:])
         return False, f"the trainer exited with status {code}; see {log_path}. Last lines:\n    {tail}"
     if final is None:
-        return False, f"the trainer printed no final metrics; see {log_path}"
-    if final.get("preempted"):
+        return False, f"the trainer wrote no {train.FINAL_FILE}; see {log_path}"
+    if code == train.EXIT_PREEMPTED or final.get("preempted"):
         return False, f"stopped at step {final.get('step')} (preempted); launch the sweep again to resume"
     return True, f"finished at step {final.get('step')}"
 
 
 def train_in_process(run: SweepRun) -> tuple[bool, str]:
-    from deft_jax import train
-
     final = train.train_and_evaluate(run.config, run.workdir)
     if final.get("preempted"):
         return False, f"stopped at step {final.get('step')} (preempted); launch the sweep again to resume"
@@ -300,10 +261,8 @@ def train_in_process(run: SweepRun) -> tuple[bool, str]:
 
 
 def mark_done(run: SweepRun, *, message: str) -> None:
-    from deft_jax import evaluate
-
-    steps = evaluate.available_steps(run.workdir)
-    _write_json(run.done_marker, {"name": run.name, "point": run.point, "final_step": steps[-1] if steps else None,
+    steps = checkpointing.available_steps(run.workdir)
+    reporting.write_json(run.done_marker, {"name": run.name, "point": run.point, "final_step": steps[-1] if steps else None,
                                   "finished": time.time(), "message": message})
 
 
@@ -353,11 +312,9 @@ def evaluate_finished(runs: Sequence[SweepRun], *, options, include_unmarked: bo
     --print_commands on a cluster) any run with a checkpoint. A report already written for that step
     (<run>/eval/step_<N>.json) is reused.
     """
-    from deft_jax import evaluate
-
     results: dict[str, dict[str, Any] | None] = {}
     for run in runs:
-        steps = evaluate.available_steps(run.workdir) if run.workdir.is_dir() else []
+        steps = checkpointing.available_steps(run.workdir) if run.workdir.is_dir() else []
         if not steps or not (run.is_done() or include_unmarked):
             results[run.name] = None
             continue
@@ -387,81 +344,32 @@ def summary_rows(runs: Sequence[SweepRun], *, results: Mapping[str, Mapping[str,
         row["step"] = result.get("step")
         row["score"] = generation.get("score")
         row["scoring_task"] = generation.get("scoring_task")
-        for metric in SUMMARY_METRICS:
+        for metric in step_lib.TEACHER_FORCED_METRICS:
             row[metric] = teacher.get(metric)
         rows.append(row)
     return rows
 
 
-def _cell(value: Any) -> str:
+def _csv_cell(value: Any) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return ""
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return str(value)
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
 def write_summary(rows: Sequence[Mapping[str, Any]], *, workdir: pathlib.Path, title: str) -> list[pathlib.Path]:
-    """summary.md and summary.csv (and summary.png, see plot_summary) in `workdir`."""
+    """summary.md and summary.csv (and summary.png, see plots.sweep_summary) in `workdir`."""
     columns = list(dict.fromkeys(key for row in rows for key in row))
     with open(workdir / "summary.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         for row in rows:
-            writer.writerow({column: _cell(row.get(column)) for column in columns})
-    lines = [f"# Sweep: {title}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_cell(row.get(column)) or "–" for column in columns) + " |" for row in rows]
-    (workdir / "summary.md").write_text("\n".join(lines) + "\n")
+            writer.writerow({column: _csv_cell(row.get(column)) for column in columns})
+    reporting.write_text(workdir / "summary.md", f"# Sweep: {title}\n\n{reporting.markdown_table(rows)}\n")
     paths = [workdir / "summary.md", workdir / "summary.csv"]
-    plot = plot_summary(rows, path=workdir / "summary.png", title=title)
-    return paths + ([plot] if plot else [])
-
-
-def _numeric(values: Sequence[Any]) -> bool:
-    return all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
-
-
-def plot_summary(rows: Sequence[Mapping[str, Any]], *, path: pathlib.Path, title: str) -> pathlib.Path | None:
-    """The metrics (generation score, NLL, mean p) against the swept field (matplotlib Agg PNG).
-
-    With one numeric swept field it is the x axis (log scale when it spans >= 20x and is positive);
-    otherwise the runs are placed in order and labelled by name. None when no run has metrics.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    evaluated = [row for row in rows if row.get("nll") is not None]
-    if not evaluated:
-        return None
     swept = [key for key in rows[0] if key not in ("run", "status", "step", "score", "scoring_task")
-             and key not in SUMMARY_METRICS]
-    xs = [row.get(swept[0]) for row in evaluated] if len(swept) == 1 else None
-    metrics = [m for m in PLOTTED_METRICS if any(row.get(m) is not None for row in evaluated)]
-    figure, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
-    for axis, metric in zip(axes[0], metrics):
-        ys = [row.get(metric) for row in evaluated]
-        ys = [float("nan") if y is None else y for y in ys]
-        if xs is not None and _numeric(xs):
-            order = sorted(range(len(xs)), key=lambda i: xs[i])
-            axis.plot([xs[i] for i in order], [ys[i] for i in order], marker="o")
-            axis.set_xlabel(swept[0])
-            if min(xs) > 0 and max(xs) / min(xs) >= 20:
-                axis.set_xscale("log")
-        else:
-            axis.plot(range(len(ys)), ys, marker="o")
-            axis.set_xticks(range(len(ys)), [row["run"] for row in evaluated], rotation=45, ha="right", fontsize=7)
-        label = metric
-        if metric == "score" and evaluated[0].get("scoring_task"):
-            label = f"score ({evaluated[0]['scoring_task']})"
-        axis.set_ylabel(label)
-        axis.grid(alpha=0.3)
-    figure.suptitle(title, fontsize=9)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+             and key not in step_lib.TEACHER_FORCED_METRICS] if rows else []
+    plot = plots.sweep_summary(rows, swept=swept, path=workdir / "summary.png", title=title)
+    return paths + ([plot] if plot else [])
 
 
 # ====================================================================================================
@@ -489,8 +397,6 @@ def main(argv: Sequence[str]) -> None:
     from absl import flags
     from ml_collections import config_flags
 
-    from deft_jax import evaluate, train
-
     if len(argv) > 1:
         raise SystemExit(f"sweep: error: unexpected arguments {list(argv[1:])}")
     FLAGS = flags.FLAGS
@@ -498,7 +404,7 @@ def main(argv: Sequence[str]) -> None:
     overrides = config_flags.get_override_values(FLAGS["config"])
     workdir = pathlib.Path(FLAGS.workdir).absolute()
     try:
-        module = train.load_config_module(config_arg.partition(":")[0])
+        module = config_lib.load_config_module(config_arg.partition(":")[0])
         points = sweep_points(module, source=config_arg.partition(":")[0])
         runs = plan_runs(config=FLAGS.config, config_arg=config_arg, overrides=overrides, workdir=workdir,
                          points=points)
@@ -515,8 +421,8 @@ def main(argv: Sequence[str]) -> None:
                       f"with --summarize_only", file=sys.stderr)
             return
         workdir.mkdir(parents=True, exist_ok=True)
-        _write_json(workdir / "sweep.json", {"config": config_arg, "overrides": overrides,
-                                             "runs": [{"name": r.name, "point": r.point} for r in runs]})
+        reporting.write_json(workdir / "sweep.json", {"config": config_arg, "overrides": overrides,
+                                                      "runs": [{"name": r.name, "point": r.point} for r in runs]})
         print(f"sweep: {len(runs)} runs of {config_arg} in {workdir}: {[run.name for run in runs]}", flush=True)
         statuses = {} if FLAGS.summarize_only else run_all(runs, in_process=FLAGS.in_process,
                                                            log=lambda m: print(m, flush=True))
@@ -528,7 +434,7 @@ def main(argv: Sequence[str]) -> None:
                                     log=lambda m: print(m, flush=True))
         rows = summary_rows(runs, results=results, statuses=statuses)
         paths = write_summary(rows, workdir=workdir, title=f"{config_arg} {override_flags(overrides)}".strip())
-        print(evaluate.markdown_table(rows))
+        print(reporting.markdown_table(rows))
         for path in paths:
             print(f"wrote {path}")
     except (ValueError, FileNotFoundError, PermissionError) as error:

@@ -31,6 +31,7 @@ import jinja2.ext
 import jinja2.sandbox
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, processors
+from deft_jax import pretrained
 
 logger = logging.getLogger(__name__)
 
@@ -469,8 +470,6 @@ def byte_level_tokenizer() -> Tokenizer:
 def load_tokenizer(name_or_path: str | os.PathLike) -> Tokenizer:
     """Tokenizer for 'smollm2-135m-instruct' (or another known name), a .gguf file, a Hugging Face dir, or
     'byte' (`byte_level_tokenizer`, for tiny models and tests)."""
-    from deft_jax import pretrained
-
     if str(name_or_path) == BYTE_LEVEL:
         return byte_level_tokenizer()
     kind, path = pretrained.resolve(name_or_path)

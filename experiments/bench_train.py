@@ -37,8 +37,11 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from deft_jax import config as config_lib
+from deft_jax import step as step_lib
+from deft_jax import build
 from deft_jax import checkpointing, metrics as metrics_lib, model as model_lib, objectives  # noqa: E402
-from deft_jax import sharding as sharding_lib, train  # noqa: E402
+from deft_jax import data as data_lib, sharding as sharding_lib, weights  # noqa: E402
 from experiments import torch_reference  # noqa: E402
 from experiments.bench_objectives import OBJECTIVE_PARAMS  # noqa: E402
 
@@ -59,15 +62,15 @@ def objective_spec(name: str) -> objectives.ObjectiveSpec:
 
 def jax_case(name: str, *, impl: str, model_config, mesh, rules, arrays, state_box: list):
     """step() -> metrics for one (objective, impl): its own jitted train step on the shared state."""
-    optimizer = train.make_optimizer(b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.01)
-    spec = train.StepSpec(loss=train.LossSpec(model_config=model_config, objective=objective_spec(name), impl=impl),
+    optimizer = step_lib.make_optimizer(b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.01)
+    spec = step_lib.StepSpec(loss=step_lib.LossSpec(model_config=model_config, objective=objective_spec(name), impl=impl),
                           optimizer=optimizer)
-    compiled = train.jitted_train_step(spec, mesh, rules)
-    step_fn = train.bind_schedule(compiled, train.Schedule(lr=5e-5, total_steps=1000))
+    compiled = build.jitted_train_step(spec, mesh, rules)
+    schedule = step_lib.Schedule(lr=5e-5, total_steps=1000).as_arrays()
 
     def step():
-        with train.mesh_context(mesh, rules):
-            state_box[0], metrics = step_fn(state_box[0], arrays)
+        with sharding_lib.mesh_context(mesh, rules):
+            state_box[0], metrics = compiled(state_box[0], arrays, schedule)
             return jax.block_until_ready(metrics)
 
     return step
@@ -107,8 +110,8 @@ def time_cases(cases: dict, *, rounds: int, steps: int, warm_steps: int = 1, log
 
 
 def bench_checkpoint(state, *, directory: pathlib.Path, mesh, rules, model_config) -> dict:
-    optimizer = train.make_optimizer(b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.01)
-    abstract, shardings = train.state_layout(model_config, optimizer, mesh, rules)
+    optimizer = step_lib.make_optimizer(b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.01)
+    abstract, shardings = build.state_layout(model_config, optimizer, mesh, rules)
     target = sharding_lib.with_shardings(abstract, shardings)
     manager = checkpointing.make_manager(directory=directory, max_to_keep=2)
     start = time.perf_counter()
@@ -141,7 +144,7 @@ def main() -> None:
                              "JAX step after a torch step ran up to 3 s slower, its memory paged in anew)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--objectives", default="nll,deft", help="comma-separated, or 'all' (every objective)")
-    parser.add_argument("--impls", default="naive", help="comma-separated from " + ",".join(train.LOSS_IMPLS))
+    parser.add_argument("--impls", default="naive", help="comma-separated from " + ",".join(step_lib.LOSS_IMPLS))
     parser.add_argument("--scan_unroll", type=int, default=1, help="model.scan_unroll (>= 30: fully unrolled)")
     parser.add_argument("--torch", default="nll,deft",
                         help="torch reference objectives to time beside ours ('none' to skip)")
@@ -150,12 +153,13 @@ def main() -> None:
     parser.add_argument("--json", default="", help="also write the results here")
     args = parser.parse_args()
 
-    config = train.load_config(f"{REPO_ROOT}/configs/nll.py")
+    config = config_lib.load_config(f"{REPO_ROOT}/configs/nll.py")
     with config.unlocked():
         config.model.name = args.model
         config.model.dtype = args.dtype
         config.model.scan_unroll = args.scan_unroll
-    model_config = train.pretrained_architecture(config)
+        config.model.init = "random"
+    model_config = weights.load_model_config(config.model.name, **build.model_fields(config))
     mesh = sharding_lib.make_mesh(data=args.mesh_data)
     rules = model_lib.DEFAULT_LOGICAL_RULES
     batch = random_batch(batch=args.batch, seq=args.seq, vocab=model_config.vocab_size)
@@ -170,10 +174,11 @@ def main() -> None:
           f"{jax.device_count()} {jax.default_backend()} device(s) ({platform.processor() or platform.machine()}); "
           f"MFU assumes {peak:.3g} FLOP/s per device", flush=True)
 
-    optimizer = train.make_optimizer(b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.01)
-    with train.mesh_context(mesh, rules):
-        state_box = [train._jitted_random_init(model_config, optimizer, mesh, rules)(np.uint32(0))]
-        arrays = train._put_batch(batch, mesh=mesh, global_rows=args.batch)
+    optimizer = step_lib.make_optimizer(b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.01)
+    with sharding_lib.mesh_context(mesh, rules):
+    state_box = [build.init_state(config, model_config=model_config, optimizer=optimizer, mesh=mesh, rules=rules)]
+    with sharding_lib.mesh_context(mesh, rules):
+        arrays = sharding_lib.put_batch(batch, mesh=mesh, global_rows=args.batch, keys=data_lib.BATCH_KEYS)
     cases = {(name, impl): jax_case(name, impl=impl, model_config=model_config, mesh=mesh, rules=rules,
                                     arrays=arrays, state_box=state_box)
              for impl in impls for name in names}

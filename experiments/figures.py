@@ -55,24 +55,23 @@ def token_statistics(setup, params, tokenized, *, objective_specs=None) -> dict:
     the same forward pass."""
     import jax
 
-    from deft_jax import evaluate, objectives, train
-    from deft_jax import model as model_lib
+    from deft_jax import data as data_lib
+    from deft_jax import evaluate, objectives, sharding, step
 
     specs = objective_specs or {"": setup.loss.objective}
 
     @jax.jit
     def stats(params, batch):
-        logits = model_lib.forward(params, setup.model_config, batch["inputs"], positions=batch["positions"],
-                                   segment_ids=batch["segment_ids"])
+        logits = step.forward_logits(params, batch, model_config=setup.model_config)
         mask = batch["loss_mask"] * batch["weights"][:, None]
         outs = {label: objectives.compute(spec, logits, batch["targets"], mask) for label, spec in specs.items()}
         return {label: {"p": o.p, "entropy": o.entropy, "gate": o.gate, "collision": o.collision}
                 for label, o in outs.items()}, mask
 
     columns = {label: {"p": [], "entropy": [], "gate": [], "collision": []} for label in specs}
-    with train.mesh_context(setup.mesh, setup.rules):
+    with sharding.mesh_context(setup.mesh, setup.rules):
         for batch in evaluate.eval_token_batches(setup, tokenized, batch_size=8):
-            arrays = {key: batch[key] for key in train.BATCH_KEYS + ("weights",)}
+            arrays = sharding.put_batch(batch, mesh=setup.mesh, global_rows=8, keys=data_lib.BATCH_KEYS + ("weights",))
             result, mask = jax.device_get(stats(params, arrays))
             valid = np.asarray(mask) > 0
             for label in specs:
@@ -99,8 +98,8 @@ def study_objective_specs() -> dict:
 def initial_panels(workdir: pathlib.Path, *, smoke: bool, num_examples: int, log=print) -> dict:
     """{(regime, objective): statistics} of the untrained model under every objective's gate: what each
     objective does with the base model's tokens at step 0 (cached in <workdir>/initial-<regime>.npz)."""
+    from deft_jax import build, checkpointing, evaluate
     from deft_jax import data as data_lib
-    from deft_jax import evaluate
 
     specs = study_objective_specs()
     panels = {}
@@ -112,7 +111,7 @@ def initial_panels(workdir: pathlib.Path, *, smoke: bool, num_examples: int, log
         else:
             log(f"initial token statistics: {regime}")
             config = study.base_config(regime, smoke=smoke)
-            setup = evaluate.build_setup(config)
+            setup = build.model_setup(config)
             params = evaluate.base_params(setup)
             tokenized, _ = data_lib.tokenize_examples(evaluate.eval_examples(config, num_eval=num_examples),
                                                       tokenizer=setup.tokenizer, cfg=config.data)
@@ -131,14 +130,14 @@ def initial_panels(workdir: pathlib.Path, *, smoke: bool, num_examples: int, log
 def run_token_statistics(*, run_dir: pathlib.Path | None, config, num_examples: int) -> dict[str, np.ndarray]:
     """Token statistics of a run's latest checkpoint (run_dir) or of the base model (run_dir None: config's
     untrained model, objective forced to NLL); cached in <run_dir or its cache dir>/token_stats.npz."""
+    from deft_jax import build, checkpointing, evaluate
     from deft_jax import data as data_lib
-    from deft_jax import evaluate
 
-    setup = evaluate.build_setup(config)
+    setup = build.model_setup(config)
     if run_dir is None:
         params = evaluate.base_params(setup)
     else:
-        params = evaluate.restore_params(setup, workdir=run_dir, step=evaluate.available_steps(run_dir)[-1])
+        params = evaluate.restore_params(setup, workdir=run_dir, step=checkpointing.available_steps(run_dir)[-1])
     examples = evaluate.eval_examples(config, num_eval=num_examples)
     tokenized, _ = data_lib.tokenize_examples(examples, tokenizer=setup.tokenizer, cfg=config.data)
     return token_statistics(setup, params, tokenized)
@@ -168,12 +167,12 @@ def scatter_panels(workdir: pathlib.Path, *, smoke: bool, num_examples: int, log
                 workdir / f"base-{spec.regime}" / STATS_FILE,
                 lambda: run_token_statistics(run_dir=None, config=study.base_config(spec.regime, smoke=smoke),
                                              num_examples=num_examples))
-        from deft_jax import evaluate
+        from deft_jax import build
 
         log(f"token statistics: {spec.name}")
         panels[(spec.regime, spec.point()["objective"])] = cached_statistics(
             run_dir / STATS_FILE,
-            lambda: run_token_statistics(run_dir=run_dir, config=evaluate.load_run_config(run_dir),
+            lambda: run_token_statistics(run_dir=run_dir, config=build.load_run_config(run_dir),
                                          num_examples=num_examples))
     return panels
 

@@ -19,13 +19,14 @@ import os
 import pathlib
 import sys
 import time
+from deft_jax import build
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 GSM8K_PATH = REPO_ROOT.parent / "shared" / "data" / "gsm8k_test.jsonl"
 
-# name -> data.* overrides (train split; first --num examples). rg tasks: seed 1, as DESIGN §4.
+# name -> data.* overrides (train split; first --num examples). rg tasks: seed 1.
 CANDIDATES = {
     "figfont": dict(task="figfont"),
     "gsm8k": dict(task="gsm8k", path=str(GSM8K_PATH), eval_fraction=0.1, split_seed=0),
@@ -139,7 +140,7 @@ def main(argv=None) -> None:
     max_length = 1024 if args.smoke else 2048
     reference_config = candidate_config(base_arg=_BASE_ARG, overrides=CANDIDATES["figfont"], num=args.num,
                                         max_length=max_length)
-    setup = evaluate.build_setup(reference_config)
+    setup = build.model_setup(reference_config)
     params = evaluate.base_params(setup)
     results = {}
     for name in tasks:
@@ -153,7 +154,7 @@ def main(argv=None) -> None:
         if name == "self_distill":  # fewer rows when fewer greedy answers ended with EOS
             num = min(num, sum(1 for line in pathlib.Path(overrides["path"]).read_text().splitlines() if line))
         config = candidate_config(base_arg=_BASE_ARG, overrides=overrides, num=num, max_length=max_length)
-        task_setup = evaluate.build_setup(config)
+        task_setup = build.model_setup(config)
         examples = data_lib.load_examples(config.data, split="train")
         results[name] = measure(task_setup, params, examples)
         results[name]["seconds"] = time.perf_counter() - task_started

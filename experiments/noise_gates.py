@@ -1,6 +1,6 @@
 """How much of each objective's gradient a wrong answer gets, where the model knows the truth and where not.
 
-    python experiments/noise_gates.py --out experiments/noise_gates.md    # ≈ 3 min on an idle 2-core CPU
+    python experiments/noise_gates.py --out experiments/noise_gates.md    # ≈ 3 min on an idle small CPU
     python experiments/noise_gates.py --smoke                             # tiny random model (plumbing only)
 
 The paper's claim: DEFT suppresses confidently-wrong supervision. Its gate p^α (α = Σπ²) is small when
@@ -41,6 +41,8 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from experiments import figures, measure_prior  # noqa: E402
+from deft_jax import checkpointing
+from deft_jax import build
 
 TASKS = {"figfont": measure_prior.CANDIDATES["figfont"], "gsm8k": measure_prior.CANDIDATES["gsm8k"]}
 
@@ -123,11 +125,11 @@ def measure_run(run_dir: pathlib.Path, *, with_base: bool = True, log=print) -> 
     under the base model (the same examples and row lengths), labelled by `model`."""
     from deft_jax import evaluate
 
-    noisy_config = evaluate.load_run_config(run_dir)
+    noisy_config = build.load_run_config(run_dir)
     if not noisy_config.data.noise_fraction > 0:
         raise SystemExit(f"noise_gates: {run_dir} trained without label noise (data.noise_fraction 0); pass a "
                          "run trained with data.noise_fraction > 0")
-    if not evaluate.available_steps(run_dir):
+    if not checkpointing.available_steps(run_dir):
         raise SystemExit(f"noise_gates: {run_dir} has no checkpoint yet; let its training finish (or resume it)")
     clean_config = noisy_config.copy_and_resolve_references()
     clean_config.data.noise_fraction = 0.0
@@ -144,7 +146,7 @@ def measure(*, noisy_config, clean_config, models: Sequence[pathlib.Path | None]
     from deft_jax import evaluate
 
     task = noisy_config.data.task
-    setup = evaluate.build_setup(noisy_config)
+    setup = build.model_setup(noisy_config)
     noisy = data_lib.load_examples(noisy_config.data, split="train")
     clean = {e.index: e for e in data_lib.load_examples(clean_config.data, split="train")}
     noisy_tokenized, report = data_lib.tokenize_examples(noisy, tokenizer=setup.tokenizer, cfg=noisy_config.data)
@@ -161,7 +163,7 @@ def measure(*, noisy_config, clean_config, models: Sequence[pathlib.Path | None]
         log(f"{task}: {sum(corrupted)} of {len(noisy)} answers corrupted; forward passes under "
             f"{'the base model' if model is None else model}")
         params = (evaluate.base_params(setup) if model is None else
-                  evaluate.restore_params(setup, workdir=model, step=evaluate.available_steps(model)[-1]))
+                  evaluate.restore_params(setup, workdir=model, step=checkpointing.available_steps(model)[-1]))
         noisy_stats = figures.token_statistics(setup, params, noisy_tokenized, objective_specs=specs)
         twin_stats = figures.token_statistics(setup, params, twins, objective_specs=specs)
         out[model] = wrong_answer_rows(noisy_stats=noisy_stats, twin_stats=twin_stats, noisy_tokenized=noisy_tokenized,
@@ -221,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
 
         measured_sets = []
         for run_dir in map(pathlib.Path, args.workdir):
-            data = evaluate.load_run_config(run_dir).data.to_json(sort_keys=True)
+            data = build.load_run_config(run_dir).data.to_json(sort_keys=True)
             rows += measure_run(run_dir, with_base=data not in measured_sets)  # the base model once per set
             measured_sets.append(data)
         table = ("# Wrong answers after training on them vs before (p is the model's, whatever the gate)\n\n"

@@ -25,6 +25,7 @@ import math
 import os
 import pathlib
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -103,7 +104,7 @@ def plan(specs: Sequence[RunSpec], *, workdir: pathlib.Path, smoke: bool):
     for spec in specs:
         arg = spec.config_arg(smoke=smoke)
         run_dir = workdir / spec.name
-        runs.append(sweep.SweepRun(name=spec.name, point=spec.point(), workdir=run_dir, config=train.load_config(arg),
+        runs.append(sweep.SweepRun(name=spec.name, point=spec.point(), workdir=run_dir, config=config_lib.load_config(arg),
                                    command=sweep.train_command(config_arg=arg, overrides={}, point={},
                                                                run_dir=run_dir)))
     return runs
@@ -112,7 +113,7 @@ def plan(specs: Sequence[RunSpec], *, workdir: pathlib.Path, smoke: bool):
 def base_config(regime: str, *, smoke: bool):
     from deft_jax import train
 
-    return train.load_config(RunSpec(regime, "nll").config_arg(smoke=smoke))
+    return config_lib.load_config(RunSpec(regime, "nll").config_arg(smoke=smoke))
 
 
 def evaluate_base(regimes: Sequence[str], *, workdir: pathlib.Path, smoke: bool, options, log=print):
@@ -273,11 +274,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         run_study(study, workdir=workdir, smoke=args.smoke, in_process=args.in_process, num_eval=args.num_eval,
                   only=[name for name in args.only.split(",") if name] or None,
                   log=lambda message: print(message, flush=True))
-    if args.study == "all" and not args.no_figures:
-        from experiments import figures
-
-        figures.main([f"--workdir={workdir}", f"--out={args.figures_dir or workdir / 'figures'}"]
-                     + (["--smoke"] if args.smoke else []))
+    if args.study == "all" and not args.no_figures:  # a separate process: figures.py imports this module
+        subprocess.run([sys.executable, str(pathlib.Path(__file__).with_name("figures.py")), f"--workdir={workdir}",
+                        f"--out={args.figures_dir or workdir / 'figures'}"] + (["--smoke"] if args.smoke else []),
+                       check=True)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The torch + transformers reference train step that experiments/bench_train.py times beside ours.
 
 The same architecture (`weights.config_to_hf` of our ModelConfig, random weights), the same batch, AdamW
-(0.9, 0.95, weight decay 0.01) and the official DEFT code's loss formulas (DESIGN §2), written as the
+(0.9, 0.95, weight decay 0.01) and the official DEFT code's loss formulas, written as the
 official trainer writes them (full [tokens, V] log-softmax, plus a softmax for DEFT's α = Σπ²):
 
     nll   loss = Σ −log p · mask / Σ mask

@@ -6,25 +6,27 @@ import jax
 import numpy as np
 import pytest
 
+from deft_jax import step as step_lib
+from deft_jax import build
 from deft_jax import checkpointing
 from deft_jax import model as model_lib
 from deft_jax import sharding as sharding_lib
 from deft_jax import train
 
 MODEL = model_lib.ModelConfig.tiny(vocab_size=264)
-OPTIMIZER = train.make_optimizer(b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.01)
+OPTIMIZER = step_lib.make_optimizer(b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.01)
 RULES = model_lib.DEFAULT_LOGICAL_RULES
 
 
 def _target(mesh):
-    abstract, shardings = train.state_layout(MODEL, OPTIMIZER, mesh, RULES)
+    abstract, shardings = build.state_layout(MODEL, OPTIMIZER, mesh, RULES)
     return sharding_lib.with_shardings(abstract, shardings), shardings
 
 
 def _random_state(*, seed=0):
     """A TrainState-shaped tree with random values in every leaf (moments and counters included)."""
     mesh = sharding_lib.make_mesh(data=8, fsdp=1, tensor=1)
-    abstract, _ = train.state_layout(MODEL, OPTIMIZER, mesh, RULES)
+    abstract, _ = build.state_layout(MODEL, OPTIMIZER, mesh, RULES)
     rng = np.random.default_rng(seed)
 
     def leaf(shape_dtype):

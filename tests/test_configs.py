@@ -4,6 +4,7 @@ import math
 import jax
 import pytest
 
+from deft_jax import config as config_lib
 from deft_jax import objectives, train
 from test_train_utils import ABLATIONS, CONFIGS, read_metrics, run_in_process, smoke_config
 
@@ -17,18 +18,18 @@ def test_one_config_file_per_ablation():
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_config_defaults_follow_the_paper_and_sweep_applies(name):
-    config = train.load_config(f"{CONFIGS / name}.py")
+    config = config_lib.load_config(f"{CONFIGS / name}.py")
     assert (config.optim.b1, config.optim.b2, config.optim.lr) == (0.9, 0.95, 5e-5)
     assert (config.optim.warmup_ratio, config.optim.clip_norm, config.optim.weight_decay) == (0.1, 1.0, 0.01)
     assert (config.batch_size, config.num_epochs, config.data.max_length) == (256, 1.0, 800)
     assert (config.model.dtype, config.model.param_dtype) == ("bfloat16", "float32")
-    spec = train.objective_spec(config)
+    spec = config_lib.objective_spec(config)
     assert spec.name == objectives.parse_objective("nll" if name == "logp" else name,
                                                    **{k: v for k, v in spec.params}).name
-    grid = train.load_config_module(CONFIGS / f"{name}.py").sweep()
+    grid = config_lib.load_config_module(CONFIGS / f"{name}.py").sweep()
     assert isinstance(grid, list) and grid
     for overrides in grid:
-        swept = train.apply_overrides(config, overrides)
+        swept = config_lib.apply_overrides(config, overrides)
         for key, value in overrides.items():
             node = swept
             for part in key.split("."):
@@ -37,19 +38,19 @@ def test_config_defaults_follow_the_paper_and_sweep_applies(name):
 
 
 def test_deformed_log_arg_and_grid():
-    config = train.load_config(f"{CONFIGS}/deformed_log.py:alpha=0.25,runlocal")
+    config = config_lib.load_config(f"{CONFIGS}/deformed_log.py:alpha=0.25,runlocal")
     assert config.objective.alpha == 0.25 and config.batch_size == 4
     assert config.model.name == "smollm2-135m-instruct" and config.data.task == "figfont"
-    grid = train.load_config_module(CONFIGS / "deformed_log.py").sweep()
+    grid = config_lib.load_config_module(CONFIGS / "deformed_log.py").sweep()
     assert [g["objective.alpha"] for g in grid] == [0.1, 0.25, 0.5, 0.75, 1.0, 2.0, 10.0]
 
 
 def test_model_and_task_are_arguments(shared_data_dir):
     path = shared_data_dir / "gsm8k_test.jsonl"
-    config = train.load_config(f"{CONFIGS}/deft.py:model=/x/model.gguf,task=gsm8k,data_path={path}")
+    config = config_lib.load_config(f"{CONFIGS}/deft.py:model=/x/model.gguf,task=gsm8k,data_path={path}")
     assert (config.model.name, config.data.task, config.data.path) == ("/x/model.gguf", "gsm8k", str(path))
     with pytest.raises(ValueError, match="config.data.path"):
-        train.load_config(f"{CONFIGS}/deft.py:task=gsm8k")
+        config_lib.load_config(f"{CONFIGS}/deft.py:task=gsm8k")
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -63,15 +64,15 @@ def test_model_and_task_are_arguments(shared_data_dir):
 ])
 def test_bad_config_arguments_fail_naming_the_field(spec, message):
     with pytest.raises(ValueError, match=message):
-        train.load_config(f"{CONFIGS}/{spec}")
+        config_lib.load_config(f"{CONFIGS}/{spec}")
 
 
 def test_locked_config_rejects_a_typo_where_it_is_set():
-    config = train.load_config(f"{CONFIGS}/deft.py")
+    config = config_lib.load_config(f"{CONFIGS}/deft.py")
     with pytest.raises(AttributeError, match="lrr"):
         config.optim.lrr = 1e-5
     with pytest.raises(ValueError, match="config.optim.lrr"):
-        train.apply_overrides(config, {"optim.lrr": 1e-5})
+        config_lib.apply_overrides(config, {"optim.lrr": 1e-5})
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -88,7 +89,7 @@ def test_locked_config_rejects_a_typo_where_it_is_set():
 def test_validation_names_the_field(overrides, message):
     config = smoke_config("deft")
     with pytest.raises(ValueError, match=message):
-        train.apply_overrides(config, overrides)
+        config_lib.apply_overrides(config, overrides)
 
 
 def test_unknown_field_in_an_unlocked_config_is_named():
@@ -96,7 +97,7 @@ def test_unknown_field_in_an_unlocked_config_is_named():
     with config.unlocked():
         config.optim.warmup_steps = 3
     with pytest.raises(ValueError, match=r"config.optim.warmup_steps is not a known field"):
-        train.validate_config(config, check_devices=False)
+        config_lib.validate(config)
 
 
 # Two steps of every ablation's smoke variant (ModelConfig.tiny, byte-level tokenizer, generated data),

@@ -10,6 +10,8 @@ import jax
 import numpy as np
 import pytest
 
+from deft_jax import checkpointing
+from deft_jax import build
 from deft_jax import evaluate
 from deft_jax import model as model_lib
 from test_train_utils import run_module, subprocess_env, trained_smoke_run
@@ -55,10 +57,10 @@ def numpy_reference(workdir: pathlib.Path) -> dict[str, float]:
     positions; token means of NLL, argmax accuracy, p, p**alpha (the deformed-log gate) and entropy."""
     from deft_jax import data as data_lib
 
-    config = evaluate.load_run_config(workdir)
-    setup = evaluate.build_setup(config, devices=jax.devices()[:1])
+    config = build.load_run_config(workdir)
+    setup = build.model_setup(config, devices=jax.devices()[:1])
     params = jax.device_get(evaluate.restore_params(setup, workdir=workdir,
-                                                    step=evaluate.available_steps(workdir)[-1]))
+                                                    step=checkpointing.available_steps(workdir)[-1]))
     examples = data_lib.load_examples(config.data, split="eval")
     tokenized, _ = data_lib.tokenize_examples(examples, tokenizer=setup.tokenizer, cfg=config.data)
     nll, hits, probs, gates, entropies = [], [], [], [], []
@@ -110,7 +112,7 @@ def test_one_device_in_a_subprocess_gives_the_same_numbers(smoke_run, eight_devi
 def test_generation_report_structure(smoke_run, eight_device_result):
     generation = eight_device_result["generation"]
     records = eight_device_result["predictions"]
-    config = evaluate.load_run_config(smoke_run)
+    config = build.load_run_config(smoke_run)
     assert generation["scoring_task"] == "reasoning_gym" and generation["max_new_tokens"] == 4
     assert generation["num_scored"] == len(records) == config.data.num_eval
     assert [r["index"] for r in records] == list(range(config.data.rg_eval_start,
@@ -156,8 +158,8 @@ def test_generations_match_uncached_greedy_decoding(smoke_run, eight_device_resu
     (no cache, no padding) taking the argmax, stopping at EOS."""
     from deft_jax import data as data_lib
 
-    config = evaluate.load_run_config(smoke_run)
-    setup = evaluate.build_setup(config, devices=jax.devices()[:1])
+    config = build.load_run_config(smoke_run)
+    setup = build.model_setup(config, devices=jax.devices()[:1])
     params = evaluate.restore_params(setup, workdir=smoke_run, step=eight_device_result["step"])
     prompts = data_lib.make_generation_prompts(evaluate.eval_examples(config, num_eval=None),
                                                tokenizer=setup.tokenizer)
@@ -191,7 +193,7 @@ def test_base_model_row(smoke_run, eight_device_result, tmp_path):
 
 
 def test_bad_input_errors(smoke_run, tmp_path):
-    step = evaluate.available_steps(smoke_run)[-1]
+    step = checkpointing.available_steps(smoke_run)[-1]
     with pytest.raises(evaluate.EvaluationError, match=rf"no checkpoint for step 999 .* available steps: \[{step}\]"):
         evaluate.evaluate_run(workdir=smoke_run, steps=999, out_dir=tmp_path)
     no_checkpoint = tmp_path / "no_checkpoint"
@@ -229,12 +231,12 @@ def test_cli_errors_are_messages_not_tracebacks(smoke_run, tmp_path, tmp_path_fa
 def test_restore_from_a_relative_workdir(smoke_run, eight_device_result, monkeypatch):
     """A workdir given relative to the current directory restores the same params (orbax's metadata read
     returns nothing for relative paths, so checkpoint paths are made absolute)."""
-    config = evaluate.load_run_config(smoke_run)
-    setup = evaluate.build_setup(config, devices=jax.devices()[:1])
+    config = build.load_run_config(smoke_run)
+    setup = build.model_setup(config, devices=jax.devices()[:1])
     step = eight_device_result["step"]
     expected = jax.device_get(evaluate.restore_params(setup, workdir=smoke_run, step=step))
     monkeypatch.chdir(smoke_run.parent)
     relative = pathlib.Path(smoke_run.name)
-    assert evaluate.checkpoint_param_shapes(workdir=relative, step=step)
+    assert checkpointing.param_shapes(workdir=relative, step=step)
     restored = jax.device_get(evaluate.restore_params(setup, workdir=relative, step=step))
     jax.tree.map(np.testing.assert_array_equal, restored, expected)

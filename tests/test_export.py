@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 
+from deft_jax import build
 from deft_jax import evaluate
 from deft_jax import export
 from deft_jax import model as model_lib
@@ -32,8 +33,8 @@ def test_exported_run_loads_in_transformers_with_equal_logits(smoke_run, tmp_pat
     assert done.returncode == 0, done.stderr[-3000:]
     assert "exported step 2" in done.stderr
 
-    config = evaluate.load_run_config(smoke_run)
-    setup = evaluate.build_setup(config, devices=jax.devices()[:1])
+    config = build.load_run_config(smoke_run)
+    setup = build.model_setup(config, devices=jax.devices()[:1])
     params = evaluate.restore_params(setup, workdir=smoke_run, step=2)
     text = setup.tokenizer.apply_chat_template([{"role": "user", "content": "What is 12 + 30?"}]) + "42"
     ids = setup.tokenizer.encode(text)

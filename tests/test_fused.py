@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from deft_jax import step as step_lib
 from deft_jax import fused, objectives
 
 OBJECTIVE_CASES = [
@@ -166,9 +167,9 @@ def test_trainer_loss_chunked_equals_naive(name, params):
     spec = objectives.parse_objective(name, **params)
     results = {}
     for impl in ("naive", "chunked"):
-        loss = train.LossSpec(model_config=config, objective=spec, impl=impl, chunk_size=5)
+        loss = step_lib.LossSpec(model_config=config, objective=spec, impl=impl, chunk_size=5)
         (total, aux), grads = jax.jit(jax.value_and_grad(
-            lambda p, b: train.loss_fn(p, b, loss=loss), has_aux=True))(model_params, batch)
+            lambda p, b: step_lib.loss_fn(p, b, loss=loss), has_aux=True))(model_params, batch)
         results[impl] = (total, aux, grads)
     (t_n, aux_n, g_n), (t_c, aux_c, g_c) = results["naive"], results["chunked"]
     assert _rel_err(t_c, t_n) <= 1e-5

@@ -34,7 +34,7 @@ def test_params_placed_as_the_rules_say():
     """Independent expectations, written out by hand from DEFAULT_LOGICAL_RULES."""
     mesh = sharding_lib.make_mesh(data=2, fsdp=2, tensor=2)
     config = model_lib.ModelConfig.tiny(vocab_size=264)
-    _, shardings = train.param_shardings(config, mesh=mesh, rules=model_lib.DEFAULT_LOGICAL_RULES)
+    _, shardings = model_lib.param_layout(config, mesh=mesh, rules=model_lib.DEFAULT_LOGICAL_RULES)
     assert shardings["embedding"].spec == P("tensor", "fsdp")
     assert shardings["layers"]["attn"]["q_proj"]["kernel"].spec == P(None, "fsdp", "tensor", None)
     assert shardings["layers"]["attn"]["o_proj"]["kernel"].spec == P(None, "tensor", None, "fsdp")
@@ -47,7 +47,7 @@ def test_rule_overrides_and_indivisible_dimension_is_named():
     rules = sharding_lib.logical_rules(base_rules=model_lib.DEFAULT_LOGICAL_RULES, overrides=[("vocab", None)])
     config = model_lib.ModelConfig.tiny(vocab_size=264)  # 2 kv heads cannot split 8 ways
     with pytest.raises(ValueError, match=r"parameter \['layers'\]\['attn'\]\['k_proj'\]\['kernel'\].*\(size 2\).*total size 8"):
-        train.param_shardings(config, mesh=mesh, rules=rules)
+        model_lib.param_layout(config, mesh=mesh, rules=rules)
     with pytest.raises(ValueError, match="unknown mesh axes"):
         sharding_lib.logical_rules(base_rules=(), overrides=[("vocab", "model")])
 

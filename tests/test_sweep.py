@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from deft_jax import config as config_lib
 from deft_jax import sweep, train
 from test_train_utils import subprocess_env
 
@@ -141,9 +142,9 @@ def test_bad_sweep_input(tmp_path):
     no_sweep = tmp_path / "no_sweep.py"
     no_sweep.write_text("def get_config(arg=None):\n    return None\n")
     with pytest.raises(sweep.SweepError, match="has no sweep"):
-        sweep.sweep_points(train.load_config_module(no_sweep), source=str(no_sweep))
+        sweep.sweep_points(config_lib.load_config_module(no_sweep), source=str(no_sweep))
     with pytest.raises(FileNotFoundError, match="not found"):
-        train.load_config_module(tmp_path / "missing.py")
+        config_lib.load_config_module(tmp_path / "missing.py")
     # A relaunch with other settings must not silently reuse (skip or resume) the runs of the first launch.
     (run,) = sweep.plan_runs(config=config, config_arg="configs/deformed_log.py:smoke", overrides={},
                              workdir=tmp_path / "w", points=[{"objective.alpha": 0.5}])

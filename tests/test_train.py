@@ -7,6 +7,9 @@ import jax
 import numpy as np
 import pytest
 
+from deft_jax import config as config_lib
+from deft_jax import step as step_lib
+from deft_jax import build
 from deft_jax import checkpointing, train
 from deft_jax import data as data_lib
 from deft_jax import sharding as sharding_lib
@@ -25,15 +28,16 @@ def _one_device_run(workdir, **overrides):
 def _first_batch(run):
     iterator = data_lib.train_iterator_from_config(run.train_examples, cfg=run.config.data,
                                                    batch_size=run.config.batch_size)
-    return train._put_batch(next(iterator), mesh=run.mesh, global_rows=run.config.batch_size)
+    return sharding_lib.put_batch(next(iterator), mesh=run.mesh, global_rows=run.config.batch_size,
+                                  keys=data_lib.BATCH_KEYS)
 
 
 def _one_step(run, batch, state=None):
-    with train.mesh_context(run.mesh, run.rules):
+    with sharding_lib.mesh_context(run.mesh, run.rules):
         state = train.initial_state(run) if state is None else state
         before = params_leaves(state)
-        step = train.bind_schedule(train.jitted_train_step(run.spec, run.mesh, run.rules), run.schedule)
-        new_state, metrics = step(state, batch)
+        step = build.jitted_train_step(run.spec, run.mesh, run.rules)
+        new_state, metrics = step(state, batch, run.schedule.as_arrays())
         return before, new_state, jax.device_get(metrics)
 
 
@@ -60,8 +64,8 @@ def test_mean_of_micro_means_is_the_official_normalisation(tmp_path):
     batch = _first_batch(run)
     _, _, metrics = _one_step(run, batch)
     # Independent reference: each micro-batch's token mean of the DEFT loss, averaged.
-    loss_fn = jax.jit(lambda params, micro: train.loss_fn(params, micro, loss=run.spec.loss))
-    with train.mesh_context(run.mesh, run.rules):
+    loss_fn = jax.jit(lambda params, micro: step_lib.loss_fn(params, micro, loss=run.spec.loss))
+    with sharding_lib.mesh_context(run.mesh, run.rules):
         params = train.initial_state(run).params
         means, totals, dens = [], [], []
         for m in range(4):
@@ -105,17 +109,17 @@ def _reference_cosine(step, *, lr, total, warmup_ratio, min_ratio=0.0):
 @pytest.mark.parametrize("min_ratio", [0.0, 0.1])
 def test_cosine_schedule_with_warmup(min_ratio):
     for step in (0, 1, 5, 9, 10, 11, 50, 99, 100):
-        got = float(train.learning_rate(step, lr=5e-5, total_steps=100, warmup_ratio=0.1, min_lr_ratio=min_ratio))
+        got = float(step_lib.learning_rate(step, lr=5e-5, total_steps=100, warmup_ratio=0.1, min_lr_ratio=min_ratio))
         assert got == pytest.approx(_reference_cosine(step, lr=5e-5, total=100, warmup_ratio=0.1,
                                                       min_ratio=min_ratio), rel=1e-5, abs=1e-12)
 
 
 def test_loss_impl_is_never_a_silent_fallback(tmp_path):
     run = _one_device_run(tmp_path)
-    bad = train.LossSpec(model_config=run.model_config, objective=run.spec.loss.objective, impl="fancy")
+    bad = step_lib.LossSpec(model_config=run.model_config, objective=run.spec.loss.objective, impl="fancy")
     with pytest.raises(ValueError, match="config.loss.impl='fancy'"):
-        train.objective_output({}, {"inputs": None, "targets": None, "loss_mask": None, "positions": None,
-                                    "segment_ids": None}, loss=bad)
+        step_lib.forward_objective({}, {"inputs": None, "targets": None, "loss_mask": None, "positions": None,
+                                        "segment_ids": None}, loss=bad)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -142,14 +146,14 @@ def test_bad_input_fails_before_compilation(case, tmp_path, compile_counter):
         workdir = tmp_path / "a_file" / "run"
         error, message = PermissionError, "is not writable"
     elif case == "mesh_mismatch":
-        config = train.apply_overrides(config, {"mesh.data": 3})
+        config = config_lib.apply_overrides(config, {"mesh.data": 3})
         error, message = ValueError, r"data=3 x fsdp=1 x tensor=1 = 3 devices, but JAX sees 8"
     elif case == "config_typo":
         with config.unlocked():
             config.optim.learning_rate = 1e-3
         error, message = ValueError, "config.optim.learning_rate is not a known field"
     else:
-        config = train.apply_overrides(config, {"batch_size": 12, "micro_batch_size": 0})
+        config = config_lib.apply_overrides(config, {"batch_size": 12, "micro_batch_size": 0})
         error, message = ValueError, r"config.batch_size=12 .* not divisible by the data-parallel size 8"
     with pytest.raises(error, match=message):
         train.train_and_evaluate(config, workdir)
@@ -196,13 +200,15 @@ def test_sigterm_resume_and_sigkill_mid_write_end_exactly_as_an_uninterrupted_ru
         tmp_path, uninterrupted, compilation_cache):
     workdir = tmp_path / "run"
     command = (f"{CONFIGS}/deft.py:smoke", workdir, *LONG_FLAGS, f"--config.compilation_cache_dir={compilation_cache}")
-    # 1. SIGTERM (preemption): a checkpoint at the step reached, a clean exit, the resolved config saved.
+    # 1. SIGTERM (preemption): a checkpoint at the step reached, the "resume me" exit code and final.json
+    #    flag (a finished run exits 0 with preempted false, below), the resolved config saved.
     process = start_cli(*command, log_path=tmp_path / "first.log")
     wait_for_step(process, workdir, step=3)
-    assert kill(process, signal.SIGTERM) == 0
+    assert kill(process, signal.SIGTERM) == train.EXIT_PREEMPTED
     stopped_at = max(losses_by_step(workdir))
     assert 3 <= stopped_at < 40
-    assert "re-run the same command to resume" in (tmp_path / "first.log").read_text()
+    assert "run the same command again to resume" in (tmp_path / "first.log").read_text()
+    assert train.read_final(workdir)["preempted"] is True and train.read_final(workdir)["step"] == stopped_at
     saved = json.loads((workdir / "config.json").read_text())
     assert saved["total_steps"] == 40 and saved["objective"]["name"] == "deft"
     run = train.setup_run(smoke_config("deft", **LONG), workdir)
@@ -220,10 +226,28 @@ def test_sigterm_resume_and_sigkill_mid_write_end_exactly_as_an_uninterrupted_ru
     #    the uninterrupted run, parameters bit for bit, every logged loss identical.
     final = run_in_process(smoke_config("deft", **LONG), workdir)
     assert final["step"] == 40
-    reference_params, reference_losses = uninterrupted
+    assert train.read_final(workdir)["preempted"] is False
+    logged_steps = [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()
+                    if "train/loss" in json.loads(line)]
+    assert logged_steps == list(range(1, 41))  # the replayed steps after SIGKILL: one line each
     for got, want in zip(params_leaves(final["state"]), reference_params):
         assert np.array_equal(got, want)
     losses = losses_by_step(workdir)
     assert [losses[s] for s in range(1, 41)] == [reference_losses[s] for s in range(1, 41)]
     print(f"SIGTERM at step {stopped_at}; SIGKILL at step {killed_at}, during a checkpoint write: "
           f"{interrupted_write}")
+
+
+def test_a_refused_resume_leaves_the_runs_config_record_and_checkpoints_usable(tmp_path):
+    workdir = tmp_path / "run"
+    run_in_process(smoke_config("deft", total_steps=2), workdir)
+    record = (workdir / "config.json").read_text()
+    changed = smoke_config("deft", **{"total_steps": 4, "model.scan_layers": False})
+    with pytest.raises(Exception):  # a checkpoint of another parameter layout cannot be restored
+        run_in_process(changed, workdir)
+    assert (workdir / "config.json").read_text() == record
+    config = build.load_run_config(workdir)
+    setup = build.model_setup(config)
+    params = checkpointing.restore_params(workdir=workdir, step=2, abstract_params=setup.abstract_params,
+                                          shardings=setup.param_shardings)
+    assert jax.tree.structure(params) == jax.tree.structure(setup.abstract_params)

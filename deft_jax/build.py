@@ -1,0 +1,235 @@
+"""Builders: a validated config -> tokenizer, model config, mesh and rules, state layout, initial state.
+
+Shapes first, then shardings, then weights: `state_layout` gives the abstract TrainState and its
+NamedShardings without executing anything (it also works on devices that cannot run programs, such as
+a TPU topology compiled for from a CPU); `init_state` then places a fresh state on those shardings.
+Used by the trainer, the evaluator, the compile tool, the benchmarks and the experiments.
+
+Owns: turning config fields into objects. Must not import: train, evaluate, sweep.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import pathlib
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from jax.sharding import Mesh
+
+from deft_jax import config as config_lib
+from deft_jax import model as model_lib
+from deft_jax import sharding as sharding_lib
+from deft_jax import step as step_lib
+from deft_jax import tokenizer as tokenizer_lib
+from deft_jax import weights
+
+TINY_VOCAB_MULTIPLE = 8  # tiny models round the tokenizer's vocabulary up to this (shardable over tensor)
+
+
+# ====================================================================================================
+# Tokenizer and model.
+
+def build_tokenizer(config) -> tokenizer_lib.Tokenizer:
+    """config.tokenizer, or the model's own tokenizer when it is ''."""
+    return tokenizer_lib.load_tokenizer(config.tokenizer or config.model.name)
+
+
+def model_fields(config) -> dict[str, Any]:
+    """ModelConfig fields that config.model sets on any architecture (dtypes, remat, scan, overrides)."""
+    fields = dict(dtype=config.model.dtype, param_dtype=config.model.param_dtype, remat=config.model.remat,
+                  scan_layers=config.model.scan_layers, scan_unroll=config.model.scan_unroll)
+    overrides = config.model.overrides
+    fields.update(overrides.to_dict() if hasattr(overrides, "to_dict") else dict(overrides))
+    return fields
+
+
+def build_model_config(config, *, tokenizer) -> model_lib.ModelConfig:
+    """The architecture of config.model.name with config.model's fields, tensors unread. 'tiny' is
+    ModelConfig.tiny with the tokenizer's vocabulary rounded up to a multiple of 8."""
+    if config.model.name == config_lib.TINY_MODEL:
+        vocab = -(-tokenizer.vocab_size // TINY_VOCAB_MULTIPLE) * TINY_VOCAB_MULTIPLE
+        model_config = model_lib.ModelConfig.tiny(**{"vocab_size": vocab, **model_fields(config)})
+    else:
+        model_config = weights.load_model_config(config.model.name, **model_fields(config))
+    if tokenizer.vocab_size > model_config.vocab_size:
+        raise config_lib.ConfigError(
+            f"the tokenizer has {tokenizer.vocab_size} tokens but the model's vocabulary is "
+            f"{model_config.vocab_size}; use the model's own tokenizer (config.tokenizer='').")
+    return model_config
+
+
+def pretrained_params(config, *, model_config: model_lib.ModelConfig, mesh: Mesh, rules) -> Any:
+    """config.model.name's weights, placed tensor by tensor on the mesh, in model_config's layer layout."""
+    loaded_config, params = weights.load_pretrained(config.model.name, mesh=mesh, rules=rules,
+                                                    **model_fields(config))
+    if loaded_config != model_config:
+        raise ValueError(f"the loaded model config {loaded_config} differs from {model_config}")
+    return params
+
+
+# ====================================================================================================
+# Mesh, rules, state layout.
+
+def build_mesh(config, *, devices: Sequence[Any] | None = None, fallback: bool = False) -> Mesh:
+    """config.mesh over `devices` (default all). With `fallback`, a mesh that does not fit the devices
+    present becomes pure data parallelism over all of them (said on stderr): evaluation on other hardware."""
+    devices = list(jax.devices() if devices is None else devices)
+    try:
+        return sharding_lib.mesh_from_config(config.mesh, devices=devices)
+    except ValueError as error:
+        if not fallback:
+            raise config_lib.ConfigError(f"config.mesh: {error}") from None
+        print(f"the run's mesh does not fit the {len(devices)} device(s) present ({error}); using data "
+              f"parallelism over all of them.", file=sys.stderr)
+        return sharding_lib.make_mesh(data=-1, fsdp=1, tensor=1, devices=devices)
+
+
+def build_rules(config) -> tuple:
+    """The model's default logical-axis rules with config.mesh.rules applied."""
+    return sharding_lib.logical_rules(base_rules=model_lib.DEFAULT_LOGICAL_RULES, overrides=config.mesh.rules)
+
+
+def build_optimizer(config):
+    return step_lib.make_optimizer(b1=config.optim.b1, b2=config.optim.b2, eps=config.optim.eps,
+                                   weight_decay=config.optim.weight_decay)
+
+
+def build_loss_spec(config, *, model_config: model_lib.ModelConfig) -> step_lib.LossSpec:
+    return step_lib.LossSpec(model_config=model_config, objective=config_lib.objective_spec(config),
+                             normalization=config.loss.normalization, impl=config.loss.impl,
+                             chunk_size=config.loss.chunk_size)
+
+
+def build_step_spec(config, *, model_config: model_lib.ModelConfig) -> step_lib.StepSpec:
+    return step_lib.StepSpec(
+        loss=build_loss_spec(config, model_config=model_config), optimizer=build_optimizer(config),
+        clip_norm=float(config.optim.clip_norm),
+        num_micro_batches=config.batch_size // (config.micro_batch_size or config.batch_size),
+        accumulation=config.loss.accumulation, skip_nonfinite=config.optim.skip_nonfinite)
+
+
+def shard_like_params(tree: Any, *, params_abstract: Any, param_shardings: Any, other: Any) -> Any:
+    """Shardings for an optimizer-state tree: every subtree shaped like the params (Adam's moments) gets the
+    params' shardings, every other leaf (step counts) `other`. Pure tree maps: nothing is executed."""
+    params_def = jax.tree.structure(params_abstract)
+
+    def like_params(node) -> bool:
+        return jax.tree.structure(node) == params_def
+
+    return jax.tree.map(lambda node: param_shardings if like_params(node) else other, tree, is_leaf=like_params)
+
+
+@functools.lru_cache(maxsize=32)
+def state_layout(model_config: model_lib.ModelConfig, optimizer, mesh: Mesh,
+                 rules) -> tuple[step_lib.TrainState, step_lib.TrainState]:
+    """(abstract TrainState, TrainState of NamedShardings): optimizer moments shard like their params.
+    Executes nothing (jax.eval_shape and tree maps only)."""
+    abstract_params, shardings = model_lib.param_layout(model_config, mesh=mesh, rules=rules)
+    abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
+    replicated = sharding_lib.replicated(mesh)
+    opt_shardings = shard_like_params(abstract_opt, params_abstract=abstract_params, param_shardings=shardings,
+                                      other=replicated)
+    scalar = jax.ShapeDtypeStruct((), jnp.int32)
+    abstract = step_lib.TrainState(step=scalar, params=abstract_params, opt_state=abstract_opt,
+                                   rng=jax.ShapeDtypeStruct((2,), jnp.uint32), skipped_steps=scalar)
+    state_shardings = step_lib.TrainState(step=replicated, params=shardings, opt_state=opt_shardings,
+                                          rng=replicated, skipped_steps=replicated)
+    return abstract, state_shardings
+
+
+@functools.lru_cache(maxsize=32)
+def jitted_train_step(spec: step_lib.StepSpec, mesh: Mesh, rules):
+    """step_lib.compile_train_step for (spec, mesh, rules), cached: runs in one process share it."""
+    _, shardings = state_layout(spec.loss.model_config, spec.optimizer, mesh, rules)
+    return step_lib.compile_train_step(spec=spec, mesh=mesh, state_shardings=shardings)
+
+
+# ====================================================================================================
+# Initial parameters and state.
+
+@functools.lru_cache(maxsize=32)
+def _jitted_random_params(model_config: model_lib.ModelConfig, mesh: Mesh, rules):
+    _, shardings = model_lib.param_layout(model_config, mesh=mesh, rules=rules)
+
+    def init(seed):
+        return model_lib.init_params(model_config, rng=jax.random.fold_in(jax.random.PRNGKey(seed), 1))
+    return jax.jit(init, out_shardings=shardings)
+
+
+def random_params(model_config: model_lib.ModelConfig, *, seed: int, mesh: Mesh, rules) -> Any:
+    """Random parameters of `seed` (key fold_in(PRNGKey(seed), 1)), created sharded on the mesh."""
+    return _jitted_random_params(model_config, mesh, rules)(jnp.uint32(seed))
+
+
+def initial_params(config, *, model_config: model_lib.ModelConfig, mesh: Mesh, rules) -> Any:
+    """The run's step-0 parameters: pretrained weights (config.model.init='pretrained') or random ones from
+    config.seed. The evaluator's base model is exactly these."""
+    if config.model.init == "random":
+        return random_params(model_config, seed=config.seed, mesh=mesh, rules=rules)
+    return pretrained_params(config, model_config=model_config, mesh=mesh, rules=rules)
+
+
+def init_state(config, *, model_config: model_lib.ModelConfig, optimizer, mesh: Mesh,
+               rules) -> step_lib.TrainState:
+    """A fresh TrainState on the state layout's shardings (the initial params' buffers are donated)."""
+    _, state_shardings = state_layout(model_config, optimizer, mesh, rules)
+    params = initial_params(config, model_config=model_config, mesh=mesh, rules=rules)
+    init = functools.partial(step_lib.new_state, optimizer=optimizer, seed=config.seed)
+    return jax.jit(init, in_shardings=(state_shardings.params,), out_shardings=state_shardings,
+                   donate_argnums=0)(params)
+
+
+# ====================================================================================================
+# A trained run's model, for evaluation and export.
+
+def load_run_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
+    """The resolved config the trainer saved as <workdir>/config.json, validated (not device-checked)."""
+    workdir = pathlib.Path(workdir)
+    if not workdir.is_dir():
+        raise FileNotFoundError(f"workdir {str(workdir)!r} does not exist; pass the --workdir of a training run.")
+    path = workdir / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {workdir} is not a training run's workdir (the trainer "
+                                f"writes config.json there once it has started).")
+    try:
+        config = ml_collections.ConfigDict(json.loads(path.read_text()))
+    except json.JSONDecodeError as error:
+        raise config_lib.ConfigError(f"{path}: invalid JSON at line {error.lineno}: {error.msg}") from None
+    try:
+        config_lib.validate(config)
+    except ValueError as error:
+        raise config_lib.ConfigError(f"{path}: {error}") from None
+    return config
+
+
+@dataclasses.dataclass
+class ModelSetup:
+    """A config's model on a mesh, without weights: what evaluation, export and generation need."""
+
+    config: Any
+    mesh: Mesh
+    rules: Any
+    tokenizer: tokenizer_lib.Tokenizer
+    model_config: model_lib.ModelConfig
+    loss: step_lib.LossSpec
+    abstract_params: Any
+    param_shardings: Any
+
+
+def model_setup(config, *, devices: Sequence[Any] | None = None) -> ModelSetup:
+    """Mesh (the config's, or data parallelism when it does not fit the devices present), tokenizer, model
+    config, loss spec and parameter shardings of `config`."""
+    mesh = build_mesh(config, devices=devices, fallback=True)
+    rules = build_rules(config)
+    tokenizer = build_tokenizer(config)
+    model_config = build_model_config(config, tokenizer=tokenizer)
+    abstract_params, shardings = model_lib.param_layout(model_config, mesh=mesh, rules=rules)
+    return ModelSetup(config=config, mesh=mesh, rules=rules, tokenizer=tokenizer, model_config=model_config,
+                      loss=build_loss_spec(config, model_config=model_config), abstract_params=abstract_params,
+                      param_shardings=shardings)
