@@ -17,6 +17,7 @@ from typing import Any
 
 from deft_jax import build
 from deft_jax import checkpointing
+from deft_jax import cli
 from deft_jax import weights
 
 EXPORT_DTYPES = ("float32", "bfloat16", "float16")
@@ -26,7 +27,8 @@ def export_run(*, workdir: str | pathlib.Path, out_dir: str | pathlib.Path, step
                dtype: str | None = None, devices: Sequence[Any] | None = None) -> tuple[pathlib.Path, int]:
     """Write checkpoint `step` (default the latest) of the run in `workdir` to `out_dir`; (out_dir, step)."""
     if dtype is not None and dtype not in EXPORT_DTYPES:
-        raise ValueError(f"--dtype={dtype!r}: expected one of {EXPORT_DTYPES} (default: the run's param_dtype).")
+        raise cli.UserError(f"--dtype={dtype!r}{cli.did_you_mean(dtype, EXPORT_DTYPES)}: expected one of "
+                            f"{EXPORT_DTYPES} (default: the run's param_dtype).")
     out_dir = pathlib.Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise FileExistsError(f"--out={str(out_dir)!r} is a file; give a directory for the Hugging Face files.")
@@ -55,18 +57,13 @@ def main(argv: Sequence[str]) -> None:
     from absl import flags
 
     if len(argv) > 1:
-        raise SystemExit(f"export: error: unexpected arguments {list(argv[1:])}")
+        raise cli.UserError(f"unexpected arguments {list(argv[1:])}")
     FLAGS = flags.FLAGS
-    try:
-        out_dir, step = export_run(workdir=FLAGS.workdir, out_dir=FLAGS.out, step=FLAGS.step, dtype=FLAGS.dtype)
-    except (ValueError, FileNotFoundError, FileExistsError, PermissionError) as error:
-        raise SystemExit(f"export: error: {error}") from None
+    out_dir, step = export_run(workdir=FLAGS.workdir, out_dir=FLAGS.out, step=FLAGS.step, dtype=FLAGS.dtype)
     print(f"exported step {step} of {FLAGS.workdir} to {out_dir} (load with "
           f"transformers.AutoModelForCausalLM.from_pretrained({str(out_dir)!r}))", file=sys.stderr)
 
 
 if __name__ == "__main__":
-    from absl import app
-
     _define_flags()
-    app.run(main)
+    cli.run_absl("export", main)

@@ -14,7 +14,6 @@ Chat formatting is on by default when the checkpoint carries its own chat templa
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import sys
@@ -25,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from deft_jax import cli
 from deft_jax import model as model_lib
 from deft_jax.model import ModelConfig
 from deft_jax import tokenizer as tokenizer_lib
@@ -200,7 +200,7 @@ def chat_by_default(tokenizer) -> bool:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m deft_jax.generate", description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(prog="python -m deft_jax.generate", description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="smollm2-135m-instruct",
                         help="'smollm2-135m-instruct', a .gguf file or a Hugging Face directory")
     parser.add_argument("--prompt", action="append", required=True, help="repeat for a batch")
@@ -239,4 +239,4 @@ def main(argv=None) -> list[str]:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run("generate", main)

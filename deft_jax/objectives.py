@@ -690,8 +690,9 @@ def _objective_of(spec: ObjectiveSpec, stats: TokenStats, mask, *, coefficients:
     coefficients = jax.lax.stop_gradient(coefficients)
 
     log_p = jnp.where(valid, stats.log_p, 0.0)
-    if coefficients.scale is not None:
-        value, gate = coefficients.scale * (-log_p), coefficients.scale
+    if coefficients.scale is not None:  # s·(−log p) → 0 as s → 0, also at log p = −inf (DFT: s = p = 0)
+        scale = coefficients.scale
+        value, gate = jnp.where(scale == 0, 0.0, scale * (-log_p)), scale
     else:
         epsilon = spec.kwargs[objective.epsilon_param] if objective.epsilon_param else 0.0
         value, gate = deformed_value_and_gate(log_p=log_p, alpha=coefficients.alpha, epsilon=epsilon)

@@ -84,7 +84,7 @@ def _gguf_field(reader, key: str, *, default: Any, kinds: tuple[str, ...], array
     field = reader.fields.get(key)
     if field is None:
         if default is _REQUIRED:
-            raise KeyError(f"GGUF metadata key {key!r} is missing from {where}")
+            raise ValueError(f"{where}: GGUF metadata key {key!r} is missing")
         return None
     type_names = [value_type.name for value_type in field.types]
     is_array = type_names[0] == "ARRAY"
@@ -245,13 +245,10 @@ class Tokenizer:
     @classmethod
     def from_gguf(cls, path: str | os.PathLike) -> "Tokenizer":
         """Exact rebuild of a GGUF byte-level BPE tokenizer (tokenizer.ggml.model == 'gpt2')."""
-        import gguf
+        from deft_jax.gguf_file import open_gguf
 
         path = pathlib.Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"GGUF file {path} does not exist")
-        reader = gguf.GGUFReader(path)
-        return cls.from_gguf_reader(reader, source=str(path))
+        return cls.from_gguf_reader(open_gguf(path), source=str(path))
 
     @classmethod
     def from_gguf_reader(cls, reader, *, source: str = "<gguf>") -> "Tokenizer":

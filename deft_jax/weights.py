@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import pathlib
 import re
 from typing import Callable, Iterable
@@ -29,6 +30,7 @@ import jax
 import numpy as np
 
 from deft_jax import model as model_lib
+from deft_jax.gguf_file import open_gguf
 from deft_jax.model import ModelConfig
 from deft_jax import pretrained
 
@@ -199,8 +201,29 @@ def _rope_settings(hf: dict) -> tuple[float, dict | None]:
     return theta, {"rope_type": "llama3", **{k: params[k] for k in model_lib.LLAMA3_ROPE_KEYS}}
 
 
+_REQUIRED = object()
+
+
+def hf_field(hf: dict, key: str, *, source: str, kind: type, default=_REQUIRED):
+    """hf[key] checked to be a positive int (kind=int) or a positive finite number (kind=float); a missing
+    or null key gives `default`. ValueError naming the file, the field and the expected type otherwise."""
+    value = hf.get(key)
+    if value is None:
+        if default is _REQUIRED:
+            raise ValueError(f"{source}: required field {key!r} is missing")
+        return default
+    expected = "a positive integer" if kind is int else "a positive number"
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not numeric or (kind is int and not isinstance(value, int)) or not math.isfinite(value) or value <= 0:
+        shown = f"the string {value!r}" if isinstance(value, str) else repr(value)
+        raise ValueError(f"{source}: field {key!r} must be {expected}, got {shown}")
+    return kind(value)
+
+
 def config_from_hf(hf: dict, *, source: str = "config.json", **overrides) -> ModelConfig:
     """ModelConfig from a Hugging Face config dict (llama, mistral, qwen2, qwen3)."""
+    if not isinstance(hf, dict):
+        raise ValueError(f"{source}: expected a JSON object of model settings, got {type(hf).__name__}")
     model_type = hf.get("model_type")
     if model_type not in model_lib.SUPPORTED_MODEL_TYPES:
         raise ValueError(f"{source}: model_type {model_type!r} is not supported; deft_jax loads "
@@ -216,17 +239,21 @@ def config_from_hf(hf: dict, *, source: str = "config.json", **overrides) -> Mod
     elif hf.get("use_sliding_window") or "sliding_attention" in (hf.get("layer_types") or ()):
         raise ValueError(f"{source}: per-layer sliding windows ({model_type} use_sliding_window / layer_types) "
                          "are not supported; set use_sliding_window=false")
-    n_heads = hf["num_attention_heads"]
+    def size(key, default=_REQUIRED):
+        return hf_field(hf, key, source=source, kind=int, default=default)
+
+    n_heads, d_model = size("num_attention_heads"), size("hidden_size")
     rope_theta, rope_scaling = _rope_settings(hf)
     values = dict(
-        model_type=model_type, vocab_size=hf["vocab_size"], d_model=hf["hidden_size"],
-        n_layers=hf["num_hidden_layers"], n_heads=n_heads,
-        n_kv_heads=hf.get("num_key_value_heads") or n_heads,
-        head_dim=hf.get("head_dim") or hf["hidden_size"] // n_heads, d_ff=hf["intermediate_size"],
-        rope_theta=rope_theta, rope_scaling=rope_scaling, rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
+        model_type=model_type, vocab_size=size("vocab_size"), d_model=d_model,
+        n_layers=size("num_hidden_layers"), n_heads=n_heads,
+        n_kv_heads=size("num_key_value_heads", n_heads),
+        head_dim=size("head_dim", d_model // n_heads), d_ff=size("intermediate_size"),
+        rope_theta=rope_theta, rope_scaling=rope_scaling,
+        rms_norm_eps=hf_field(hf, "rms_norm_eps", source=source, kind=float, default=1e-6),
         tie_embeddings=bool(hf.get("tie_word_embeddings", model_type != "mistral")),
         qkv_bias=model_type == "qwen2", qk_norm=model_type == "qwen3", sliding_window=sliding_window,
-        max_position_embeddings=hf.get("max_position_embeddings", 2048))
+        max_position_embeddings=size("max_position_embeddings", 2048))
     values.update(overrides)
     return ModelConfig(**values)
 
@@ -339,26 +366,6 @@ class GGUFSource:
             raise ValueError(f"{self.path}: tensor {name!r} ({tensor.tensor_type.name}) could not be "
                              f"dequantised: {e}") from e
         return np.asarray(data, dtype=np.float32).reshape(self.shape(name))
-
-
-def open_gguf(path: pathlib.Path):
-    """gguf.GGUFReader with clear errors for a missing, truncated or foreign file."""
-    import gguf
-
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: GGUF file not found")
-    try:
-        reader = gguf.GGUFReader(str(path))
-    except Exception as e:  # noqa: BLE001
-        raise ValueError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e}); it may be truncated "
-                         "or not GGUF at all") from e
-    file_size = path.stat().st_size
-    for tensor in reader.tensors:
-        end = int(tensor.data_offset) + int(tensor.n_bytes)
-        if end > file_size or tensor.data.nbytes != int(tensor.n_bytes):
-            raise ValueError(f"{path}: tensor {tensor.name!r} needs bytes up to {end} but the file has "
-                             f"{file_size}; the file is truncated, download it again")
-    return reader
 
 
 def _read_json(path: pathlib.Path) -> dict:

@@ -24,6 +24,7 @@ from deft_jax.data.formatting import (
     GenerationPrompt,
     TokenizerLike,
     TruncationReport,
+    check_token_range,
     make_generation_prompts,
     tokenize_examples,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "TokenizerLike",
     "TrainIterator",
     "TruncationReport",
+    "check_token_range",
     "corrupted_indices",
     "default_data_config",
     "inject_label_noise",

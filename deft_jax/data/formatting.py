@@ -41,6 +41,9 @@ class TokenizerLike(Protocol):
     def apply_chat_template(self, messages: list[dict], *, add_generation_prompt: bool = True) -> str: ...
 
 
+NAMED_OVER_LENGTH = 5  # over-length examples a report or an error names (the rest are counted)
+
+
 @dataclasses.dataclass(frozen=True)
 class TruncationReport:
     """What the truncation policy did to one split."""
@@ -53,11 +56,21 @@ class TruncationReport:
     num_truncated: int  # 'truncate': shortened and kept
     num_dropped: int  # 'drop': left out; 'truncate': prompt alone >= max_length, left out
     longest: int  # longest example before the policy (tokens)
+    over_length: tuple[str, ...] = ()  # the first NAMED_OVER_LENGTH over-length examples: "source (n tokens)"
 
     def summary(self) -> str:
-        return (f"truncation '{self.policy}' at max_length {self.max_length}: {self.num_over_length} of "
+        text = (f"truncation '{self.policy}' at max_length {self.max_length}: {self.num_over_length} of "
                 f"{self.num_examples} examples over length (longest {self.longest}); "
                 f"{self.num_truncated} truncated, {self.num_dropped} dropped, {self.num_kept} kept")
+        if self.over_length:
+            text += f"; over length: {named_list(self.over_length, total=self.num_over_length)}"
+        return text
+
+
+def named_list(names: Sequence[str], *, total: int) -> str:
+    """'a, b, c' or 'a, b, c and 7 more' when `total` exceeds the names given."""
+    more = f" and {total - len(names)} more" if total > len(names) else ""
+    return ", ".join(names) + more
 
 
 def prompt_text(example: Example, *, tokenizer: TokenizerLike) -> str:
@@ -83,14 +96,40 @@ def encode_examples(examples: Sequence[Example], *, tokenizer: TokenizerLike) ->
     return [(p, r + [tokenizer.eos_id]) for p, r in zip(prompts, responses)]
 
 
+def check_token_range(examples: Sequence[TokenizedExample], *, vocab_size: int, source: str = "data") -> None:
+    """Every token id of `examples` (inputs and targets alike) lies in [0, vocab_size), the model's
+    vocabulary; otherwise DataError naming the first few offending examples. Out of range, a target would
+    be NaN for some objectives and silently dropped by others, and an input would embed garbage."""
+    bad, count, largest = [], 0, None
+    for example in examples:
+        outside = (example.tokens < 0) | (example.tokens >= vocab_size)
+        if outside.any():
+            count += 1
+            position = int(np.argmax(outside))
+            value = int(example.tokens[position])
+            largest = value if largest is None else max(largest, value)
+            if len(bad) < NAMED_OVER_LENGTH:
+                bad.append(f"{example.source} (id {value} at token {position})")
+    if count:
+        raise DataError(
+            f"{source}: {count} example(s) hold token ids outside [0, {vocab_size}), the model's vocabulary: "
+            f"{named_list(bad, total=count)}; the tokenizer does not match the model (use the model's own "
+            f"tokenizer, or a model whose vocab_size exceeds {largest})"
+        )
+
+
 def tokenize_examples(
-    examples: Sequence[Example], *, tokenizer: TokenizerLike, cfg
+    examples: Sequence[Example], *, tokenizer: TokenizerLike, cfg, vocab_size: int | None = None
 ) -> tuple[list[TokenizedExample], TruncationReport]:
-    """Tokenize, then apply data.truncation at data.max_length; returns the kept examples and a report."""
+    """Tokenize, then apply data.truncation at data.max_length; returns the kept examples and a report.
+
+    With `vocab_size` (the model's), every token id is checked to lie in [0, vocab_size) (check_token_range).
+    """
     max_length, policy = cfg.max_length, cfg.truncation
     if policy not in TRUNCATION_POLICIES:
         raise DataError(f"config.data.truncation: {policy!r} is not one of {TRUNCATION_POLICIES}")
     kept, over_length, truncated, dropped, longest = [], 0, 0, 0, 0
+    named = []
     for example, (prompt_ids, response_ids) in zip(examples, encode_examples(examples, tokenizer=tokenizer)):
         tokens = np.asarray(prompt_ids + response_ids, dtype=np.int32)
         longest = max(longest, tokens.shape[0])
@@ -102,6 +141,8 @@ def tokenize_examples(
                     f"{len(response_ids)}) exceed data.max_length={max_length}; raise max_length or set "
                     "data.truncation to 'drop' or 'truncate'"
                 )
+            if len(named) < NAMED_OVER_LENGTH:
+                named.append(f"{example.source} ({tokens.shape[0]} tokens)")
             if policy == "drop" or len(prompt_ids) >= max_length:
                 dropped += 1
                 continue
@@ -110,13 +151,21 @@ def tokenize_examples(
         kept.append(TokenizedExample(tokens=tokens, prompt_length=len(prompt_ids), index=example.index,
                                      source=example.source))
     if not kept:
+        tasks = sorted({example.task for example in examples})
+        why = ("every example is longer than max_length" if policy == "drop"
+               else "every example's prompt alone fills max_length")
         raise DataError(
-            f"no example left after truncation '{policy}' at max_length {max_length} "
-            f"({len(examples)} examples in, longest {longest} tokens)"
+            f"no example left after truncation '{policy}' at max_length {max_length}: {why} "
+            f"({len(examples)} examples of {', '.join(repr(t) for t in tasks)}, longest {longest} tokens), "
+            f"e.g. {named_list(named, total=over_length)}; raise data.max_length"
+            + (" or set data.truncation='truncate'" if policy == "drop" else "")
         )
     report = TruncationReport(policy=policy, max_length=max_length, num_examples=len(examples),
                               num_kept=len(kept), num_over_length=over_length, num_truncated=truncated,
-                              num_dropped=dropped, longest=longest)
+                              num_dropped=dropped, longest=longest, over_length=tuple(named))
+    if vocab_size is not None:
+        tasks = sorted({example.task for example in examples})
+        check_token_range(kept, vocab_size=vocab_size, source=f"data of {', '.join(repr(t) for t in tasks)}")
     return kept, report
 
 

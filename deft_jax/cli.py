@@ -1,0 +1,173 @@
+"""One error path for every command-line tool: a user's mistake is one line and exit status 2.
+
+    from deft_jax import cli
+
+    def main(argv): ...                 # raises UserError (or ValueError, FileNotFoundError ...)
+
+    if __name__ == "__main__":
+        cli.run("generate", main)       # argparse tools (parser = cli.ArgumentParser(...))
+        cli.run_absl("export", main)    # absl tools: flag errors become one line as well
+
+What counts as the user's mistake (printed as `<tool>: error: <message>`, exit status 2):
+  - `UserError` and its subclasses, wherever raised;
+  - ValueError (DataError, EvaluationError ... are ValueErrors), NotImplementedError (an input asking for
+    what the project does not support, e.g. a GGUF tokenizer type) and the OSErrors that name a path
+    (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError) when
+    the project's own code raised them, i.e. the innermost frame of the traceback lies in the
+    `deft_jax` or `configs` packages: those are the checks that explain what to fix.
+Anything else is a bug and keeps its traceback, including a ValueError raised inside JAX, NumPy or
+another library (a shape mismatch deep in a computation is not the user's typo). A multi-line message
+is joined into one line.
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import functools
+import os
+import re
+import sys
+import traceback
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+USAGE_EXIT_CODE = 2
+PATH_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
+CHECKED_ERRORS = (ValueError, NotImplementedError) + PATH_ERRORS  # user errors when the project raised them
+PROJECT_PACKAGES = ("deft_jax", "configs")
+
+
+class UserError(ValueError):
+    """Bad input from the person running a tool; the message says what, where, and what to do."""
+
+
+def did_you_mean(name: str, choices: Iterable[str], *, n: int = 1) -> str:
+    """' (did you mean 'x'?)' naming the closest of `choices` to `name` (difflib ratio >= 0.6), or ''."""
+    matches = difflib.get_close_matches(str(name), [str(c) for c in choices], n=n, cutoff=0.6)
+    if not matches:
+        return ""
+    return f" (did you mean {' or '.join(repr(m) for m in matches)}?)"
+
+
+def one_line(message: str) -> str:
+    """`message` with its lines stripped and joined by '; ' (error output is a single line)."""
+    lines = [line.strip() for line in str(message).splitlines()]
+    return "; ".join(line for line in lines if line)
+
+
+def _raised_by_project(error: BaseException) -> bool:
+    """True when the innermost traceback frame is a file of the project's own packages (JAX removes its
+    own frames from the tracebacks of its errors and says so in a note: those are never the project's)."""
+    if any("JAX has removed its internal frames" in str(note) for note in getattr(error, "__notes__", ())):
+        return False
+    frames = traceback.extract_tb(error.__traceback__)
+    if not frames:
+        return True  # raised directly (e.g. re-raised without a traceback): a message we built
+    parts = os.path.normpath(frames[-1].filename).split(os.sep)
+    return any(package in parts[:-1] for package in PROJECT_PACKAGES)
+
+
+def is_user_error(error: BaseException) -> bool:
+    """Whether `error` is a user's mistake (one line, exit 2) rather than a bug (traceback)."""
+    if isinstance(error, UserError):
+        return True
+    if isinstance(error, CHECKED_ERRORS):
+        return _raised_by_project(error)
+    return False
+
+
+def error_line(tool: str, error: BaseException) -> str:
+    """`<tool>: error: <message>` on one line (KeyError's quoting removed)."""
+    message = error.args[0] if isinstance(error, KeyError) and error.args else error
+    return f"{tool}: error: {one_line(str(message)) or type(error).__name__}"
+
+
+def user_errors(tool: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: a user error raised by the wrapped main prints `<tool>: error: ...` and exits 2."""
+    def decorate(main: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(main)
+        def wrapped(*args, **kwargs):
+            try:
+                return main(*args, **kwargs)
+            except CHECKED_ERRORS as error:
+                if not is_user_error(error):
+                    raise
+                print(error_line(tool, error), file=sys.stderr)
+                raise SystemExit(USAGE_EXIT_CODE) from None
+        return wrapped
+    return decorate
+
+
+def run(tool: str, main: Callable[[Sequence[str]], Any], argv: Sequence[str] | None = None) -> Any:
+    """Call main(argv) under `user_errors(tool)`; returns what main returns."""
+    return user_errors(tool)(main)(sys.argv[1:] if argv is None else list(argv))
+
+
+def _innermost_message(error: BaseException) -> str:
+    """The text of `error`, unwrapping the exception-in-an-exception of ml_collections' KeyError/AttributeError
+    (whose str() is the repr of the inner message)."""
+    while error.args and isinstance(error.args[0], BaseException):
+        error = error.args[0]
+    return str(error.args[0]) if isinstance(error, (KeyError, AttributeError)) and error.args else str(error)
+
+
+def _without_traceback(message: str) -> str:
+    """A flag error that embeds a formatted traceback (ml_collections does) keeps its first and last lines."""
+    if "Traceback (most recent call last)" not in message:
+        return message
+    lines = [line for line in message.splitlines() if line.strip()]
+    return f"{lines[0]} {lines[-1].strip()}"
+
+
+def parse_absl_flags(argv: Sequence[str], *, flag_values=None) -> list[str]:
+    """absl flag parsing whose every failure is a UserError with a one-line message: an unknown, missing or
+    ill-typed flag, an unknown ml_collections override (`--config.optim.lrr`: ml_collections suggests the
+    nearest field), and a config file that fails to load (which ml_collections only reports on first use)."""
+    from absl import flags
+
+    flag_values = flags.FLAGS if flag_values is None else flag_values
+    try:
+        remaining = flag_values(list(argv))
+    except flags.Error as error:
+        raise UserError(_without_traceback(str(error))) from None
+    except (AttributeError, KeyError, TypeError, ValueError) as error:  # raised while applying an override
+        message = _innermost_message(error)
+        names = re.findall(r"'([^']+)'", message)
+        given = [arg.split("=", 1)[0] for arg in argv[1:] if arg.startswith("--")]
+        flag = next((arg for arg in given if names and f".{names[0]}" in arg), None)
+        if isinstance(error, (AttributeError, KeyError)):
+            message = f"no such config field {message}"
+        raise UserError(f"{flag}: {message}" if flag else message) from None
+    for name in list(flag_values):
+        value = flag_values[name].value
+        if value is None or isinstance(value, (str, bytes, int, float, bool, list, tuple, dict)):
+            continue
+        try:
+            getattr(value, "keys", None)  # a config file that failed to load raises on first access
+        except OSError as error:
+            reason = [line.strip() for line in str(error).splitlines() if line.strip()][-1]
+            raise UserError(f"--{name}: cannot load the config file: {reason}") from None
+    return remaining
+
+
+def run_absl(tool: str, main: Callable[[Sequence[str]], Any]) -> None:
+    """absl.app.run(main) with one error path: a flag the parser rejects (`parse_absl_flags`) and a user
+    error raised by main both print `<tool>: error: <message>` and exit 2."""
+    from absl import app
+
+    def parse_flags(argv: list[str]) -> list[str]:
+        try:
+            return parse_absl_flags(argv)
+        except UserError as error:
+            print(error_line(tool, error), file=sys.stderr)
+            raise SystemExit(USAGE_EXIT_CODE) from None
+
+    app.run(user_errors(tool)(main), flags_parser=parse_flags)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors raise UserError (one line through `run`) instead of printing the
+    usage block and exiting; --help still prints the help."""
+
+    def error(self, message: str):
+        raise UserError(message)
