@@ -465,11 +465,6 @@ def set_aside(directory: str | pathlib.Path, step: int) -> pathlib.Path | None:
     return target
 
 
-def latest_step(manager: ocp.CheckpointManager) -> int | None:
-    manager.reload()
-    return manager.latest_step()
-
-
 def check_restorable(*, directory: str | pathlib.Path, target: Any) -> int:
     """Restore the latest checkpoint under `directory` onto `target`; returns its step (for tools/tests)."""
     manager = make_manager(directory=directory, read_only=True, async_save=False)

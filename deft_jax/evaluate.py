@@ -36,6 +36,7 @@ import numpy as np
 
 from deft_jax import build
 from deft_jax import checkpointing
+from deft_jax import cli
 from deft_jax import config as config_lib
 from deft_jax import data as data_lib
 from deft_jax import generate as generate_lib
@@ -49,7 +50,7 @@ DEFAULT_MAX_NEW_TOKENS = {"figfont": 5, "gsm8k": 256, "math": 1024, "reasoning_g
 BASE_NAME = "base"
 
 
-class EvaluationError(ValueError):
+class EvaluationError(cli.UserError):
     """Bad input to evaluation (workdir, step, checkpoint/config mismatch); the message says what to do."""
 
 
@@ -204,7 +205,8 @@ def evaluate_params(setup: build.ModelSetup, params, *, examples: Sequence[Any],
     result: dict[str, Any] = {}
     if options.teacher_forced:
         tokenized, report = data_lib.tokenize_examples(list(examples), tokenizer=setup.tokenizer,
-                                                       cfg=setup.config.data)
+                                                       cfg=setup.config.data,
+                                                       vocab_size=setup.model_config.vocab_size)
         result["teacher_forced"] = teacher_forced_metrics(setup, params, tokenized, batch_size=options.batch_size)
         result["truncation"] = report.summary()
     if options.generate:
@@ -348,24 +350,19 @@ def main(argv: Sequence[str]) -> None:
     from absl import flags
 
     if len(argv) > 1:
-        raise SystemExit(f"evaluate: error: unexpected arguments {list(argv[1:])}")
+        raise cli.UserError(f"unexpected arguments {list(argv[1:])}")
     FLAGS = flags.FLAGS
     options = EvalOptions(num_eval=FLAGS.num_eval, max_new_tokens=FLAGS.max_new_tokens, batch_size=FLAGS.batch_size,
                           generation_batch_size=FLAGS.generation_batch_size, generate=FLAGS.generate,
                           teacher_forced=FLAGS.teacher_forced)
-    try:
-        if FLAGS.config is not None and FLAGS.workdir is not None:
-            raise EvaluationError("pass either --workdir (the run's own config.json is used) or --config with "
-                                  "--base, not both.")
-        results = evaluate_run(workdir=FLAGS.workdir, config=FLAGS.config, steps=FLAGS.step, base=FLAGS.base,
-                               out_dir=FLAGS.out_dir, options=options)
-    except (ValueError, FileNotFoundError, PermissionError) as error:
-        raise SystemExit(f"evaluate: error: {error}") from None
+    if FLAGS.config is not None and FLAGS.workdir is not None:
+        raise EvaluationError("pass either --workdir (the run's own config.json is used) or --config with "
+                              "--base, not both.")
+    results = evaluate_run(workdir=FLAGS.workdir, config=FLAGS.config, steps=FLAGS.step, base=FLAGS.base,
+                           out_dir=FLAGS.out_dir, options=options)
     print_table(results)
 
 
 if __name__ == "__main__":
-    from absl import app
-
     _define_flags()
-    app.run(main)
+    cli.run_absl("evaluate", main)

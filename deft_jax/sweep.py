@@ -37,6 +37,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from deft_jax import checkpointing
+from deft_jax import cli
 from deft_jax import config as config_lib
 from deft_jax import evaluate
 from deft_jax import plots
@@ -49,7 +50,7 @@ POINT_FILE = "sweep_point.json"
 TRAIN_LOG = "train.log"
 
 
-class SweepError(ValueError):
+class SweepError(cli.UserError):
     """Bad sweep input (config file, sweep points, workdir); the message says what to do."""
 
 
@@ -398,47 +399,44 @@ def main(argv: Sequence[str]) -> None:
     from ml_collections import config_flags
 
     if len(argv) > 1:
-        raise SystemExit(f"sweep: error: unexpected arguments {list(argv[1:])}")
+        raise cli.UserError(f"unexpected arguments {list(argv[1:])}")
     FLAGS = flags.FLAGS
     config_arg = config_flags.get_config_filename(FLAGS["config"])
     overrides = config_flags.get_override_values(FLAGS["config"])
     workdir = pathlib.Path(FLAGS.workdir).absolute()
-    try:
-        module = config_lib.load_config_module(config_arg.partition(":")[0])
-        points = sweep_points(module, source=config_arg.partition(":")[0])
-        runs = plan_runs(config=FLAGS.config, config_arg=config_arg, overrides=overrides, workdir=workdir,
-                         points=points)
+    module = config_lib.load_config_module(config_arg.partition(":")[0])
+    points = sweep_points(module, source=config_arg.partition(":")[0])
+    runs = plan_runs(config=FLAGS.config, config_arg=config_arg, overrides=overrides, workdir=workdir,
+                     points=points)
+    for run in runs:
+        check_same_config(run)
+    if FLAGS.print_commands or FLAGS.commands_file:
         for run in runs:
-            check_same_config(run)
-        if FLAGS.print_commands or FLAGS.commands_file:
-            for run in runs:
-                write_run_files(run)
-            text = write_commands(runs, path=FLAGS.commands_file)
-            if FLAGS.print_commands:
-                print(text, end="")
-            if FLAGS.commands_file:
-                print(f"wrote {len(runs)} commands to {FLAGS.commands_file}; afterwards run this sweep again "
-                      f"with --summarize_only", file=sys.stderr)
-            return
-        workdir.mkdir(parents=True, exist_ok=True)
-        reporting.write_json(workdir / "sweep.json", {"config": config_arg, "overrides": overrides,
-                                                      "runs": [{"name": r.name, "point": r.point} for r in runs]})
-        print(f"sweep: {len(runs)} runs of {config_arg} in {workdir}: {[run.name for run in runs]}", flush=True)
-        statuses = {} if FLAGS.summarize_only else run_all(runs, in_process=FLAGS.in_process,
-                                                           log=lambda m: print(m, flush=True))
-        if not FLAGS.evaluate:
-            return
-        options = evaluate.EvalOptions(num_eval=FLAGS.num_eval, max_new_tokens=FLAGS.max_new_tokens,
-                                       generate=FLAGS.generate)
-        results = evaluate_finished(runs, options=options, include_unmarked=FLAGS.summarize_only,
-                                    log=lambda m: print(m, flush=True))
-        rows = summary_rows(runs, results=results, statuses=statuses)
-        paths = write_summary(rows, workdir=workdir, title=f"{config_arg} {override_flags(overrides)}".strip())
-        print(reporting.markdown_table(rows))
-        for path in paths:
-            print(f"wrote {path}")
-    except (ValueError, FileNotFoundError, PermissionError) as error:
-        raise SystemExit(f"sweep: error: {error}") from None
+            write_run_files(run)
+        text = write_commands(runs, path=FLAGS.commands_file)
+        if FLAGS.print_commands:
+            print(text, end="")
+        if FLAGS.commands_file:
+            print(f"wrote {len(runs)} commands to {FLAGS.commands_file}; afterwards run this sweep again "
+                  f"with --summarize_only", file=sys.stderr)
+        return
+    workdir.mkdir(parents=True, exist_ok=True)
+    reporting.write_json(workdir / "sweep.json", {"config": config_arg, "overrides": overrides,
+                                                  "runs": [{"name": r.name, "point": r.point} for r in runs]})
+    print(f"sweep: {len(runs)} runs of {config_arg} in {workdir}: {[run.name for run in runs]}", flush=True)
+    statuses = {} if FLAGS.summarize_only else run_all(runs, in_process=FLAGS.in_process,
+                                                       log=lambda m: print(m, flush=True))
+    if not FLAGS.evaluate:
+        return
+    options = evaluate.EvalOptions(num_eval=FLAGS.num_eval, max_new_tokens=FLAGS.max_new_tokens,
+                                   generate=FLAGS.generate)
+    results = evaluate_finished(runs, options=options, include_unmarked=FLAGS.summarize_only,
+                                log=lambda m: print(m, flush=True))
+    rows = summary_rows(runs, results=results, statuses=statuses)
+    paths = write_summary(rows, workdir=workdir, title=f"{config_arg} {override_flags(overrides)}".strip())
+    print(reporting.markdown_table(rows))
+    for path in paths:
+        print(f"wrote {path}")
     unfinished = [name for name, status in statuses.items() if status not in ("done", "skipped (done)")]
     if unfinished:
         raise SystemExit(f"sweep: {len(unfinished)} run(s) did not finish: {unfinished}; launch the same command "
@@ -446,7 +444,5 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    from absl import app
-
     _define_flags()
-    app.run(main)
+    cli.run_absl("sweep", main)

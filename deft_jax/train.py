@@ -36,6 +36,7 @@ from jax.sharding import Mesh
 
 from deft_jax import build
 from deft_jax import checkpointing
+from deft_jax import cli
 from deft_jax import config as config_lib
 from deft_jax import data as data_lib
 from deft_jax import metrics as metrics_lib
@@ -93,9 +94,9 @@ def total_train_steps(config, *, num_examples: int) -> int:
     return max(1, int(math.ceil(config.num_epochs * num_examples / config.batch_size)))
 
 
-def _tokenized_split(config, *, tokenizer, split: str) -> list:
+def _tokenized_split(config, *, tokenizer, split: str, vocab_size: int) -> list:
     examples, report = data_lib.tokenize_examples(data_lib.load_examples(config.data, split=split),
-                                                  tokenizer=tokenizer, cfg=config.data)
+                                                  tokenizer=tokenizer, cfg=config.data, vocab_size=vocab_size)
     _log(f"{split} data: {report.summary()}")
     return examples
 
@@ -109,10 +110,11 @@ def setup_run(config, workdir, *, devices: Sequence[Any] | None = None) -> Run:
     rules = build.build_rules(config)
     tokenizer = build.build_tokenizer(config)
     model_config = build.build_model_config(config, tokenizer=tokenizer)
-    train_examples = _tokenized_split(config, tokenizer=tokenizer, split="train")
+    vocab = model_config.vocab_size
+    train_examples = _tokenized_split(config, tokenizer=tokenizer, split="train", vocab_size=vocab)
     eval_examples = []
     if config.eval.at_end or config.eval.every_steps:
-        eval_examples = _tokenized_split(config, tokenizer=tokenizer, split="eval")
+        eval_examples = _tokenized_split(config, tokenizer=tokenizer, split="eval", vocab_size=vocab)
     total_steps = total_train_steps(config, num_examples=len(train_examples))
     spec = build.build_step_spec(config, model_config=model_config)
     schedule = step_lib.Schedule(lr=float(config.optim.lr), total_steps=total_steps,
@@ -233,14 +235,26 @@ class Throughput:
 # The loop.
 
 def restore_or_start(run: Run, manager) -> tuple[step_lib.TrainState, dict | None, int | None]:
-    """(state, data-iterator state or None, restored step or None): the latest checkpoint of the workdir,
-    restored onto the run's shardings, else a fresh state."""
+    """(state, data-iterator state or None, restored step or None): the newest intact checkpoint of the
+    workdir restored onto the run's shardings (a corrupt newer one is said in one line and set aside),
+    else a fresh state. A checkpoint of another parameter layout is refused before anything is read."""
     latest = manager.latest_step()
     if latest is None:
         return initial_state(run), None, None  # (outside the mesh context: weights are placed per tensor)
+    problems = checkpointing.shape_differences(
+        stored=checkpointing.param_shapes(workdir=run.workdir, step=latest), expected=run.abstract_state.params)
+    if problems:
+        raise config_lib.ConfigError(
+            f"checkpoint {manager.directory}/{latest} holds other parameters than this config builds "
+            f"({len(problems)} differ, e.g. {problems[0]}): resume with the run's own settings "
+            f"({run.workdir / CONFIG_FILE}) or train in a new --workdir.")
     target = sharding_lib.with_shardings(run.abstract_state, run.state_shardings)
     start = time.perf_counter()
-    state, data_state, step = checkpointing.restore(manager, target=target, step=latest)
+    state, data_state, step, skipped = checkpointing.restore_latest_intact(manager, target=target, log=_log)
+    if skipped:
+        for corrupt in sorted(s for s in manager.all_steps() if s > step):
+            checkpointing.set_aside(manager.directory, corrupt)
+        manager.reload()
     _log(f"resumed from {manager.directory}/{step} ({time.perf_counter() - start:.2f}s)")
     return state, data_state, step
 
@@ -396,7 +410,5 @@ def _define_flags() -> None:
 
 
 if __name__ == "__main__":
-    from absl import app
-
     _define_flags()
-    app.run(main)
+    cli.run_absl("train", main)

@@ -116,3 +116,17 @@ def test_absl_and_config_flag_errors_are_one_line(tmp_path, args, expected):
         assert done.returncode == 0 and done.stdout.strip() == "0.5", done.stderr[-2000:]
     else:
         assert _only_error_line(done, "tool") == f"tool: error: {expected.format(missing=missing)}"
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--config={configs}/deft.py:smoke", "--config.optim.lrr=1e-3", "--workdir={tmp}/w"],
+     "Did you mean \"lr\""),
+    (["--config={tmp}/missing.py", "--workdir={tmp}/w"], "No such file or directory"),
+    (["--config={configs}/deformed_log.py:alpha=-1,smoke", "--workdir={tmp}/w"], "config.objective: "),
+    (["--config={configs}/deft.py:smoke,model=tiny,task=gsm8k", "--workdir={tmp}/w"], "data.path"),
+], ids=["misspelt_override", "missing_config_file", "bad_objective_parameter", "missing_data_path"])
+def test_train_user_errors_are_one_line(env, tmp_path, args, expected):
+    args = [a.format(configs=REPO_ROOT / "configs", tmp=tmp_path) for a in args]
+    line = _only_error_line(run_module("deft_jax.train", *args, env=env), "train")
+    assert expected in line
+    assert not (tmp_path / "w" / "config.json").exists()  # nothing of a refused run is recorded

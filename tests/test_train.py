@@ -244,7 +244,7 @@ def test_a_refused_resume_leaves_the_runs_config_record_and_checkpoints_usable(t
     run_in_process(smoke_config("deft", total_steps=2), workdir)
     record = (workdir / "config.json").read_text()
     changed = smoke_config("deft", **{"total_steps": 4, "model.scan_layers": False})
-    with pytest.raises(Exception):  # a checkpoint of another parameter layout cannot be restored
+    with pytest.raises(config_lib.ConfigError, match=r"checkpoint .*/2 holds other parameters than this config"):
         run_in_process(changed, workdir)
     assert (workdir / "config.json").read_text() == record
     config = build.load_run_config(workdir)
@@ -252,3 +252,24 @@ def test_a_refused_resume_leaves_the_runs_config_record_and_checkpoints_usable(t
     params = checkpointing.restore_params(workdir=workdir, step=2, abstract_params=setup.abstract_params,
                                           shardings=setup.param_shardings)
     assert jax.tree.structure(params) == jax.tree.structure(setup.abstract_params)
+
+
+def test_resume_falls_back_from_a_corrupt_latest_checkpoint_and_ends_as_an_uninterrupted_run(tmp_path, capsys):
+    settings = {"total_steps": 4, "checkpoint.every_steps": 2}
+    reference = run_in_process(smoke_config("deft", **settings), tmp_path / "reference")
+    workdir = tmp_path / "run"
+    run_in_process(smoke_config("deft", **settings), workdir)
+    step_dir = checkpointing.checkpoint_dir(workdir) / "4" / checkpointing.STATE_ITEM
+    data_file = max((p for p in step_dir.rglob("*") if p.is_file() and "/d/" in str(p)), key=lambda p: p.stat().st_size)
+    raw = bytearray(data_file.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    data_file.write_bytes(bytes(raw))
+    capsys.readouterr()
+    final = run_in_process(smoke_config("deft", **settings), workdir)
+    err = capsys.readouterr().err
+    assert "checkpoint 4 is corrupt" in err and "falling back to step 2" in err
+    assert f"resumed from {checkpointing.checkpoint_dir(workdir)}/2" in err
+    assert any(p.name.startswith("4.corrupt-") for p in checkpointing.checkpoint_dir(workdir).iterdir())
+    assert final["step"] == 4
+    for got, want in zip(params_leaves(final["state"]), params_leaves(reference["state"])):
+        assert np.array_equal(got, want)
