@@ -47,6 +47,7 @@ from deft_jax import metrics as metrics_lib
 from deft_jax import model as model_lib
 from deft_jax import objectives
 from deft_jax import sharding as sharding_lib
+from deft_jax import xla_options
 
 logger = logging.getLogger(__name__)
 
@@ -630,7 +631,8 @@ def compile_train_step(*, spec: StepSpec, mesh: Mesh, state_shardings: TrainStat
     step = functools.partial(train_step, spec=spec, mesh=mesh)
     replicated = sharding_lib.replicated(mesh)
     return jax.jit(step, in_shardings=(state_shardings, sharding_lib.batch_sharding(mesh), replicated),
-                   out_shardings=(state_shardings, replicated), donate_argnums=0)
+                   out_shardings=(state_shardings, replicated), donate_argnums=0,
+                   compiler_options=xla_options.compiler_options())
 
 
 def bind_schedule(compiled_step, schedule: Schedule):
@@ -659,7 +661,8 @@ def jitted_train_step(spec: StepSpec, mesh: Mesh, rules):
 
 @functools.lru_cache(maxsize=32)
 def jitted_eval_step(loss: LossSpec, mesh: Mesh):
-    return jax.jit(functools.partial(eval_step, loss=loss), out_shardings=sharding_lib.replicated(mesh))
+    return jax.jit(functools.partial(eval_step, loss=loss), out_shardings=sharding_lib.replicated(mesh),
+                   compiler_options=xla_options.compiler_options())
 
 
 @functools.lru_cache(maxsize=32)
