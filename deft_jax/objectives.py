@@ -162,16 +162,30 @@ def _topk_entropy(shifted_logits: jax.Array, *, topk: int) -> jax.Array:
     return _entropy_from_log_probs(log_q) / math.log(k_eff)
 
 
+_SUM_BLOCKS = 16  # the last axis is summed as up to this many blocks, then the block sums
+
+
+def _variadic_sum(terms: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+    zeros = tuple(jnp.zeros((), term.dtype) for term in terms)
+    return jax.lax.reduce(terms, zeros, lambda a, b: tuple(x + y for x, y in zip(a, b)), (terms[0].ndim - 1,))
+
+
 @jax.custom_jvp
 def _sum_last_axis(*terms: jax.Array) -> tuple[jax.Array, ...]:
     """Σ over the last axis of several same-shaped arrays as ONE variadic reduction.
 
     Separate `jnp.sum` calls compile to one loop each (each re-reading the logits and re-evaluating
-    the exp they share); a variadic reduce is one loop that reads every element once. The sum is
-    linear, so its derivative is the sum of the tangents (JAX's generic reduce rule would not
-    transpose)."""
-    zeros = tuple(jnp.zeros((), term.dtype) for term in terms)
-    return jax.lax.reduce(terms, zeros, lambda a, b: tuple(x + y for x, y in zip(a, b)), (terms[0].ndim - 1,))
+    the exp they share); a variadic reduce is one loop that reads every element once. The axis is
+    summed in gcd(V, 16) equal blocks, then the block sums are added: the float32 rounding of a long
+    sum grows with the number of terms added in sequence, so blocks keep it at the level of a pairwise
+    sum. The sum is linear, so its derivative is the sum of the tangents (JAX's rule for a generic
+    reduce would not transpose)."""
+    length = terms[0].shape[-1]
+    blocks = math.gcd(length, _SUM_BLOCKS)
+    if blocks == 1:
+        return _variadic_sum(terms)
+    blocked = tuple(term.reshape(term.shape[:-1] + (blocks, length // blocks)) for term in terms)
+    return _variadic_sum(_variadic_sum(blocked))
 
 
 @_sum_last_axis.defjvp

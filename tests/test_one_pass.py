@@ -13,7 +13,7 @@ import pytest
 
 from deft_jax import fused, objectives, xla_options
 
-TOKENS, D_MODEL, VOCAB, CHUNK = 64, 8, 1024, 16
+TOKENS, D_MODEL, VOCAB, CHUNK = 48, 8, 1024, 16  # no TOKENS x 16 = VOCAB coincidence
 _INSTRUCTION = re.compile(r"\s*(?:ROOT )?%([\w.\-]+) = (.*?) ([a-z][\w\-]*)\((.*)")
 
 
@@ -23,8 +23,9 @@ def _dims(shape: str) -> list[int]:
 
 
 def vocabulary_reductions(hlo: str, *, vocab: int) -> list[tuple[str, int]]:
-    """(reducer computation's ops, number of reduced operands) for every `reduce` in the HLO text whose
-    reduced dimensions all have size `vocab`, e.g. ("add", 4) for a variadic sum of four arrays."""
+    """(reducer computation's ops, number of reduced operands) for every `reduce` in the HLO text over the
+    last axis of an array [..., V] or [..., B, V/B] (the vocabulary summed in B blocks), e.g. ("add", 4)
+    for a variadic sum of four arrays."""
     shapes, computations, found = {}, {}, []
     current = None
     for line in hlo.splitlines():
@@ -43,7 +44,10 @@ def vocabulary_reductions(hlo: str, *, vocab: int) -> list[tuple[str, int]]:
             operands = re.findall(r"%([\w.\-]+)", rest.split(", dimensions=")[0])
             reduced = [int(d) for d in re.search(r"dimensions=\{([\d,]*)\}", rest).group(1).split(",") if d]
             source = _dims(shapes.get(operands[0], ""))
-            if reduced and all(source[d] == vocab for d in reduced):
+            # The vocabulary itself, or its last part when the sum runs over [..., blocks, V / blocks].
+            whole = reduced == [len(source) - 1] and (
+                source[-1] == vocab or (len(source) >= 2 and source[-2] * source[-1] == vocab and source[-2] > 1))
+            if whole:
                 found.append((re.search(r"to_apply=%([\w.\-]+)", rest).group(1), len(operands) // 2))
     return [("+".join(sorted(computations.get(reducer, ()))), count) for reducer, count in found]
 
