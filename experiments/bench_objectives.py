@@ -15,6 +15,7 @@ Usage:
   python experiments/bench_objectives.py                        # (8192, 576, 49152), 5 objectives
   python experiments/bench_objectives.py --vocab 152064 --impls chunked --objectives nll,deft
   python experiments/bench_objectives.py --isolate              # adds the per-case process RSS
+  python experiments/bench_objectives.py --xla project,default  # with and without the trainer's XLA options
 Naive cases whose XLA peak exceeds --max_naive_gib are compiled (for their memory) but not run.
 """
 from __future__ import annotations
