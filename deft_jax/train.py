@@ -632,7 +632,7 @@ def compile_train_step(*, spec: StepSpec, mesh: Mesh, state_shardings: TrainStat
     replicated = sharding_lib.replicated(mesh)
     return jax.jit(step, in_shardings=(state_shardings, sharding_lib.batch_sharding(mesh), replicated),
                    out_shardings=(state_shardings, replicated), donate_argnums=0,
-                   compiler_options=xla_options.compiler_options())
+                   compiler_options=xla_options.compiler_options(backend=mesh.devices.flat[0].platform))
 
 
 def bind_schedule(compiled_step, schedule: Schedule):
@@ -662,7 +662,7 @@ def jitted_train_step(spec: StepSpec, mesh: Mesh, rules):
 @functools.lru_cache(maxsize=32)
 def jitted_eval_step(loss: LossSpec, mesh: Mesh):
     return jax.jit(functools.partial(eval_step, loss=loss), out_shardings=sharding_lib.replicated(mesh),
-                   compiler_options=xla_options.compiler_options())
+                   compiler_options=xla_options.compiler_options(backend=mesh.devices.flat[0].platform))
 
 
 @functools.lru_cache(maxsize=32)

@@ -84,3 +84,23 @@ def test_the_hlo_reader_sees_separate_sums():
 
     hlo = jax.jit(separate).lower(jnp.zeros((4, VOCAB))).compile().as_text()
     assert sorted(vocabulary_reductions(hlo, vocab=VOCAB)) == [("add", 1), ("add", 1), ("maximum", 1)]
+
+
+def test_compiler_options_keep_inf_and_nan():
+    """The options only reassociate: a NaN or an inf in a sum still comes out, and the step's
+    non-finite check still sees it (plain fast-math would let XLA assume neither exists)."""
+    options = xla_options.compiler_options(backend="cpu")
+    assert xla_options.compiler_options(backend="gpu") == {}
+
+    def checked_sum(x):
+        total = jnp.sum(x * x)
+        return total, jnp.isfinite(total)
+
+    program = jax.jit(checked_sum, compiler_options=options)
+    values = jnp.arange(4096, dtype=jnp.float32) / 4096
+    total, finite = program(values)
+    assert bool(finite) and abs(float(total) - float(jnp.sum(values.astype(jnp.float64) ** 2))) < 1e-3
+    for bad, expect_nan in ((jnp.nan, True), (jnp.inf, False)):
+        total, finite = program(values.at[7].set(bad))
+        assert not bool(finite)
+        assert bool(jnp.isnan(total)) == expect_nan
