@@ -40,7 +40,6 @@ from deft_jax import cli
 from deft_jax import config as config_lib
 from deft_jax import data as data_lib
 from deft_jax import generate as generate_lib
-from deft_jax import model as model_lib
 from deft_jax import reporting
 from deft_jax import scoring
 from deft_jax import sharding as sharding_lib

@@ -176,6 +176,58 @@ def _topk_entropy(shifted_logits: jax.Array, *, topk: int) -> jax.Array:
     return _entropy_from_log_probs(log_q) / math.log(k_eff)
 
 
+_SUM_BLOCKS = 16  # the last axis is summed as up to this many blocks, then the block sums
+
+
+def _variadic_sum(terms: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+    zeros = tuple(jnp.zeros((), term.dtype) for term in terms)
+    return jax.lax.reduce(terms, zeros, lambda a, b: tuple(x + y for x, y in zip(a, b)), (terms[0].ndim - 1,))
+
+
+@jax.custom_jvp
+def _sum_last_axis(*terms: jax.Array) -> tuple[jax.Array, ...]:
+    """Σ over the last axis of several same-shaped arrays as ONE variadic reduction.
+
+    Separate `jnp.sum` calls compile to one loop each (each re-reading the logits and re-evaluating
+    the exp they share); a variadic reduce is one loop that reads every element once. The axis is
+    summed in gcd(V, 16) equal blocks, then the block sums are added: the float32 rounding of a long
+    sum grows with the number of terms added in sequence, so blocks keep it at the level of a pairwise
+    sum. The sum is linear, so its derivative is the sum of the tangents (JAX's rule for a generic
+    reduce would not transpose)."""
+    length = terms[0].shape[-1]
+    blocks = math.gcd(length, _SUM_BLOCKS)
+    if blocks == 1:
+        return _variadic_sum(terms)
+    blocked = tuple(term.reshape(term.shape[:-1] + (blocks, length // blocks)) for term in terms)
+    return _variadic_sum(_variadic_sum(blocked))
+
+
+@_sum_last_axis.defjvp
+def _sum_last_axis_jvp(primals, tangents):
+    return _sum_last_axis(*primals), tuple(jnp.sum(tangent, axis=-1) for tangent in tangents)
+
+
+def _vocabulary_sums(shifted: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """One pass over max-shifted logits s (≤ 0, exactly 0 at the max entries), with e = exp(s):
+
+        extra_max = n_max − 1,  rest = Σ_{s_v<0} e_v,  rest2 = Σ_{s_v<0} e_v²,  e_times_shifted = Σ_v e_v·s_v,
+
+    so Σ e = 1 + extra_max + rest, Σ e² = 1 + extra_max + rest2 (log1p of them is accurate for peaked
+    distributions: log p at p ≈ 1, C ≈ 1, H ≈ 0). In `rest` a max entry stands as s (value 0, derivative
+    1 = exp'(0)) and in `rest2` as 2s (derivative 2), so that gradients stay exact; 0·(−inf) := 0 for
+    −inf logits."""
+    e = jnp.exp(shifted)
+    at_max = shifted == 0
+    positive = e > 0
+    count_max, rest, rest2, e_times_shifted = _sum_last_axis(
+        at_max.astype(shifted.dtype),
+        jnp.where(at_max, shifted, e),
+        jnp.where(at_max, 2.0 * shifted, e * e),
+        jnp.where(positive, e * jnp.where(positive, shifted, 0.0), 0.0),
+    )
+    return count_max - 1.0, rest, rest2, e_times_shifted
+
+
 def token_stats(logits, targets, *, topk: int | None = None) -> TokenStats:
     """Per-token statistics (float32, float64 under x64) of `logits` [..., V] and int `targets` [...].
 
@@ -193,18 +245,12 @@ def token_stats(logits, targets, *, topk: int | None = None) -> TokenStats:
     z_max = jax.lax.stop_gradient(jnp.max(z, axis=-1, keepdims=True))
     z_max = jnp.where(jnp.isfinite(z_max), z_max, 0.0)
     shifted = z - z_max  # <= 0, exactly 0 at the max entries
-    # One exp per logit serves Σπ (lse), Σπ² (lse2, DEFT) and Σπz (entropy): after the max, a single
-    # pass over the vocabulary (DEFT's statistic rides with the NLL's). The max entries (value 1,
-    # ties included) are counted exactly and the rest summed, so lse = log1p(count − 1 + Σ_rest e):
-    # accurate for peaked distributions (log p at p ≈ 1, C ≈ 1, H ≈ 0). In the sums a max entry
-    # stands as `shifted` (value 0, derivative 1 = exp'(0)) so that gradients stay exact.
-    e = jnp.exp(shifted)
-    at_max = shifted == 0
-    extra_max = jnp.sum(at_max.astype(z.dtype), axis=-1) - 1.0
-    lse_shifted = jnp.log1p(extra_max + jnp.sum(jnp.where(at_max, shifted, e), axis=-1))
-    lse2_shifted = jnp.log1p(extra_max + jnp.sum(jnp.where(at_max, 2.0 * shifted, e * e), axis=-1))
-    # H = lse − Σπ·shifted, Σπ·shifted = Σ e·shifted / Σ e (0·(−inf) := 0 for −inf logits).
-    e_times_shifted = jnp.sum(jnp.where(e > 0, e * jnp.where(e > 0, shifted, 0.0), 0.0), axis=-1)
+    # After the max, every sum over the vocabulary comes from one exp per logit in ONE loop
+    # (`_vocabulary_sums`): DEFT's Σπ² and the logged entropy ride with the NLL's logsumexp.
+    # H = lse − Σπ·shifted, Σπ·shifted = Σ e·shifted / Σ e.
+    extra_max, rest, rest2, e_times_shifted = _vocabulary_sums(shifted)
+    lse_shifted = jnp.log1p(extra_max + rest)
+    lse2_shifted = jnp.log1p(extra_max + rest2)
     entropy = jnp.maximum(lse_shifted - e_times_shifted * jnp.exp(-lse_shifted), 0.0)
 
     in_range = (targets >= 0) & (targets < vocab)

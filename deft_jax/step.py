@@ -33,6 +33,7 @@ from deft_jax.data import BATCH_KEYS
 from deft_jax import model as model_lib
 from deft_jax import objectives
 from deft_jax import sharding as sharding_lib
+from deft_jax import xla_options
 
 SCHEDULES = ("cosine", "constant")
 ACCUMULATION_MODES = ("exact", "mean_of_micro_means")
@@ -318,13 +319,18 @@ def train_step(state: TrainState, batch, schedule, *, spec: StepSpec, mesh: Mesh
     return new_state, metrics
 
 
-def compile_train_step(*, spec: StepSpec, mesh: Mesh, state_shardings: TrainState):
+def compile_train_step(*, spec: StepSpec, mesh: Mesh, state_shardings: TrainState,
+                       compiler_options: Mapping[str, Any] | None = None):
     """jax.jit(train_step) with explicit shardings, the state donated. Call it under `sharding.mesh_context`;
-    call the result as step(state, batch, schedule.as_arrays())."""
+    call the result as step(state, batch, schedule.as_arrays()). `compiler_options`: default the project's
+    XLA options for the mesh's platform (xla_options.compiler_options)."""
+    if compiler_options is None:
+        compiler_options = xla_options.compiler_options(backend=mesh.devices.flat[0].platform)
     step = functools.partial(train_step, spec=spec, mesh=mesh)
     replicated = sharding_lib.replicated(mesh)
     return jax.jit(step, in_shardings=(state_shardings, sharding_lib.batch_sharding(mesh), replicated),
-                   out_shardings=(state_shardings, replicated), donate_argnums=0)
+                   out_shardings=(state_shardings, replicated), donate_argnums=0,
+                   compiler_options=dict(compiler_options))
 
 
 # ====================================================================================================
@@ -346,7 +352,8 @@ def eval_sums(params, batch, *, loss: LossSpec) -> dict[str, jax.Array]:
 @functools.lru_cache(maxsize=32)
 def jitted_eval_sums(loss: LossSpec, mesh: Mesh):
     """eval_sums compiled once per (loss spec, mesh) and batch shape, reused across runs and steps."""
-    return jax.jit(functools.partial(eval_sums, loss=loss), out_shardings=sharding_lib.replicated(mesh))
+    return jax.jit(functools.partial(eval_sums, loss=loss), out_shardings=sharding_lib.replicated(mesh),
+                   compiler_options=xla_options.compiler_options(backend=mesh.devices.flat[0].platform))
 
 
 def eval_totals(params, batches: Iterable[Mapping[str, np.ndarray]], *, loss: LossSpec, mesh: Mesh,

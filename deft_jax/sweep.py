@@ -20,7 +20,6 @@ summary.png (the metrics against the swept field).
 """
 from __future__ import annotations
 
-import copy
 import csv
 import dataclasses
 import json

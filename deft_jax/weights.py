@@ -25,7 +25,6 @@ import pathlib
 import re
 from typing import Callable, Iterable
 
-import flax.linen as nn
 import jax
 import numpy as np
 

@@ -15,6 +15,7 @@ Usage:
   python experiments/bench_objectives.py                        # (8192, 576, 49152), 5 objectives
   python experiments/bench_objectives.py --vocab 152064 --impls chunked --objectives nll,deft
   python experiments/bench_objectives.py --isolate              # adds the per-case process RSS
+  python experiments/bench_objectives.py --xla project,default  # with and without the trainer's XLA options
 Naive cases whose XLA peak exceeds --max_naive_gib are compiled (for their memory) but not run.
 """
 from __future__ import annotations
@@ -33,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deft_jax import fused, objectives
+from deft_jax import fused, objectives, xla_options
 
 DEFAULT_OBJECTIVES = "nll,prob,deft,cayley,eaft"
 OBJECTIVE_PARAMS = {"deformed_log": {"alpha": 0.5}, "tsallis": {"q": 0.5}, "only_top_p": {"tau": 0.1},
@@ -41,10 +42,11 @@ OBJECTIVE_PARAMS = {"deformed_log": {"alpha": 0.5}, "tsallis": {"q": 0.5}, "only
                     "only_bottom_logp": {"tau": 0.1}}
 
 
-def _loss_fn(*, impl: str, name: str, chunk_size: int, with_metrics: bool = False):
+def _loss_fn(*, impl: str, name: str, chunk_size: int, with_metrics: bool = False, xla: str = "project"):
     """jit(value_and_grad) w.r.t. hidden and weight; `with_metrics` also returns the token means of p,
     entropy and Σπ² that the trainer logs for every objective (so every objective computes all three
-    statistics, as in a train step; without them XLA drops the ones the objective does not read)."""
+    statistics, as in a train step; without them XLA drops the ones the objective does not read).
+    `xla`: "project" compiles with the trainer's `xla_options.compiler_options()`, "default" without."""
     params = OBJECTIVE_PARAMS.get(name, {})
 
     def loss(hidden, weight, targets, mask):
@@ -57,7 +59,8 @@ def _loss_fn(*, impl: str, name: str, chunk_size: int, with_metrics: bool = Fals
                    if key in ("p", "entropy", "collision")} if with_metrics else {}
         return objectives.safe_divide(total, denom), metrics
 
-    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True),
+                   compiler_options=xla_options.compiler_options() if xla == "project" else {})
 
 
 def _inputs(*, tokens: int, d_model: int, vocab: int, seed: int = 0):
@@ -70,21 +73,21 @@ def _inputs(*, tokens: int, d_model: int, vocab: int, seed: int = 0):
 
 
 def compile_case(*, impl: str, name: str, tokens: int, d_model: int, vocab: int, chunk_size: int,
-                 with_metrics: bool = False):
+                 with_metrics: bool = False, xla: str = "project"):
     """(compiled executable, XLA peak bytes = arguments + outputs + temporaries) for one case."""
     args = _inputs(tokens=tokens, d_model=d_model, vocab=vocab)
     compiled = _loss_fn(impl=impl, name=name, chunk_size=chunk_size,
-                        with_metrics=with_metrics).lower(*args).compile()
+                        with_metrics=with_metrics, xla=xla).lower(*args).compile()
     mem = compiled.memory_analysis()
     return compiled, mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
 
 
 def run_case(*, impl: str, name: str, tokens: int, d_model: int, vocab: int, chunk_size: int,
-             repeats: int, max_naive_gib: float, with_metrics: bool = False) -> dict:
+             repeats: int, max_naive_gib: float, with_metrics: bool = False, xla: str = "project") -> dict:
     """One case alone in this process (used by --isolate for its peak RSS)."""
     compiled, xla_peak = compile_case(impl=impl, name=name, tokens=tokens, d_model=d_model, vocab=vocab,
-                                      chunk_size=chunk_size, with_metrics=with_metrics)
-    result = {"impl": impl, "objective": name, "xla_peak": xla_peak, "time": None}
+                                      chunk_size=chunk_size, with_metrics=with_metrics, xla=xla)
+    result = {"impl": _impl_label(impl, xla), "objective": name, "xla_peak": xla_peak, "time": None}
     if impl == "naive" and xla_peak > max_naive_gib * 2**30:
         return result
     args = _inputs(tokens=tokens, d_model=d_model, vocab=vocab)
@@ -112,7 +115,8 @@ def run_interleaved(cases: list[dict], *, tokens: int, d_model: int, vocab: int,
     rows, runnable = [], []
     for case in cases:
         compiled, xla_peak = compile_case(tokens=tokens, d_model=d_model, vocab=vocab, **case)
-        row = {"impl": case["impl"], "objective": case["name"], "xla_peak": xla_peak, "time": None}
+        row = {"impl": _impl_label(case["impl"], case.get("xla", "project")), "objective": case["name"],
+               "xla_peak": xla_peak, "time": None}
         rows.append(row)
         if case["impl"] == "naive" and xla_peak > max_naive_gib * 2**30:
             continue
@@ -129,6 +133,10 @@ def run_interleaved(cases: list[dict], *, tokens: int, d_model: int, vocab: int,
     for row, _, times in runnable:
         row["time"] = statistics.median(times)
     return rows
+
+
+def _impl_label(impl: str, xla: str) -> str:
+    return impl if xla == "project" else f"{impl}, XLA defaults"
 
 
 def _isolated(case: dict) -> dict:
@@ -157,8 +165,8 @@ def print_table(rows: list[dict], *, tokens: int, d_model: int, vocab: int, chun
     by_key = {(r["objective"], r["impl"]): r for r in rows}
     for r in rows:
         nll = by_key.get(("nll", r["impl"]), {}).get("time")
-        naive = by_key.get((r["objective"], "naive"), {}).get("time")
-        vs_naive = _fmt_ratio(r["time"], naive) if r["impl"] == "chunked" else "—"
+        naive = by_key.get((r["objective"], r["impl"].replace("chunked", "naive")), {}).get("time")
+        vs_naive = _fmt_ratio(r["time"], naive) if r["impl"].startswith("chunked") else "—"
         time_s = "not run (too large)" if r["time"] is None else f"{r['time']:.3f}"
         print(f"| {r['objective']} | {r['impl']} | {time_s} | {_fmt_ratio(r['time'], nll)} | {vs_naive} | "
               f"{_fmt_bytes(r['xla_peak'])} | {_fmt_bytes(r.get('rss_peak'))} |")
@@ -177,6 +185,9 @@ def main(argv=None) -> None:
     parser.add_argument("--isolate", action="store_true", help="one subprocess per case (RSS per case)")
     parser.add_argument("--with_metrics", action="store_true",
                         help="also return the token means of p, entropy and Σπ² (what the trainer logs)")
+    parser.add_argument("--xla", default="project",
+                        help="comma-separated from 'project' (the trainer's xla_options.compiler_options()) and "
+                             "'default' (no compiler options), to measure what the options change")
     parser.add_argument("--_case", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args._case:
@@ -191,8 +202,11 @@ def main(argv=None) -> None:
         parser.error(f"--impls: unknown {unknown}; choose from naive, chunked")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"jax {jax.__version__} on {jax.devices()[0].device_kind}")
-    cases = [dict(impl=impl, name=name, chunk_size=args.chunk_size, with_metrics=args.with_metrics)
-             for name in names for impl in impls]
+    xla_choices = [x.strip() for x in args.xla.split(",")]
+    if sorted(set(xla_choices) - {"project", "default"}):
+        parser.error(f"--xla: unknown {sorted(set(xla_choices) - {'project', 'default'})}; choose from project, default")
+    cases = [dict(impl=impl, name=name, chunk_size=args.chunk_size, with_metrics=args.with_metrics, xla=xla)
+             for xla in xla_choices for name in names for impl in impls]
     shape = dict(tokens=args.tokens, d_model=args.d_model, vocab=args.vocab)
     rows = run_interleaved(cases, repeats=args.repeats, max_naive_gib=args.max_naive_gib, **shape)
     if args.isolate:  # peak RSS of a fresh process per case (timing stays the interleaved one)

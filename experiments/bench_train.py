@@ -4,6 +4,7 @@ and the torch + transformers reference step, all measured side by side in one pr
     python experiments/bench_train.py                                  # NLL, DEFT; naive; + torch reference
     python experiments/bench_train.py --objectives all --impls naive,chunked --rounds 3
     python experiments/bench_train.py --torch none --batch 8 --seq 512 --dtype bfloat16 --mesh_data -1
+    python experiments/bench_train.py --impls chunked --xla project,default   # with and without the XLA options
 
 The architecture comes from the SmolLM2-135M-Instruct GGUF metadata (30 layers, d 576, vocab 49152,
 tied embeddings); the weights are random (same shapes and cost as the real ones) and the batch is random
@@ -60,12 +61,17 @@ def objective_spec(name: str) -> objectives.ObjectiveSpec:
     return objectives.parse_objective(name, **OBJECTIVE_PARAMS.get(name, {}))
 
 
-def jax_case(name: str, *, impl: str, model_config, mesh, rules, arrays, state_box: list):
-    """step() -> metrics for one (objective, impl): its own jitted train step on the shared state."""
+def jax_case(name: str, *, impl: str, model_config, mesh, rules, arrays, state_box: list, xla: str = "project"):
+    """step() -> metrics for one (objective, impl): its own jitted train step on the shared state.
+    xla="project": the trainer's program (the project's XLA options); "default": the same step without."""
     optimizer = step_lib.make_optimizer(b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.01)
     spec = step_lib.StepSpec(loss=step_lib.LossSpec(model_config=model_config, objective=objective_spec(name), impl=impl),
                           optimizer=optimizer)
-    compiled = build.jitted_train_step(spec, mesh, rules)
+    if xla == "project":
+        compiled = build.jitted_train_step(spec, mesh, rules)
+    else:
+        _, shardings = build.state_layout(model_config, optimizer, mesh, rules)
+        compiled = step_lib.compile_train_step(spec=spec, mesh=mesh, state_shardings=shardings, compiler_options={})
     schedule = step_lib.Schedule(lr=5e-5, total_steps=1000).as_arrays()
 
     def step():
@@ -148,6 +154,9 @@ def main() -> None:
     parser.add_argument("--scan_unroll", type=int, default=1, help="model.scan_unroll (>= 30: fully unrolled)")
     parser.add_argument("--torch", default="nll,deft",
                         help="torch reference objectives to time beside ours ('none' to skip)")
+    parser.add_argument("--xla", default="project",
+                        help="comma-separated from 'project' (the trainer's compiled step) and 'default' (the same "
+                             "step without the project's XLA compiler options)")
     parser.add_argument("--mesh_data", type=int, default=-1)
     parser.add_argument("--no_checkpoint", action="store_true")
     parser.add_argument("--json", default="", help="also write the results here")
@@ -178,9 +187,13 @@ def main() -> None:
     state_box = [build.init_state(config, model_config=model_config, optimizer=optimizer, mesh=mesh, rules=rules)]
     with sharding_lib.mesh_context(mesh, rules):
         arrays = sharding_lib.put_batch(batch, mesh=mesh, global_rows=args.batch, keys=data_lib.BATCH_KEYS)
-    cases = {(name, impl): jax_case(name, impl=impl, model_config=model_config, mesh=mesh, rules=rules,
-                                    arrays=arrays, state_box=state_box)
-             for impl in impls for name in names}
+    xla_choices = args.xla.split(",")
+    if sorted(set(xla_choices) - {"project", "default"}):
+        parser.error(f"--xla: unknown {sorted(set(xla_choices) - {'project', 'default'})}; choose from project, default")
+    cases = {(name, impl if xla == "project" else f"{impl}, XLA defaults"):
+             jax_case(name, impl=impl, model_config=model_config, mesh=mesh, rules=rules, arrays=arrays,
+                      state_box=state_box, xla=xla)
+             for xla in xla_choices for impl in impls for name in names}
     worker = None
     if torch_objectives:
         worker = torch_reference.TorchWorker(model_config=model_config, objectives=torch_objectives, batch=batch)
@@ -197,7 +210,7 @@ def main() -> None:
           f"| vs naive | tokens/s vs torch NLL |\n|---|---|---|---|---|---|---|---|")
     for (name, impl), row in results.items():
         seconds = row["seconds_per_step"]
-        nll_key, naive_key = ("nll", impl), (name, "naive")
+        nll_key, naive_key = ("nll", impl), (name, impl.replace("chunked", "naive"))
         row.update({"objective": name, "impl": impl, "tokens_per_second": tokens / seconds,
                     "mfu": metrics_lib.model_flops_utilization(flops_per_token=flops_per_token,
                                                                tokens_per_second=tokens / seconds,
@@ -205,7 +218,7 @@ def main() -> None:
                                                                peak_flops_per_device=peak),
                     "vs_nll": seconds / results[nll_key]["seconds_per_step"] if nll_key in results else None,
                     "vs_naive": (seconds / results[naive_key]["seconds_per_step"]
-                                 if impl == "chunked" and naive_key in results else None),
+                                 if impl.startswith("chunked") and naive_key in results else None),
                     "speed_vs_torch_nll": torch_nll / seconds if torch_nll else None})
         rows.append(row)
         fmt = lambda v, spec: "–" if v is None else format(v, spec)  # noqa: E731

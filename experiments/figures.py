@@ -98,7 +98,7 @@ def study_objective_specs() -> dict:
 def initial_panels(workdir: pathlib.Path, *, smoke: bool, num_examples: int, log=print) -> dict:
     """{(regime, objective): statistics} of the untrained model under every objective's gate: what each
     objective does with the base model's tokens at step 0 (cached in <workdir>/initial-<regime>.npz)."""
-    from deft_jax import build, checkpointing, evaluate
+    from deft_jax import build, evaluate
     from deft_jax import data as data_lib
 
     specs = study_objective_specs()

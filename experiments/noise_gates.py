@@ -123,7 +123,6 @@ def measure_task(task: str, *, smoke: bool, num: int, noise: float, seed: int, l
 def measure_run(run_dir: pathlib.Path, *, with_base: bool = True, log=print) -> list[dict]:
     """wrong_answer_rows on a noisy training run's own training set: under its final checkpoint, and (with_base)
     under the base model (the same examples and row lengths), labelled by `model`."""
-    from deft_jax import evaluate
 
     noisy_config = build.load_run_config(run_dir)
     if not noisy_config.data.noise_fraction > 0:
@@ -219,7 +218,6 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     started = time.perf_counter()
     rows = []
     if args.workdir:
-        from deft_jax import evaluate
 
         measured_sets = []
         for run_dir in map(pathlib.Path, args.workdir):

@@ -98,7 +98,8 @@ def study_specs(study: str, *, smoke: bool) -> list[RunSpec]:
 
 def plan(specs: Sequence[RunSpec], *, workdir: pathlib.Path, smoke: bool):
     """deft_jax.sweep.SweepRun per spec (resolved, validated config + trainer command)."""
-    from deft_jax import sweep, train
+    from deft_jax import config as config_lib
+    from deft_jax import sweep
 
     runs = []
     for spec in specs:
@@ -111,7 +112,7 @@ def plan(specs: Sequence[RunSpec], *, workdir: pathlib.Path, smoke: bool):
 
 
 def base_config(regime: str, *, smoke: bool):
-    from deft_jax import train
+    from deft_jax import config as config_lib
 
     return config_lib.load_config(RunSpec(regime, "nll").config_arg(smoke=smoke))
 

@@ -11,7 +11,6 @@ from deft_jax import build
 from deft_jax import checkpointing
 from deft_jax import model as model_lib
 from deft_jax import sharding as sharding_lib
-from deft_jax import train
 
 MODEL = model_lib.ModelConfig.tiny(vocab_size=264)
 OPTIMIZER = step_lib.make_optimizer(b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.01)

@@ -152,7 +152,7 @@ def test_bad_input_errors():
 def test_trainer_loss_chunked_equals_naive(name, params):
     """Through the trainer's own loss path (tiny decoder, packed-style batch): same sum, denominator,
     metrics and parameter gradients with config.loss.impl = 'chunked' as with 'naive'."""
-    from deft_jax import model as model_lib, train
+    from deft_jax import model as model_lib
 
     config = model_lib.ModelConfig.tiny()
     model_params = model_lib.init_params(config, rng=jax.random.PRNGKey(0))

@@ -6,7 +6,6 @@ from jax.sharding import PartitionSpec as P
 
 from deft_jax import model as model_lib
 from deft_jax import sharding as sharding_lib
-from deft_jax import train
 from test_train_utils import losses_by_step, params_leaves, run_in_process, smoke_config
 
 

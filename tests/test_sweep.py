@@ -14,7 +14,7 @@ import time
 import pytest
 
 from deft_jax import config as config_lib
-from deft_jax import sweep, train
+from deft_jax import sweep
 from test_train_utils import subprocess_env
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -17,7 +17,6 @@ ABLATIONS = sorted(p.stem for p in CONFIGS.glob("*.py") if p.stem not in ("base"
 
 def smoke_config(name="nll", arg="", **overrides):
     """configs/<name>.py:smoke[,arg] with dotted-key overrides applied (and validated)."""
-    from deft_jax import train
 
     config = config_lib.load_config(f"{CONFIGS / name}.py:smoke" + (f",{arg}" if arg else ""))
     return config_lib.apply_overrides(config, overrides) if overrides else config

@@ -1,0 +1,153 @@
+"""Where a train step's time goes at SmolLM2-135M shapes: forward, forward + backward, optimizer, batch
+transfer, the whole step, and the float32 matmul ceiling, each with and without the project's XLA options.
+
+    python experiments/profile_train_step.py --objective deft --impl chunked --repeats 3
+
+Every phase is its own jitted program on the same random-init state and random batch as
+experiments/bench_train.py (4 x 256 tokens, the second half of each row supervised):
+  forward      the loss and its metric sums (`step_lib.loss_fn`)
+  fwd+bwd      loss and gradients (`step_lib.accumulate_gradients`)
+  optimizer    global norm, clipping, AdamW, the update and the non-finite skip, given gradients
+  transfer     host batch -> device arrays (`sharding.put_batch`)
+  step         the trainer's whole step
+  matmuls      only the step's matmuls (every layer's projections and the lm-head, forward and the two
+               backward products), as one program: the time a step made of nothing else would take.
+Phases are timed in interleaved rounds (median); the machine may be shared: read the ratios.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import pathlib
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from deft_jax import build, xla_options  # noqa: E402
+from deft_jax import config as config_lib  # noqa: E402
+from deft_jax import data as data_lib  # noqa: E402
+from deft_jax import model as model_lib  # noqa: E402
+from deft_jax import sharding as sharding_lib  # noqa: E402
+from deft_jax import step as step_lib  # noqa: E402
+from deft_jax import weights  # noqa: E402
+from experiments.bench_train import objective_spec, random_batch  # noqa: E402
+
+
+def optimizer_phase(state, grads, schedule, *, spec):
+    """The train step after the gradients (step_lib.train_step's tail, metrics left out)."""
+    grad_norm = step_lib.global_norm(grads)
+    scale = jnp.where(grad_norm > spec.clip_norm, spec.clip_norm / grad_norm, 1.0)
+    grads = jax.tree.map(lambda g: g * scale.astype(g.dtype), grads)
+    lr = step_lib.scheduled_learning_rate(state.step, schedule)
+    direction, opt_state = spec.optimizer.update(grads, state.opt_state, state.params)
+    params = jax.tree.map(lambda p, u: (p - lr * u).astype(p.dtype), state.params, direction)
+    finite = jnp.isfinite(grad_norm)
+    params = jax.tree.map(lambda new, old: jnp.where(finite, new, old), params, state.params)
+    opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), opt_state, state.opt_state)
+    return params, opt_state
+
+
+def matmul_shapes(config, *, tokens: int) -> list[tuple[int, int, int]]:
+    """(m, k, n) of every forward matmul of one step: per layer q, k, v, o, gate, up, down; then the
+    lm-head (attention's scores and values are left out: 2·T²·d per row, small at these lengths)."""
+    d, heads, kv, hd, ff = config.d_model, config.n_heads, config.n_kv_heads, config.head_dim, config.d_ff
+    layer = [(tokens, d, heads * hd), (tokens, d, kv * hd), (tokens, d, kv * hd), (tokens, heads * hd, d),
+             (tokens, d, ff), (tokens, d, ff), (tokens, ff, d)]
+    return layer * config.n_layers + [(tokens, d, config.vocab_size)]
+
+
+def matmul_program(shapes):
+    """Forward z = x w, then dx = dz wᵀ and dw = xᵀ dz for every shape: 3 matmuls each, float32."""
+    def run(operands):
+        outputs = []
+        for x, w in operands:
+            z = x @ w
+            outputs += [jnp.sum(z), jnp.sum(z @ w.T), jnp.sum(x.T @ z)]  # sums: no slice pushed into a dot
+        return jnp.stack(outputs)
+    operands = [(jnp.ones((m, k), jnp.float32) * 1e-3, jnp.ones((k, n), jnp.float32) * 1e-3) for m, k, n in shapes]
+    return run, operands
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--objective", default="deft")
+    parser.add_argument("--impl", default="chunked", choices=step_lib.LOSS_IMPLS)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--seq", type=int, default=256)
+    parser.add_argument("--scan_unroll", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--xla", default="project,default", help="comma-separated from project, default")
+    args = parser.parse_args()
+
+    config = config_lib.load_config(f"{REPO_ROOT}/configs/nll.py")
+    with config.unlocked():
+        config.model.scan_unroll = args.scan_unroll
+        config.model.init = "random"
+    model_config = weights.load_model_config(config.model.name, **build.model_fields(config))
+    mesh = sharding_lib.make_mesh(data=-1)
+    rules = model_lib.DEFAULT_LOGICAL_RULES
+    batch = random_batch(batch=args.batch, seq=args.seq, vocab=model_config.vocab_size)
+    optimizer = step_lib.make_optimizer(b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.01)
+    loss = step_lib.LossSpec(model_config=model_config, objective=objective_spec(args.objective), impl=args.impl)
+    spec = step_lib.StepSpec(loss=loss, optimizer=optimizer)
+    schedule = step_lib.Schedule(lr=5e-5, total_steps=1000).as_arrays()
+    tokens = args.batch * args.seq
+
+    state = build.init_state(config, model_config=model_config, optimizer=optimizer, mesh=mesh, rules=rules)
+    put = functools.partial(sharding_lib.put_batch, batch, mesh=mesh, global_rows=args.batch, keys=data_lib.BATCH_KEYS)
+    with sharding_lib.mesh_context(mesh, rules):
+        arrays = put()
+        grads = jax.tree.map(jnp.zeros_like, state.params)
+        matmuls, operands = matmul_program(matmul_shapes(model_config, tokens=tokens))
+        phases = {}
+        for xla in args.xla.split(","):
+            options = xla_options.compiler_options() if xla == "project" else {}
+
+            def jit(fn, options=options):
+                return jax.jit(fn, compiler_options=options)
+
+            phases[("forward", xla)] = functools.partial(jit(functools.partial(step_lib.loss_fn, loss=loss)),
+                                                         state.params, arrays)
+            phases[("fwd+bwd", xla)] = functools.partial(jit(functools.partial(
+                step_lib.accumulate_gradients, loss=loss, num_micro_batches=1)), state.params, arrays)
+            phases[("optimizer", xla)] = functools.partial(jit(functools.partial(optimizer_phase, spec=spec)),
+                                                           state, grads, schedule)
+            phases[("step", xla)] = functools.partial(jit(functools.partial(step_lib.train_step, spec=spec, mesh=mesh)),
+                                                      state, arrays, schedule)
+            phases[("matmuls", xla)] = functools.partial(jit(matmuls), operands)
+        phases[("transfer", "-")] = put
+        times = {key: [] for key in phases}
+        for key, fn in phases.items():
+            start = time.perf_counter()
+            jax.block_until_ready(fn())
+            print(f"  {key}: compile + first {time.perf_counter() - start:.1f} s", flush=True)
+        for round_index in range(args.repeats):
+            for key, fn in phases.items():
+                start = time.perf_counter()
+                jax.block_until_ready(fn())
+                times[key].append(time.perf_counter() - start)
+            print(f"  round {round_index + 1}: " + ", ".join(f"{k[0]}/{k[1]} {v[-1]:.2f}" for k, v in times.items()),
+                  flush=True)
+
+    flops = sum(2 * m * k * n for m, k, n in matmul_shapes(model_config, tokens=tokens)) * 3
+    print(f"\n{args.objective} {args.impl}, {args.batch} x {args.seq} tokens, scan_unroll {args.scan_unroll}; "
+          f"matmul FLOPs per step (fwd + 2 bwd products, attention excluded) {flops / 1e12:.2f} T\n")
+    print("| phase | " + " | ".join(f"s ({x})" for x in args.xla.split(",")) + " |")
+    print("|---|" + "---|" * len(args.xla.split(",")))
+    for phase in ("forward", "fwd+bwd", "optimizer", "step", "matmuls", "transfer"):
+        cells = []
+        for xla in args.xla.split(",") if phase != "transfer" else ["-"]:
+            value = statistics.median(times[(phase, xla)])
+            cells.append(f"{value:.3f}" + (f" ({flops / value / 1e9:.0f} GFLOP/s)" if phase == "matmuls" else ""))
+        print(f"| {phase} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
