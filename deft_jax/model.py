@@ -25,9 +25,9 @@ With scan_layers=False the layers are 'layers_0', 'layers_1', ... without the le
 
 KV-cache decoding (functional, see `init_cache`): the cache is a dict
   {'k', 'v': [L, B, S, Hkv, hd] (compute dtype), 'segment_ids': [B, S] int32, 'end': int32 scalar}.
-`Decoder(...)(inputs, positions=..., segment_ids=..., cache=cache)` writes the T new keys/values at
-indices end .. end+T-1 of every row, attends over the whole cache with the same mask rules (key index as
-above), and returns (logits, new_cache) with end advanced by T. Left-pad prompts of unequal length with
+`Decoder(...)(inputs, positions=..., segment_ids=..., cache=cache, kv_len=None)` writes the T new keys/values
+at indices end .. end+T-1 of every row, attends over the cache (its first kv_len slots when given, which
+must hold every written slot) with the same mask rules (key index as above), and returns (logits, new_cache) with end advanced by T. Left-pad prompts of unequal length with
 segment id 0 so every row writes at the same index; the sliding-window rule stays exact because each row's
 real tokens are contiguous.
 """
@@ -253,7 +253,7 @@ class Attention(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x, *, positions, segment_ids, layer_cache, kv_segment_ids, cache_end):
+    def __call__(self, x, *, positions, segment_ids, layer_cache, kv_segment_ids, cache_end, kv_len=None):
         c = self.config
         d, h, hkv, hd = c.d_model, c.n_heads, c.n_kv_heads, c.head_dim
 
@@ -283,10 +283,13 @@ class Attention(nn.Module):
             all_k, all_v, layer = layer_cache
             all_k = jax.lax.dynamic_update_slice(all_k, k[None].astype(all_k.dtype), (layer, 0, cache_end, 0, 0))
             all_v = jax.lax.dynamic_update_slice(all_v, v[None].astype(all_v.dtype), (layer, 0, cache_end, 0, 0))
-            k = jax.lax.dynamic_index_in_dim(all_k, layer, axis=0, keepdims=False).astype(q.dtype)
-            v = jax.lax.dynamic_index_in_dim(all_v, layer, axis=0, keepdims=False).astype(q.dtype)
-            mask = attention_mask(q_index=cache_end + jnp.arange(length), k_index=jnp.arange(k.shape[1]),
-                                  q_segment_ids=segment_ids, k_segment_ids=kv_segment_ids,
+            # Read only the first kv_len slots (all of them when None): the caller guarantees that every
+            # slot written so far lies below kv_len, so attention costs what has been written, not max_len.
+            kv_len_read = all_k.shape[2] if kv_len is None else kv_len
+            k = jax.lax.dynamic_slice_in_dim(all_k, layer, 1, axis=0)[0, :, :kv_len_read].astype(q.dtype)
+            v = jax.lax.dynamic_slice_in_dim(all_v, layer, 1, axis=0)[0, :, :kv_len_read].astype(q.dtype)
+            mask = attention_mask(q_index=cache_end + jnp.arange(length), k_index=jnp.arange(kv_len_read),
+                                  q_segment_ids=segment_ids, k_segment_ids=kv_segment_ids[:, :kv_len_read],
                                   sliding_window=c.sliding_window)
             new_cache = (all_k, all_v, layer + 1)
         out = grouped_query_attention(q=q, k=k, v=v, mask=mask)
@@ -313,6 +316,7 @@ class DecoderLayer(nn.Module):
     carry = (x, cache) with cache None or (k [L,B,S,Hkv,hd], v, index of this layer)."""
 
     config: ModelConfig
+    kv_len: int | None = None  # cached decoding: attend over the first kv_len cache slots only
 
     @nn.compact
     def __call__(self, carry, positions, segment_ids, kv_segment_ids, cache_end):
@@ -320,7 +324,7 @@ class DecoderLayer(nn.Module):
         c = self.config
         attn_out, new_cache = Attention(c, name="attn")(
             RMSNorm(c, name="attn_norm")(x), positions=positions, segment_ids=segment_ids,
-            layer_cache=layer_cache, kv_segment_ids=kv_segment_ids, cache_end=cache_end)
+            layer_cache=layer_cache, kv_segment_ids=kv_segment_ids, cache_end=cache_end, kv_len=self.kv_len)
         x = x + attn_out
         x = x + MLP(c, name="mlp")(RMSNorm(c, name="mlp_norm")(x))
         x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
@@ -333,8 +337,10 @@ class Decoder(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, inputs, *, positions=None, segment_ids=None, return_hidden=False, cache=None):
+    def __call__(self, inputs, *, positions=None, segment_ids=None, return_hidden=False, cache=None, kv_len=None):
         c = self.config
+        if kv_len is not None and cache is not None and not 0 < kv_len <= cache["k"].shape[2]:
+            raise ValueError(f"kv_len={kv_len} must lie in [1, {cache['k'].shape[2]}] (the cache length)")
         batch, length = inputs.shape
         if positions is None:  # arange, continuing from the cache end when decoding
             start = 0 if cache is None else cache["end"]
@@ -361,12 +367,12 @@ class Decoder(nn.Module):
                             in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
                             length=c.n_layers, unroll=min(c.scan_unroll, c.n_layers),
                             metadata_params={nn.PARTITION_NAME: "layers"})
-            (x, layer_cache), _ = stack(c, name="layers")((x, layer_cache), positions, segment_ids,
-                                                          kv_segment_ids, cache_end)
+            (x, layer_cache), _ = stack(c, kv_len, name="layers")((x, layer_cache), positions, segment_ids,
+                                                                  kv_segment_ids, cache_end)
         else:
             for i in range(c.n_layers):
-                (x, layer_cache), _ = layer_cls(c, name=f"layers_{i}")((x, layer_cache), positions, segment_ids,
-                                                                       kv_segment_ids, cache_end)
+                (x, layer_cache), _ = layer_cls(c, kv_len, name=f"layers_{i}")(
+                    (x, layer_cache), positions, segment_ids, kv_segment_ids, cache_end)
 
         hidden = RMSNorm(c, name="final_norm")(x)
         if return_hidden:
