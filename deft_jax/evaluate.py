@@ -624,6 +624,14 @@ def _define_flags() -> None:
     flags.DEFINE_integer("generation_batch_size", None, "Prompts per generation batch (default config.eval.batch_size).")
     flags.DEFINE_bool("generate", True, "Score greedy generations (--nogenerate: teacher-forced metrics only).")
     flags.DEFINE_bool("teacher_forced", True, "Teacher-forced metrics (--noteacher_forced: generation only).")
+    flags.DEFINE_string("suite", None, "Score a benchmark suite instead of the run's eval split: math, medical "
+                        "or figfont (deft_jax.suites).")
+    flags.DEFINE_list("benchmarks", None, "With --suite: these benchmarks only (default all), e.g. math500,aime24.")
+    flags.DEFINE_string("data_dir", None, "With --suite: the folder holding the benchmark files.")
+    flags.DEFINE_integer("n", None, "With --suite: samples per problem of sampled benchmarks (math: 16).")
+    flags.DEFINE_integer("seed", None, "With --suite: sampling seed (default the benchmark's, 0).")
+    flags.DEFINE_string("template", None, "With --suite: prompt template by name (default the benchmark's).")
+    flags.DEFINE_bool("rescore", False, "With --suite: recompute the report from saved generations (no model).")
 
 
 def print_table(results: Sequence[Mapping[str, Any]]) -> None:
@@ -633,12 +641,36 @@ def print_table(results: Sequence[Mapping[str, Any]]) -> None:
             print(f"wrote {path}")
 
 
+def _suite_main(FLAGS) -> None:
+    """--suite: deft_jax.suites.evaluate_run_suite with the flags; prints each suite's Markdown table."""
+    from deft_jax import suites
+
+    try:
+        if FLAGS.suite is None:
+            raise EvaluationError("--rescore needs --suite (the suite whose saved generations to rescore)")
+        if FLAGS.config is not None and FLAGS.workdir is not None:
+            raise EvaluationError("pass either --workdir or --config with --base, not both.")
+        reports = suites.evaluate_run_suite(
+            suite=FLAGS.suite, benchmarks=FLAGS.benchmarks, workdir=FLAGS.workdir, config=FLAGS.config,
+            step=FLAGS.step, base=FLAGS.base, data_dir=FLAGS.data_dir, out_dir=FLAGS.out_dir, n=FLAGS.n,
+            num_eval=FLAGS.num_eval, max_new_tokens=FLAGS.max_new_tokens, seed=FLAGS.seed, template=FLAGS.template,
+            rescore=FLAGS.rescore, max_rows=FLAGS.generation_batch_size or 64)
+    except (ValueError, FileNotFoundError, PermissionError) as error:
+        print(f"evaluate: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    for report in reports:
+        print(suites.markdown_report(report))
+
+
 def main(argv: Sequence[str]) -> None:
     from absl import flags
 
     if len(argv) > 1:
         raise SystemExit(f"evaluate: error: unexpected arguments {list(argv[1:])}")
     FLAGS = flags.FLAGS
+    if FLAGS.suite is not None or FLAGS.rescore:
+        _suite_main(FLAGS)
+        return
     options = EvalOptions(num_eval=FLAGS.num_eval, max_new_tokens=FLAGS.max_new_tokens, batch_size=FLAGS.batch_size,
                           generation_batch_size=FLAGS.generation_batch_size, generate=FLAGS.generate,
                           teacher_forced=FLAGS.teacher_forced)

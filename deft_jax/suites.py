@@ -502,3 +502,53 @@ def run_suite(*, params, model_config, tokenizer, suite: str, benchmarks: Sequen
     report = suite_report(suite, selected, out_dir=directory)
     write_report(report, out_dir=directory)
     return report
+
+
+# ====================================================================================================
+# A training run's checkpoint (or its base model) through a suite.
+
+def evaluate_run_suite(*, suite: str, benchmarks: Sequence[str] | None = None, workdir=None, config=None,
+                       step: str | int | None = None, base: bool = False, data_dir=None, out_dir=None,
+                       n: int | None = None, num_eval: int | None = None, max_new_tokens: int | None = None,
+                       seed: int | None = None, template: str | None = None, rescore: bool = False,
+                       max_rows: int = 64, devices=None, progress: bool = True) -> list[dict[str, Any]]:
+    """run_suite (or rescore_suite) for each requested checkpoint of the run in `workdir` (or its base
+    model, or the base model of `config`). Reports go to <out_dir>/<base|step_N>/<suite>/, out_dir
+    defaulting to <workdir>/eval. --rescore reads only those files: no config, model or data."""
+    from deft_jax import evaluate
+
+    select_benchmarks(suite, benchmarks)  # names checked before anything is loaded
+    if workdir is None and config is None:
+        raise SuiteError("pass --workdir (a training run) or --config with --base")
+    if out_dir is None:
+        if workdir is None:
+            raise SuiteError("--suite with --config and no --workdir needs --out_dir for its reports")
+        out_dir = pathlib.Path(workdir) / "eval"
+    if base:
+        steps = [None]
+    elif rescore:
+        steps = [step if step not in (None, "latest") else None]
+        if steps == [None]:
+            found = sorted(pathlib.Path(out_dir).glob(f"step_*/{suite}"))
+            if not found:
+                raise SuiteError(f"--rescore: no saved {suite} generations under {out_dir}; pass --step or --base")
+            steps = [int(found[-1].parent.name.removeprefix("step_"))]
+    else:
+        steps = evaluate.resolve_steps(workdir=workdir, requested=step)
+    if rescore:
+        return [rescore_suite(suite=suite, benchmarks=benchmarks,
+                              out_dir=pathlib.Path(out_dir) / evaluate.report_name(None if s is None else int(s)))
+                for s in steps]
+    if config is None:
+        config = evaluate.load_run_config(workdir)
+    setup = evaluate.build_setup(config, devices=devices)
+    reports = []
+    for one in steps:
+        params = evaluate.base_params(setup) if one is None else evaluate.restore_params(setup, workdir=workdir, step=one)
+        reports.append(run_suite(params=params, model_config=setup.model_config, tokenizer=setup.tokenizer,
+                                 suite=suite, benchmarks=benchmarks, data_dir=data_dir,
+                                 out_dir=pathlib.Path(out_dir) / evaluate.report_name(one), n=n, num_eval=num_eval,
+                                 max_new_tokens=max_new_tokens, seed=seed, template=template, mesh=setup.mesh,
+                                 rules=setup.rules, max_rows=max_rows, progress=progress))
+        del params
+    return reports

@@ -147,3 +147,28 @@ def test_rerun_with_other_settings_is_refused(tiny, tmp_path):
     (out / "math" / "amc23.settings.json").write_text(json.dumps(settings))
     with pytest.raises(suites.SuiteError, match="records other settings"):
         _run(tiny, out, benchmarks=["amc23"])
+
+
+def test_cli_suite_on_the_smoke_base_model_then_rescore(tmp_path):
+    """evaluate --suite figfont --base on the smoke config, then --rescore: the same report, no model."""
+    from configs import nll
+
+    config = nll.get_config("smoke")
+    (report,) = suites.evaluate_run_suite(suite="figfont", config=config, base=True, out_dir=tmp_path, num_eval=3,
+                                          progress=False)
+    assert report["complete"] and report["benchmarks"]["figfont"]["scored"] == 3
+    assert set(report["mean"]) == {"exact_match", "case_insensitive", "jaro_winkler"}
+    written = (tmp_path / "base" / "figfont" / "report.json").read_bytes()
+    (rescored,) = suites.evaluate_run_suite(suite="figfont", config=None, workdir=tmp_path, base=True,
+                                            out_dir=tmp_path, rescore=True)
+    assert rescored == report and (tmp_path / "base" / "figfont" / "report.json").read_bytes() == written
+
+
+def test_cli_bad_suite_is_one_line_exit_2(tmp_path):
+    from test_train_utils import run_module, subprocess_env
+
+    done = run_module("deft_jax.evaluate", "--suite=maths", "--config=configs/nll.py:smoke", "--base",
+                      f"--out_dir={tmp_path}", env=subprocess_env(devices=1))
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == ("evaluate: error: unknown suite 'maths'; did you mean 'math'? "
+                                                    "(known: figfont, math, medical)")
