@@ -458,8 +458,7 @@ def run_suite(*, params, model_config, tokenizer, suite: str, benchmarks: Sequen
         name = check_template(template or benchmark.template)
         problems = load_problems(benchmark, data_dir=data_dir, num_eval=num_eval)
         plans.append((benchmark, decoding, name, problems))
-    stops = sampler.stop_criteria(tokenizer, stop_strings=STOP_STRINGS)
-    for benchmark, decoding, name, problems in plans:
+    for benchmark, decoding, name, problems in plans:  # every benchmark's settings, before any generation
         paths = _paths(directory, benchmark)
         settings = _settings(benchmark, decoding, name, len(problems))
         if paths["settings.json"].is_file():
@@ -467,10 +466,16 @@ def run_suite(*, params, model_config, tokenizer, suite: str, benchmarks: Sequen
             if previous != settings:
                 raise SuiteError(f"{paths['settings.json']} records other settings ({previous}) than this run "
                                  f"({settings}); pass another --out_dir or delete {directory} to start over")
-        else:
+    for benchmark, decoding, name, problems in plans:
+        paths = _paths(directory, benchmark)
+        if not paths["settings.json"].is_file():
             _write_atomically(paths["problems.jsonl"],
                               "".join(json.dumps(dataclasses.asdict(p)) + "\n" for p in problems))
-            _write_atomically(paths["settings.json"], json.dumps(settings, indent=2, sort_keys=True) + "\n")
+            _write_atomically(paths["settings.json"], json.dumps(_settings(benchmark, decoding, name, len(problems)),
+                                                                 indent=2, sort_keys=True) + "\n")
+    stops = sampler.stop_criteria(tokenizer, stop_strings=STOP_STRINGS)
+    for benchmark, decoding, name, problems in plans:
+        paths = _paths(directory, benchmark)
         saved = read_generations(paths["generations.jsonl"])
         todo = [p for p in problems if len(saved.get(p.prompt_id, {})) < decoding.n]
         log(f"{suite}/{benchmark.name}: {len(problems) - len(todo)} of {len(problems)} problems already "

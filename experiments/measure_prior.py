@@ -5,8 +5,9 @@
     python experiments/measure_prior.py --smoke              # tiny random model (plumbing only)
 
 For each candidate task, the first N training examples go through the project's own pipeline (chat
-template, response + EOS supervised, deft_jax.data) and the base model (deft_jax.probe): mean p = Σ p_token / N_tokens over every supervised token, the median p,
-Σπ², entropy, the token NLL, the regime the probe places the task in and the mean example length. `self_distill` is built here: the base
+template, response + EOS supervised, deft_jax.data) and the base model (deft_jax.probe): mean p =
+Σ p_token / N_tokens over every supervised token, the median p, Σπ², entropy, the token NLL, the regime
+the probe places the task in and the mean example length. `self_distill` is built here: the base
 model's own greedy answers (EOS-terminated within --distill_tokens, else dropped) to GSM8K questions,
 cached as JSONL under --cache_dir and read back through the `jsonl` source — strong by construction.
 """
