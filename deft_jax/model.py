@@ -24,7 +24,8 @@ Parameter tree (scan_layers=True stacks every per-layer tensor on a leading 'lay
 With scan_layers=False the layers are 'layers_0', 'layers_1', ... without the leading axis.
 
 KV-cache decoding (functional, see `init_cache`): the cache is a dict
-  {'k', 'v': [L, B, S, Hkv, hd] (compute dtype), 'segment_ids': [B, S] int32, 'end': int32 scalar}.
+  {'k', 'v': [L, B, Hkv, S, hd] (compute dtype), 'segment_ids': [B, S] int32, 'end': int32 scalar}.
+Heads come before positions so that attention reads the cache as stored (no per-step transposed copy).
 `Decoder(...)(inputs, positions=..., segment_ids=..., cache=cache, kv_len=None)` writes the T new keys/values
 at indices end .. end+T-1 of every row, attends over the cache (its first kv_len slots when given, which
 must hold every written slot) with the same mask rules (key index as above), and returns (logits, new_cache) with end advanced by T. Left-pad prompts of unequal length with
@@ -207,6 +208,19 @@ def grouped_query_attention(*, q, k, v, mask) -> jax.Array:
     return out.reshape(batch, length, n_heads, head_dim)
 
 
+def cached_grouped_query_attention(*, q, k, v, mask) -> jax.Array:
+    """grouped_query_attention with k/v in the cache layout [B, Hkv, S, hd] (heads before positions): both
+    contractions then read the cache as stored, with no per-step transpose of it."""
+    batch, length, n_heads, head_dim = q.shape
+    n_kv_heads = k.shape[1]
+    q = q.reshape(batch, length, n_kv_heads, n_heads // n_kv_heads, head_dim)
+    scores = jnp.einsum("btkgd,bksd->bkgts", q, k, preferred_element_type=jnp.float32) * (head_dim**-0.5)
+    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bksd->btkgd", probs, v)
+    return out.reshape(batch, length, n_heads, head_dim)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Modules.
 
@@ -277,22 +291,25 @@ class Attention(nn.Module):
             mask = attention_mask(q_index=index, k_index=index, q_segment_ids=segment_ids,
                                   k_segment_ids=segment_ids, sliding_window=c.sliding_window)
             new_cache = None
+            out = grouped_query_attention(q=q, k=k, v=v, mask=mask)
         else:
-            # The whole [L, B, S, Hkv, hd] cache travels in the carry and only the new slots are written,
+            # The whole [L, B, Hkv, S, hd] cache travels in the carry and only the new slots are written,
             # so XLA updates it in place (no per-step copy of the cache).
-            all_k, all_v, layer = layer_cache
-            all_k = jax.lax.dynamic_update_slice(all_k, k[None].astype(all_k.dtype), (layer, 0, cache_end, 0, 0))
-            all_v = jax.lax.dynamic_update_slice(all_v, v[None].astype(all_v.dtype), (layer, 0, cache_end, 0, 0))
+            all_k, all_v, layer = layer_cache  # [L, B, Hkv, S, hd]
+            new_k = jnp.swapaxes(k, 1, 2)[None].astype(all_k.dtype)
+            new_v = jnp.swapaxes(v, 1, 2)[None].astype(all_v.dtype)
+            all_k = jax.lax.dynamic_update_slice(all_k, new_k, (layer, 0, 0, cache_end, 0))
+            all_v = jax.lax.dynamic_update_slice(all_v, new_v, (layer, 0, 0, cache_end, 0))
             # Read only the first kv_len slots (all of them when None): the caller guarantees that every
             # slot written so far lies below kv_len, so attention costs what has been written, not max_len.
-            kv_len_read = all_k.shape[2] if kv_len is None else kv_len
-            k = jax.lax.dynamic_slice_in_dim(all_k, layer, 1, axis=0)[0, :, :kv_len_read].astype(q.dtype)
-            v = jax.lax.dynamic_slice_in_dim(all_v, layer, 1, axis=0)[0, :, :kv_len_read].astype(q.dtype)
+            kv_len_read = all_k.shape[3] if kv_len is None else kv_len
+            k = jax.lax.dynamic_slice_in_dim(all_k, layer, 1, axis=0)[0, :, :, :kv_len_read].astype(q.dtype)
+            v = jax.lax.dynamic_slice_in_dim(all_v, layer, 1, axis=0)[0, :, :, :kv_len_read].astype(q.dtype)
             mask = attention_mask(q_index=cache_end + jnp.arange(length), k_index=jnp.arange(kv_len_read),
                                   q_segment_ids=segment_ids, k_segment_ids=kv_segment_ids[:, :kv_len_read],
                                   sliding_window=c.sliding_window)
             new_cache = (all_k, all_v, layer + 1)
-        out = grouped_query_attention(q=q, k=k, v=v, mask=mask)
+            out = cached_grouped_query_attention(q=q, k=k, v=v, mask=mask)
         out = nn.with_logical_constraint(out, ("batch", "length", "act_heads", "head_dim"))
         out = Projection(c, "btnk,nkd->btd", (h, hd, d), ("heads", "head_dim", "embed"), name="o_proj")(out)
         return out, new_cache
@@ -313,7 +330,7 @@ class MLP(nn.Module):
 class DecoderLayer(nn.Module):
     """One pre-norm block; signature (carry, *broadcast) -> (carry, None) so it can be nn.scan-ed.
 
-    carry = (x, cache) with cache None or (k [L,B,S,Hkv,hd], v, index of this layer)."""
+    carry = (x, cache) with cache None or (k [L,B,Hkv,S,hd], v, index of this layer)."""
 
     config: ModelConfig
     kv_len: int | None = None  # cached decoding: attend over the first kv_len cache slots only
@@ -339,8 +356,8 @@ class Decoder(nn.Module):
     @nn.compact
     def __call__(self, inputs, *, positions=None, segment_ids=None, return_hidden=False, cache=None, kv_len=None):
         c = self.config
-        if kv_len is not None and cache is not None and not 0 < kv_len <= cache["k"].shape[2]:
-            raise ValueError(f"kv_len={kv_len} must lie in [1, {cache['k'].shape[2]}] (the cache length)")
+        if kv_len is not None and cache is not None and not 0 < kv_len <= cache["k"].shape[3]:
+            raise ValueError(f"kv_len={kv_len} must lie in [1, {cache['k'].shape[3]}] (the cache length)")
         batch, length = inputs.shape
         if positions is None:  # arange, continuing from the cache end when decoding
             start = 0 if cache is None else cache["end"]
@@ -472,8 +489,8 @@ def stacked_params(params: dict, config: ModelConfig) -> dict:
 
 
 def init_cache(config: ModelConfig, *, batch_size: int, max_len: int) -> dict:
-    """Empty KV cache: k, v zeros [L, B, max_len, Hkv, hd] in the compute dtype, segment_ids 0, end 0."""
-    shape = (config.n_layers, batch_size, max_len, config.n_kv_heads, config.head_dim)
+    """Empty KV cache: k, v zeros [L, B, Hkv, max_len, hd] in the compute dtype, segment_ids 0, end 0."""
+    shape = (config.n_layers, batch_size, config.n_kv_heads, max_len, config.head_dim)
     dtype = jnp.dtype(config.dtype)
     return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
             "segment_ids": jnp.zeros((batch_size, max_len), jnp.int32), "end": jnp.zeros((), jnp.int32)}

@@ -229,8 +229,8 @@ def _cache_spec(mesh, rules):
     batch, heads = mapping.get("batch"), mapping.get("act_kv_heads")
 
     def spec(x):
-        if x.ndim == 5:      # k, v [L, R, S, Hkv, hd]
-            return PartitionSpec(None, batch, None, heads, None)
+        if x.ndim == 5:      # k, v [L, R, Hkv, S, hd]
+            return PartitionSpec(None, batch, heads, None, None)
         if x.ndim == 2:      # segment_ids [R, S], logits [R, V]
             return PartitionSpec(batch, None)
         if x.ndim == 1:      # per-row vectors
