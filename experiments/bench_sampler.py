@@ -33,6 +33,7 @@ def main():
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--n", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--batch", type=int, nargs="*", default=[1, 8], help="generate batch sizes (none: skip)")
     args = parser.parse_args()
 
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
@@ -71,10 +72,10 @@ def main():
             return time.perf_counter() - start, None
         return run
 
-    settings = {"generate batch 1": generate_batch(1), "generate batch 8": generate_batch(8),
-                f"n={args.n} shared prefill (sampler)": sampler_n(True),
+    settings = {f"generate batch {batch}": generate_batch(batch) for batch in args.batch}
+    settings.update({f"n={args.n} shared prefill (sampler)": sampler_n(True),
                 f"n={args.n} independent rows (sampler)": sampler_n(False),
-                f"n={args.n} generate path (prompt x {args.n})": generate_n}
+                     f"n={args.n} generate path (prompt x {args.n})": generate_n})
     for name, run in settings.items():
         start = time.perf_counter()
         run()
@@ -88,7 +89,7 @@ def main():
     print(f"\nload average now {os.getloadavg()[0]:.1f}\n")
     print("| setting | seconds (prefill + decode) | new tokens/s | decode ms/step |\n|---|---|---|---|")
     for name, (seconds, per_step) in best.items():
-        rows = 1 if "batch 1" in name else 8 if "batch 8" in name else args.n
+        rows = int(name.rsplit(" ", 1)[1]) if name.startswith("generate batch") else args.n
         step = f"{per_step * 1e3:.1f}" if per_step is not None else "–"
         print(f"| {name} | {seconds:.2f} | {rows * args.new_tokens / seconds:.1f} | {step} |")
 
