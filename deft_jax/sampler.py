@@ -53,7 +53,8 @@ class Request:
 class Sample:
     prompt_id: int
     sample_index: int
-    tokens: tuple[int, ...]   # new tokens, the stop token (or the tokens of a stop string) excluded
+    tokens: tuple[int, ...]   # new tokens, the stop token excluded (after a stop string: up to the end of
+                              # the chunk in which it appeared)
     text: str                 # decoded, special tokens skipped, cut before any stop string
     stop_reason: str          # STOP_TOKEN, STOP_STRING or LENGTH
     num_tokens: int           # tokens generated, stop token included (what was paid for)
@@ -144,12 +145,6 @@ def sample_rows(logits: jax.Array, *, keys: jax.Array, temperature: float, top_p
     if top_p < 1.0:
         tempered = generate_lib.top_p_filter(tempered, top_p=top_p)
     return jax.vmap(lambda key, row: jax.random.categorical(key, row))(keys, tempered).astype(jnp.int32)
-
-
-@functools.partial(jax.jit, static_argnames=("config", "max_len"))
-def prefill(params, tokens, positions, segment_ids, *, config: ModelConfig, max_len: int):
-    """(last-token logits [P, V], cache of max_len slots) for P prompts (left-padded)."""
-    return generate_lib.prefill(params, tokens, positions, segment_ids, config=config, max_len=max_len)
 
 
 @functools.partial(jax.jit, static_argnames=("repeats",))
@@ -292,7 +287,7 @@ def _sample_batch(params, config, requests, *, options, stops, decode_text, pad_
     if config.scan_layers is False:
         params = model_lib.stacked_params(params, config)
         config = config.replace(scan_layers=True)
-    logits, cache = prefill(params, tokens, positions, segment_ids, config=config, max_len=max_len)
+    logits, cache = generate_lib.prefill(params, tokens, positions, segment_ids, config=config, max_len=max_len)
     if repeats > 1:
         logits, cache = repeat_rows(logits, cache, repeats=repeats)
     if mesh is not None:

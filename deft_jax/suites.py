@@ -523,8 +523,8 @@ def evaluate_run_suite(*, suite: str, benchmarks: Sequence[str] | None = None, w
     from deft_jax import evaluate
 
     select_benchmarks(suite, benchmarks)  # names checked before anything is loaded
-    if workdir is None and config is None:
-        raise SuiteError("pass --workdir (a training run) or --config with --base")
+    if workdir is None and config is None and not (rescore and out_dir is not None):
+        raise SuiteError("pass --workdir (a training run) or --config with --base (--rescore: or --out_dir)")
     if out_dir is None:
         if workdir is None:
             raise SuiteError("--suite with --config and no --workdir needs --out_dir for its reports")
