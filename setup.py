@@ -30,13 +30,14 @@ CORE = [
     "tensorboardX>=2.6",
     "tqdm>=4.66",
     "math-verify>=0.8",
+    "rapidfuzz>=3.0",  # Jaro-Winkler (FigFont scoring)
     "matplotlib>=3.8",
 ]
 
 TEST = [
     "pytest>=8",
     "pytest-xdist>=3.5",
-    "rapidfuzz>=3.0",  # independent Jaro-Winkler reference for the scoring tests
+    "jellyfish>=1.0",  # independent Jaro-Winkler reference for the scoring tests
     # Independent reference implementation for logits parity (torch 2.13.0 CPU lies on these machines).
     "torch==2.13.0",
     "transformers>=4.56",

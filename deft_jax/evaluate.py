@@ -44,9 +44,9 @@ from deft_jax import reporting
 from deft_jax import scoring
 from deft_jax import sharding as sharding_lib
 from deft_jax import step as step_lib
+from deft_jax import suites
 
 DEFAULT_MAX_NEW_TOKENS = {"figfont": 5, "gsm8k": 256, "math": 1024, "reasoning_gym": 64}
-BASE_NAME = "base"
 
 
 class EvaluationError(cli.UserError):
@@ -225,14 +225,10 @@ def run_description(setup: build.ModelSetup, *, workdir, step: int | None) -> di
             "mesh": {name: int(size) for name, size in setup.mesh.shape.items()}}
 
 
-def report_name(step: int | None) -> str:
-    return BASE_NAME if step is None else f"step_{step}"
-
-
 def summary_row(result: Mapping[str, Any]) -> dict[str, Any]:
     """The headline numbers of one evaluation: 'examples' counts the teacher-forced examples (those kept by
     data.truncation), 'generated' the prompts decoded and scored."""
-    row = {"row": report_name(result.get("step")), "examples": None}
+    row = {"row": reporting.report_name(result.get("step")), "examples": None}
     teacher = result.get("teacher_forced") or {}
     for name in step_lib.TEACHER_FORCED_METRICS:
         row[name] = teacher.get(name)
@@ -276,7 +272,7 @@ def markdown_report(result: Mapping[str, Any], *, max_samples: int = 10) -> str:
 
 def write_reports(result: Mapping[str, Any], *, out_dir: str | pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
     """<out_dir>/<step_N|base>.json and .md, each written atomically."""
-    name = report_name(result["step"])
+    name = reporting.report_name(result["step"])
     return (reporting.write_json(pathlib.Path(out_dir) / f"{name}.json", dict(result)),
             reporting.write_text(pathlib.Path(out_dir) / f"{name}.md", markdown_report(result)))
 
@@ -336,6 +332,14 @@ def _define_flags() -> None:
     flags.DEFINE_integer("generation_batch_size", None, "Prompts per generation batch (default config.eval.batch_size).")
     flags.DEFINE_bool("generate", True, "Score greedy generations (--nogenerate: teacher-forced metrics only).")
     flags.DEFINE_bool("teacher_forced", True, "Teacher-forced metrics (--noteacher_forced: generation only).")
+    flags.DEFINE_string("suite", None, "Score a benchmark suite instead of the run's eval split: math, medical "
+                        "or figfont (deft_jax.suites).")
+    flags.DEFINE_list("benchmarks", None, "With --suite: these benchmarks only (default all), e.g. math500,aime24.")
+    flags.DEFINE_string("data_dir", None, "With --suite: the folder holding the benchmark files.")
+    flags.DEFINE_integer("n", None, "With --suite: samples per problem of sampled benchmarks (math: 16).")
+    flags.DEFINE_integer("seed", None, "With --suite: sampling seed (default the benchmark's, 0).")
+    flags.DEFINE_string("template", None, "With --suite: prompt template by name (default the benchmark's).")
+    flags.DEFINE_bool("rescore", False, "With --suite: recompute the report from saved generations (no model).")
 
 
 def print_table(results: Sequence[Mapping[str, Any]]) -> None:
@@ -345,12 +349,30 @@ def print_table(results: Sequence[Mapping[str, Any]]) -> None:
             print(f"wrote {path}")
 
 
+def _suite_main(FLAGS) -> None:
+    """--suite: deft_jax.suites.evaluate_run_suite with the flags; prints each suite's Markdown table."""
+    if FLAGS.suite is None:
+        raise EvaluationError("--rescore needs --suite (the suite whose saved generations to rescore)")
+    if FLAGS.config is not None and FLAGS.workdir is not None:
+        raise EvaluationError("pass either --workdir or --config with --base, not both.")
+    reports = suites.evaluate_run_suite(
+        suite=FLAGS.suite, benchmarks=FLAGS.benchmarks, workdir=FLAGS.workdir, config=FLAGS.config,
+        step=FLAGS.step, base=FLAGS.base, data_dir=FLAGS.data_dir, out_dir=FLAGS.out_dir, n=FLAGS.n,
+        num_eval=FLAGS.num_eval, max_new_tokens=FLAGS.max_new_tokens, seed=FLAGS.seed, template=FLAGS.template,
+        rescore=FLAGS.rescore, max_rows=FLAGS.generation_batch_size or 64)
+    for report in reports:
+        print(suites.markdown_report(report))
+
+
 def main(argv: Sequence[str]) -> None:
     from absl import flags
 
     if len(argv) > 1:
         raise cli.UserError(f"unexpected arguments {list(argv[1:])}")
     FLAGS = flags.FLAGS
+    if FLAGS.suite is not None or FLAGS.rescore:
+        _suite_main(FLAGS)
+        return
     options = EvalOptions(num_eval=FLAGS.num_eval, max_new_tokens=FLAGS.max_new_tokens, batch_size=FLAGS.batch_size,
                           generation_batch_size=FLAGS.generation_batch_size, generate=FLAGS.generate,
                           teacher_forced=FLAGS.teacher_forced)

@@ -24,10 +24,11 @@ Parameter tree (scan_layers=True stacks every per-layer tensor on a leading 'lay
 With scan_layers=False the layers are 'layers_0', 'layers_1', ... without the leading axis.
 
 KV-cache decoding (functional, see `init_cache`): the cache is a dict
-  {'k', 'v': [L, B, S, Hkv, hd] (compute dtype), 'segment_ids': [B, S] int32, 'end': int32 scalar}.
-`Decoder(...)(inputs, positions=..., segment_ids=..., cache=cache)` writes the T new keys/values at
-indices end .. end+T-1 of every row, attends over the whole cache with the same mask rules (key index as
-above), and returns (logits, new_cache) with end advanced by T. Left-pad prompts of unequal length with
+  {'k', 'v': [L, B, Hkv, S, hd] (compute dtype), 'segment_ids': [B, S] int32, 'end': int32 scalar}.
+Heads come before positions so that attention reads the cache as stored (no per-step transposed copy).
+`Decoder(...)(inputs, positions=..., segment_ids=..., cache=cache, kv_len=None)` writes the T new keys/values
+at indices end .. end+T-1 of every row, attends over the cache (its first kv_len slots when given, which
+must hold every written slot) with the same mask rules (key index as above), and returns (logits, new_cache) with end advanced by T. Left-pad prompts of unequal length with
 segment id 0 so every row writes at the same index; the sliding-window rule stays exact because each row's
 real tokens are contiguous.
 """
@@ -209,6 +210,19 @@ def grouped_query_attention(*, q, k, v, mask) -> jax.Array:
     return out.reshape(batch, length, n_heads, head_dim)
 
 
+def cached_grouped_query_attention(*, q, k, v, mask) -> jax.Array:
+    """grouped_query_attention with k/v in the cache layout [B, Hkv, S, hd] (heads before positions): both
+    contractions then read the cache as stored, with no per-step transpose of it."""
+    batch, length, n_heads, head_dim = q.shape
+    n_kv_heads = k.shape[1]
+    q = q.reshape(batch, length, n_kv_heads, n_heads // n_kv_heads, head_dim)
+    scores = jnp.einsum("btkgd,bksd->bkgts", q, k, preferred_element_type=jnp.float32) * (head_dim**-0.5)
+    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bksd->btkgd", probs, v)
+    return out.reshape(batch, length, n_heads, head_dim)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Modules.
 
@@ -255,7 +269,7 @@ class Attention(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x, *, positions, segment_ids, layer_cache, kv_segment_ids, cache_end):
+    def __call__(self, x, *, positions, segment_ids, layer_cache, kv_segment_ids, cache_end, kv_len=None):
         c = self.config
         d, h, hkv, hd = c.d_model, c.n_heads, c.n_kv_heads, c.head_dim
 
@@ -279,19 +293,25 @@ class Attention(nn.Module):
             mask = attention_mask(q_index=index, k_index=index, q_segment_ids=segment_ids,
                                   k_segment_ids=segment_ids, sliding_window=c.sliding_window)
             new_cache = None
+            out = grouped_query_attention(q=q, k=k, v=v, mask=mask)
         else:
-            # The whole [L, B, S, Hkv, hd] cache travels in the carry and only the new slots are written,
+            # The whole [L, B, Hkv, S, hd] cache travels in the carry and only the new slots are written,
             # so XLA updates it in place (no per-step copy of the cache).
-            all_k, all_v, layer = layer_cache
-            all_k = jax.lax.dynamic_update_slice(all_k, k[None].astype(all_k.dtype), (layer, 0, cache_end, 0, 0))
-            all_v = jax.lax.dynamic_update_slice(all_v, v[None].astype(all_v.dtype), (layer, 0, cache_end, 0, 0))
-            k = jax.lax.dynamic_index_in_dim(all_k, layer, axis=0, keepdims=False).astype(q.dtype)
-            v = jax.lax.dynamic_index_in_dim(all_v, layer, axis=0, keepdims=False).astype(q.dtype)
-            mask = attention_mask(q_index=cache_end + jnp.arange(length), k_index=jnp.arange(k.shape[1]),
-                                  q_segment_ids=segment_ids, k_segment_ids=kv_segment_ids,
+            all_k, all_v, layer = layer_cache  # [L, B, Hkv, S, hd]
+            new_k = jnp.swapaxes(k, 1, 2)[None].astype(all_k.dtype)
+            new_v = jnp.swapaxes(v, 1, 2)[None].astype(all_v.dtype)
+            all_k = jax.lax.dynamic_update_slice(all_k, new_k, (layer, 0, 0, cache_end, 0))
+            all_v = jax.lax.dynamic_update_slice(all_v, new_v, (layer, 0, 0, cache_end, 0))
+            # Read only the first kv_len slots (all of them when None): the caller guarantees that every
+            # slot written so far lies below kv_len, so attention costs what has been written, not max_len.
+            kv_len_read = all_k.shape[3] if kv_len is None else kv_len
+            k = jax.lax.dynamic_slice_in_dim(all_k, layer, 1, axis=0)[0, :, :, :kv_len_read].astype(q.dtype)
+            v = jax.lax.dynamic_slice_in_dim(all_v, layer, 1, axis=0)[0, :, :, :kv_len_read].astype(q.dtype)
+            mask = attention_mask(q_index=cache_end + jnp.arange(length), k_index=jnp.arange(kv_len_read),
+                                  q_segment_ids=segment_ids, k_segment_ids=kv_segment_ids[:, :kv_len_read],
                                   sliding_window=c.sliding_window)
             new_cache = (all_k, all_v, layer + 1)
-        out = grouped_query_attention(q=q, k=k, v=v, mask=mask)
+            out = cached_grouped_query_attention(q=q, k=k, v=v, mask=mask)
         out = nn.with_logical_constraint(out, ("batch", "length", "act_heads", "head_dim"))
         out = Projection(c, "btnk,nkd->btd", (h, hd, d), ("heads", "head_dim", "embed"), name="o_proj")(out)
         return out, new_cache
@@ -312,9 +332,10 @@ class MLP(nn.Module):
 class DecoderLayer(nn.Module):
     """One pre-norm block; signature (carry, *broadcast) -> (carry, None) so it can be nn.scan-ed.
 
-    carry = (x, cache) with cache None or (k [L,B,S,Hkv,hd], v, index of this layer)."""
+    carry = (x, cache) with cache None or (k [L,B,Hkv,S,hd], v, index of this layer)."""
 
     config: ModelConfig
+    kv_len: int | None = None  # cached decoding: attend over the first kv_len cache slots only
 
     @nn.compact
     def __call__(self, carry, positions, segment_ids, kv_segment_ids, cache_end):
@@ -322,7 +343,7 @@ class DecoderLayer(nn.Module):
         c = self.config
         attn_out, new_cache = Attention(c, name="attn")(
             RMSNorm(c, name="attn_norm")(x), positions=positions, segment_ids=segment_ids,
-            layer_cache=layer_cache, kv_segment_ids=kv_segment_ids, cache_end=cache_end)
+            layer_cache=layer_cache, kv_segment_ids=kv_segment_ids, cache_end=cache_end, kv_len=self.kv_len)
         x = x + attn_out
         x = x + MLP(c, name="mlp")(RMSNorm(c, name="mlp_norm")(x))
         x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
@@ -335,8 +356,10 @@ class Decoder(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, inputs, *, positions=None, segment_ids=None, return_hidden=False, cache=None):
+    def __call__(self, inputs, *, positions=None, segment_ids=None, return_hidden=False, cache=None, kv_len=None):
         c = self.config
+        if kv_len is not None and cache is not None and not 0 < kv_len <= cache["k"].shape[3]:
+            raise ValueError(f"kv_len={kv_len} must lie in [1, {cache['k'].shape[3]}] (the cache length)")
         batch, length = inputs.shape
         if positions is None:  # arange, continuing from the cache end when decoding
             start = 0 if cache is None else cache["end"]
@@ -363,12 +386,12 @@ class Decoder(nn.Module):
                             in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
                             length=c.n_layers, unroll=min(c.scan_unroll, c.n_layers),
                             metadata_params={nn.PARTITION_NAME: "layers"})
-            (x, layer_cache), _ = stack(c, name="layers")((x, layer_cache), positions, segment_ids,
-                                                          kv_segment_ids, cache_end)
+            (x, layer_cache), _ = stack(c, kv_len, name="layers")((x, layer_cache), positions, segment_ids,
+                                                                  kv_segment_ids, cache_end)
         else:
             for i in range(c.n_layers):
-                (x, layer_cache), _ = layer_cls(c, name=f"layers_{i}")((x, layer_cache), positions, segment_ids,
-                                                                       kv_segment_ids, cache_end)
+                (x, layer_cache), _ = layer_cls(c, kv_len, name=f"layers_{i}")(
+                    (x, layer_cache), positions, segment_ids, kv_segment_ids, cache_end)
 
         hidden = RMSNorm(c, name="final_norm")(x)
         if return_hidden:
@@ -478,8 +501,8 @@ def stacked_params(params: dict, config: ModelConfig) -> dict:
 
 
 def init_cache(config: ModelConfig, *, batch_size: int, max_len: int) -> dict:
-    """Empty KV cache: k, v zeros [L, B, max_len, Hkv, hd] in the compute dtype, segment_ids 0, end 0."""
-    shape = (config.n_layers, batch_size, max_len, config.n_kv_heads, config.head_dim)
+    """Empty KV cache: k, v zeros [L, B, Hkv, max_len, hd] in the compute dtype, segment_ids 0, end 0."""
+    shape = (config.n_layers, batch_size, config.n_kv_heads, max_len, config.head_dim)
     dtype = jnp.dtype(config.dtype)
     return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
             "segment_ids": jnp.zeros((batch_size, max_len), jnp.int32), "end": jnp.zeros((), jnp.int32)}

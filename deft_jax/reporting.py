@@ -57,3 +57,11 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], *, columns: Sequence[str] 
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(format_cell(row.get(column)) for column in columns) + " |" for row in rows]
     return "\n".join(lines)
+
+
+BASE_NAME = "base"
+
+
+def report_name(step: int | None) -> str:
+    """'base' for the model before fine-tuning (step None), else 'step_<N>': a report's file or folder name."""
+    return BASE_NAME if step is None else f"step_{step}"

@@ -1,10 +1,13 @@
 """Scoring of generated answers, one function per task, as the paper scores each task.
 
-- FigFont: Jaro-Winkler similarity of the lower-cased, stripped prediction and reference.
+- FigFont: Jaro-Winkler similarity of the lower-cased, stripped prediction and reference (rapidfuzz);
+  `figfont_metrics` adds exact and case-insensitive match.
 - GSM8K: exact match of the final number (the `#### N` line, "the answer is N", \\boxed{N}, else the
   last number), after normalisation (commas, `$`, `%`, trailing zeros: 3.50 == 3.5).
 - MATH: the last \\boxed{...} (or \\fbox{...}) of the prediction, checked for mathematical equivalence
   with the reference answer by the maintained `math-verify` package (parse + verify).
+- Medical multiple choice: the option letter of the last \\boxed{} or of the last option-letter phrase
+  ("the answer is (C)", "Answer: C", "**C.**", a response that starts with "C."), equal to the reference.
 - reasoning-gym tasks: the dataset's own `score_answer(answer, entry)`.
 
 All scores are floats in [0, 1]. `score(task, prediction=..., reference=..., entry=...)` dispatches by
@@ -22,66 +25,38 @@ from typing import Any, Callable, Mapping
 # ----------------------------------------------------------------------------------------------------
 
 
-def jaro(a: str, b: str) -> float:
-    """Jaro similarity.
+def jaro_winkler(a: str, b: str, *, prefix_weight: float = 0.1) -> float:
+    """Jaro-Winkler similarity (rapidfuzz): jw = jaro + l * prefix_weight * (1 - jaro), case-sensitive.
 
-    Characters match when equal and at most `max(|a|, |b|) // 2 - 1` positions apart (each character
-    matched at most once, greedily left to right); t = floor(half the number of matched characters that
-    are out of order), the integer halving of Winkler's strcmp95 that `jellyfish` and `rapidfuzz` keep;
-    jaro = (m/|a| + m/|b| + (m - t)/m) / 3, and 0 when m = 0. Both empty -> 1.0, one empty -> 0.0.
+    l = length of the common prefix, at most 4; as in Winkler's definition the boost applies only when
+    jaro > 0.7. Both empty -> 1.0, one empty -> 0.0. Examples: MARTHA/MARHTA 0.9611, DWAYNE/DUANE 0.84.
     """
-    if not a and not b:
-        return 1.0
-    if not a or not b:
-        return 0.0
-    window = max(max(len(a), len(b)) // 2 - 1, 0)
-    b_taken = [False] * len(b)
-    a_matched_chars = []
-    for i, char in enumerate(a):
-        for j in range(max(0, i - window), min(len(b), i + window + 1)):
-            if not b_taken[j] and b[j] == char:
-                b_taken[j] = True
-                a_matched_chars.append(char)
-                break
-    matches = len(a_matched_chars)
-    if matches == 0:
-        return 0.0
-    b_matched_chars = [char for char, taken in zip(b, b_taken) if taken]
-    transpositions = sum(x != y for x, y in zip(a_matched_chars, b_matched_chars)) // 2
-    return (matches / len(a) + matches / len(b) + (matches - transpositions) / matches) / 3
+    from rapidfuzz.distance import JaroWinkler
 
-
-def jaro_winkler(
-    a: str, b: str, *, prefix_scale: float = 0.1, max_prefix: int = 4, boost_threshold: float = 0.7
-) -> float:
-    """Jaro-Winkler similarity: jw = jaro + l * prefix_scale * (1 - jaro).
-
-    l = length of the common prefix, at most `max_prefix`. As in Winkler's definition (and in the
-    `jellyfish` and `rapidfuzz` packages) the prefix boost applies only when jaro > `boost_threshold`
-    (0.7); pass boost_threshold=0.0 for the variant that always boosts. Case-sensitive; both empty ->
-    1.0, one empty -> 0.0. Examples: MARTHA/MARHTA 0.9611, DWAYNE/DUANE 0.84, DIXON/DICKSONX 0.8133.
-    """
     if not isinstance(a, str) or not isinstance(b, str):
         raise TypeError(f"jaro_winkler expects two str, got {type(a).__name__} and {type(b).__name__}")
-    if not 0.0 <= prefix_scale * max_prefix <= 1.0:
-        raise ValueError(
-            f"prefix_scale * max_prefix must lie in [0, 1] to keep the score <= 1, got "
-            f"{prefix_scale} * {max_prefix}"
-        )
-    similarity = jaro(a, b)
-    if similarity <= boost_threshold:
-        return similarity
-    prefix = 0
-    for x, y in zip(a[:max_prefix], b[:max_prefix]):
-        if x != y:
-            break
-        prefix += 1
-    return similarity + prefix * prefix_scale * (1.0 - similarity)
+    if not 0.0 <= prefix_weight <= 0.25:
+        raise ValueError(f"prefix_weight must lie in [0, 0.25] (prefix <= 4) to keep the score <= 1, got "
+                         f"{prefix_weight}")
+    return float(JaroWinkler.similarity(a, b, prefix_weight=prefix_weight))
 
 
 def figfont_score(*, prediction: str, reference: str) -> float:
     """FigFont score: Jaro-Winkler similarity of prediction.strip().lower() and reference.strip().lower()."""
     return jaro_winkler(prediction.strip().lower(), reference.strip().lower())
+
+
+def figfont_metrics(*, prediction: str, reference: str) -> dict[str, float]:
+    """The paper's three FigFont figures for one answer:
+
+    exact_match        prediction.strip() == reference.strip()
+    case_insensitive   the same after lower()
+    jaro_winkler       figfont_score (lowercased, stripped; prefix weight 0.1, prefix <= 4)
+    """
+    predicted, expected = prediction.strip(), reference.strip()
+    return {"exact_match": float(predicted == expected),
+            "case_insensitive": float(predicted.lower() == expected.lower()),
+            "jaro_winkler": figfont_score(prediction=prediction, reference=reference)}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -231,6 +206,60 @@ def math_score(*, prediction: str, reference: str) -> float:
 
 
 # ----------------------------------------------------------------------------------------------------
+# Medical multiple choice
+# ----------------------------------------------------------------------------------------------------
+
+DEFAULT_OPTION_LETTERS = "ABCDEFGHIJ"
+
+
+def _letter_patterns(letters: str) -> list[re.Pattern]:
+    """Option-letter phrases, most explicit first; each captures the letter in group 'letter'."""
+    letter = rf"(?P<letter>[{letters}])"
+    after = r"(?![A-Za-z0-9])"  # "A" in "Aspirin" or "A1c" is no option letter
+    phrase = r"\**\s*(?:(?i:is|would be|should be|=)\s*)?[:\-]?\s*(?:\*\*|\$|\\text\{|\s)*\(?\[?"
+    return [
+        # "the answer is (C)", "Answer: C", "final answer: **C. Aspirin**"
+        re.compile(r"(?i:answer)" + phrase + letter + after),
+        # "the correct option is C", "best choice would be (B)", "Option C"
+        re.compile(r"(?i:option|choice)" + phrase + letter + after),
+        # "**C.**", "**C)**", "**(C)**", "**C. Aspirin**", "**C**"
+        re.compile(r"\*\*\s*\(?" + letter + r"(?:[.):]|\)?\*\*)"),
+        # "(C) is correct", "C is the correct answer", "C is correct"
+        re.compile(r"\(?" + letter + r"\)?\s+is\s+(?i:the\s+)?(?i:correct|right|best)" + after),
+    ]
+
+
+def extract_choice_letter(text: str, *, letters: str = DEFAULT_OPTION_LETTERS) -> str | None:
+    """The option letter a response chose, or None.
+
+    Order: the last \\boxed{...} whose content starts with a letter ("C", "(C)", "C. Aspirin",
+    "\\text{C}"); else the last option-letter phrase (answer/option/choice is C, **C.**, "C is correct");
+    else a response that starts with the letter ("C", "C. Aspirin ...", "(C) ..."). Letters outside
+    `letters` (the options present) never count.
+    """
+    boxed = extract_boxed(text)
+    if boxed is not None:
+        content = re.sub(r"\\text(?:bf)?\{([^}]*)\}", r"\1", boxed).strip()
+        match = re.match(rf"\(?(?P<letter>[{letters}])\)?(?![A-Za-z0-9])", content)
+        if match:
+            return match.group("letter")
+    for pattern in _letter_patterns(letters):
+        matches = list(pattern.finditer(text))
+        if matches:
+            return matches[-1].group("letter")
+    match = re.match(rf"\s*\(?(?P<letter>[{letters}])(?:[.):]|\)|\s*$)", text)
+    return match.group("letter") if match else None
+
+
+def multiple_choice_score(*, prediction: str, reference: str, letters: str = DEFAULT_OPTION_LETTERS) -> float:
+    """1.0 if the response's option letter (extract_choice_letter) equals `reference` (a letter), else 0.0."""
+    expected = reference.strip().strip("()").upper()
+    if len(expected) != 1 or expected not in letters:
+        raise ValueError(f"multiple-choice reference {reference!r} is not one of the option letters {letters!r}")
+    return float(extract_choice_letter(prediction, letters=letters) == expected)
+
+
+# ----------------------------------------------------------------------------------------------------
 # reasoning-gym
 # ----------------------------------------------------------------------------------------------------
 
@@ -293,6 +322,9 @@ SCORERS: dict[str, Callable[..., float]] = {
         prediction=prediction, reference=reference
     ),
     "math": lambda *, prediction, reference, entry=None: math_score(
+        prediction=prediction, reference=reference
+    ),
+    "multiple_choice": lambda *, prediction, reference, entry=None: multiple_choice_score(
         prediction=prediction, reference=reference
     ),
     "reasoning_gym": _reasoning_gym_adapter,

@@ -318,7 +318,7 @@ def evaluate_finished(runs: Sequence[SweepRun], *, options, include_unmarked: bo
         if not steps or not (run.is_done() or include_unmarked):
             results[run.name] = None
             continue
-        cached = run.workdir / "eval" / f"{evaluate.report_name(steps[-1])}.json"
+        cached = run.workdir / "eval" / f"{reporting.report_name(steps[-1])}.json"
         if cached.is_file():
             results[run.name] = json.loads(cached.read_text())
             log(f"{run.name}: evaluation of step {steps[-1]} already in {cached}")

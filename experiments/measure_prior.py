@@ -1,13 +1,13 @@
-"""The base model's prior on candidate tasks: mean target probability on training targets.
+"""The base model's prior on candidate tasks (deft_jax.probe): mean target probability on training targets.
 
     python experiments/measure_prior.py                      # SmolLM2-135M-Instruct, 16 examples per task
     python experiments/measure_prior.py --num 24 --out experiments/prior.md
     python experiments/measure_prior.py --smoke              # tiny random model (plumbing only)
 
 For each candidate task, the first N training examples go through the project's own pipeline (chat
-template, response + EOS supervised, deft_jax.data) and the base model (deft_jax.evaluate's
-teacher-forced metrics): mean p = Σ p_token / N_tokens over every supervised token, plus the mean
-per-example p, the token NLL and the mean example length. `self_distill` is built here: the base
+template, response + EOS supervised, deft_jax.data) and the base model (deft_jax.probe): mean p =
+Σ p_token / N_tokens over every supervised token, the median p, Σπ², entropy, the token NLL, the regime
+the probe places the task in and the mean example length. `self_distill` is built here: the base
 model's own greedy answers (EOS-terminated within --distill_tokens, else dropped) to GSM8K questions,
 cached as JSONL under --cache_dir and read back through the `jsonl` source — strong by construction.
 """
@@ -62,17 +62,20 @@ def candidate_config(*, base_arg: str, overrides: dict, num: int, max_length: in
 
 
 def measure(setup, params, examples) -> dict:
-    """Teacher-forced mean p (token mean and example mean), NLL and lengths of `examples`."""
+    """deft_jax.probe's token statistics of `examples`: mean p, Σπ², entropy, NLL, the regime it places the
+    task in and the objective it recommends, plus lengths."""
     import numpy as np
 
     from deft_jax import data as data_lib
-    from deft_jax import evaluate
+    from deft_jax import probe
 
     tokenized, report = data_lib.tokenize_examples(list(examples), tokenizer=setup.tokenizer, cfg=setup.config.data)
-    metrics = evaluate.teacher_forced_metrics(setup, params, tokenized)
-    per_example = [evaluate.teacher_forced_metrics(setup, params, [one])["mean_p"] for one in tokenized[:8]]
-    return {"mean_p": metrics["mean_p"], "example_mean_p_first8": float(np.mean(per_example)),
-            "nll": metrics["nll"], "examples": len(tokenized), "supervised_tokens": metrics["supervised_tokens"],
+    measured = probe.measure(setup, params, tokenized)
+    summary = measured.summary()
+    return {"mean_p": summary["p"]["mean"], "median_p": summary["p"]["q50"], "mean_alpha": summary["alpha"]["mean"],
+            "mean_entropy": summary["entropy"]["mean"], "nll": float(-np.log(np.maximum(measured.p, 1e-30)).mean()),
+            "regime": summary["regime"], "recommended_objective": summary["recommended_objective"],
+            "examples": len(tokenized), "supervised_tokens": summary["tokens"],
             "mean_length": float(np.mean([len(t.tokens) for t in tokenized])),
             "max_length": int(max(len(t.tokens) for t in tokenized)), "dropped": report.summary()}
 
@@ -171,12 +174,14 @@ def main(argv=None) -> None:
 
 def format_table(results: dict, *, model: str, num: int) -> str:
     lines = [f"Base {model}: teacher-forced target probability on the first {num} training examples "
-             f"(response + EOS supervised)", "",
-             "| task | mean p (token mean) | mean p (example mean, first 8) | NLL | examples | tokens/example (mean, max) |",
-             "|---|---|---|---|---|---|"]
+             f"(response + EOS supervised; deft_jax.probe)", "",
+             "| task | mean p (token mean) | median p | mean Σπ² | mean entropy | NLL | regime | examples | "
+             "tokens/example (mean, max) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, r in sorted(results.items(), key=lambda item: item[1]["mean_p"]):
-        lines.append(f"| {name} | {r['mean_p']:.3f} | {r['example_mean_p_first8']:.3f} | {r['nll']:.3f} | "
-                     f"{r['examples']} | {r['mean_length']:.0f}, {r['max_length']} |")
+        lines.append(f"| {name} | {r['mean_p']:.3f} | {r['median_p']:.3f} | {r['mean_alpha']:.3f} | "
+                     f"{r['mean_entropy']:.3f} | {r['nll']:.3f} | {r['regime']} | {r['examples']} | "
+                     f"{r['mean_length']:.0f}, {r['max_length']} |")
     return "\n".join(lines)
 
 

@@ -119,12 +119,12 @@ def base_config(regime: str, *, smoke: bool):
 
 def evaluate_base(regimes: Sequence[str], *, workdir: pathlib.Path, smoke: bool, options, log=print):
     """{regime: evaluation of the untrained model} (cached in <workdir>/base-<regime>/base.json)."""
-    from deft_jax import evaluate
+    from deft_jax import evaluate, reporting
 
     results = {}
     for regime in regimes:
         out_dir = workdir / f"base-{regime}"
-        cached = out_dir / f"{evaluate.report_name(None)}.json"
+        cached = out_dir / f"{reporting.report_name(None)}.json"
         if cached.is_file():
             results[regime] = json.loads(cached.read_text())
             continue

@@ -1,4 +1,4 @@
-"""Scoring functions: Jaro-Winkler vs rapidfuzz and textbook values, GSM8K/MATH500 on real rows."""
+"""Scoring functions: Jaro-Winkler vs jellyfish, a textbook reference and textbook values, multiple choice, GSM8K/MATH500 on real rows."""
 import decimal
 import json
 import random
@@ -36,30 +36,111 @@ def test_jaro_winkler_textbook_values(a, b, expected):
     assert scoring.jaro_winkler(b, a) == pytest.approx(expected, abs=1e-4)  # symmetric
 
 
-def test_jaro_winkler_matches_rapidfuzz_on_random_strings():
-    rapidfuzz = pytest.importorskip("rapidfuzz", reason="rapidfuzz is the independent JW reference")
+def _reference_jaro_winkler(a: str, b: str, *, prefix_weight: float = 0.1) -> float:
+    """Independent textbook Jaro-Winkler (Winkler 1990): matches within max(|a|,|b|)//2 - 1 positions,
+    t = (out-of-order matches) // 2, jaro = (m/|a| + m/|b| + (m - t)/m) / 3, boost only when jaro > 0.7,
+    common prefix capped at 4."""
+    if not a and not b:
+        return 1.0
+    if not a or not b:
+        return 0.0
+    window = max(max(len(a), len(b)) // 2 - 1, 0)
+    taken = [False] * len(b)
+    a_matched = []
+    for i, char in enumerate(a):
+        for j in range(max(0, i - window), min(len(b), i + window + 1)):
+            if not taken[j] and b[j] == char:
+                taken[j] = True
+                a_matched.append(char)
+                break
+    m = len(a_matched)
+    if m == 0:
+        return 0.0
+    b_matched = [char for char, hit in zip(b, taken) if hit]
+    t = sum(x != y for x, y in zip(a_matched, b_matched)) // 2
+    jaro = (m / len(a) + m / len(b) + (m - t) / m) / 3
+    if jaro <= 0.7:
+        return jaro
+    prefix = 0
+    for x, y in zip(a[:4], b[:4]):
+        if x != y:
+            break
+        prefix += 1
+    return jaro + prefix * prefix_weight * (1 - jaro)
+
+
+def test_jaro_winkler_matches_independent_references_on_random_strings():
+    jellyfish = pytest.importorskip("jellyfish", reason="jellyfish is a second, independent JW implementation")
     rng = random.Random(0)
     for _ in range(3000):
         alphabet = rng.choice(["ab", "abc", "abcdef", "ABCDEFGHIJKLMNOPQRSTUVWXYZ", "aé€ "])
         a = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 9)))
         b = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 9)))
-        expected = rapidfuzz.distance.JaroWinkler.similarity(a, b)
-        assert scoring.jaro_winkler(a, b) == pytest.approx(expected, abs=1e-12), (a, b)
-        assert scoring.jaro(a, b) == pytest.approx(rapidfuzz.distance.Jaro.similarity(a, b), abs=1e-12)
+        got = scoring.jaro_winkler(a, b)
+        assert got == pytest.approx(_reference_jaro_winkler(a, b), abs=1e-12), (a, b)
+        if a and b:  # jellyfish returns 0 for two empty strings
+            assert got == pytest.approx(jellyfish.jaro_winkler_similarity(a, b), abs=1e-12), (a, b)
 
 
 def test_jaro_winkler_boost_threshold_and_prefix_cap():
-    # "AB" vs "AC": jaro = 2/3 <= 0.7, so no prefix boost by default; always-boost variant adds 1*0.1*(1/3).
+    # "AB" vs "AC": jaro = 2/3 <= 0.7, so no prefix boost.
     assert scoring.jaro_winkler("AB", "AC") == pytest.approx(2 / 3)
-    assert scoring.jaro_winkler("AB", "AC", boost_threshold=0.0) == pytest.approx(2 / 3 + 0.1 / 3)
     # Prefix capped at 4: "ABCDEFX" vs "ABCDEFY" has jaro (6/7 + 6/7 + 1)/3 and a 6-long common prefix.
     jaro = (6 / 7 + 6 / 7 + 1) / 3
-    assert scoring.jaro("ABCDEFX", "ABCDEFY") == pytest.approx(jaro)
     assert scoring.jaro_winkler("ABCDEFX", "ABCDEFY") == pytest.approx(jaro + 4 * 0.1 * (1 - jaro))
-    with pytest.raises(ValueError, match="prefix_scale"):
-        scoring.jaro_winkler("a", "b", prefix_scale=0.3)
+    assert scoring.jaro_winkler("ABCDEFX", "ABCDEFY", prefix_weight=0.2) == pytest.approx(jaro + 4 * 0.2 * (1 - jaro))
+    with pytest.raises(ValueError, match="prefix_weight"):
+        scoring.jaro_winkler("a", "b", prefix_weight=0.3)
     with pytest.raises(TypeError):
         scoring.jaro_winkler("a", None)
+
+
+def test_figfont_metrics_exact_case_insensitive_and_jaro_winkler():
+    assert scoring.figfont_metrics(prediction=" USNIC\n", reference="USNIC") == {
+        "exact_match": 1.0, "case_insensitive": 1.0, "jaro_winkler": 1.0}
+    assert scoring.figfont_metrics(prediction="usnic", reference="USNIC") == {
+        "exact_match": 0.0, "case_insensitive": 1.0, "jaro_winkler": 1.0}
+    metrics = scoring.figfont_metrics(prediction="Martha", reference="MARHTA")
+    assert metrics["exact_match"] == metrics["case_insensitive"] == 0.0
+    assert metrics["jaro_winkler"] == pytest.approx(0.9611, abs=1e-4)
+
+
+# Realistic endings of medical answers (fine-tuned chat models, base models, greedy short answers).
+MULTIPLE_CHOICE_CASES = [
+    ("The patient presents with classic signs of hypothyroidism.\n\nThe answer is (C).", "C"),
+    ("Answer: B", "B"),
+    ("**Answer:** D. Metformin", "D"),
+    ("Based on the findings, the most likely diagnosis is Addison disease.\n\nThe correct answer is "
+     "**B. Primary adrenal insufficiency**.", "B"),
+    ("Let me reason. Option A is too aggressive. Option B ignores the renal function. The best choice "
+     "would be (D).", "D"),
+    ("## Final Answer\n\\boxed{A}", "A"),
+    ("Thus the drug of choice is aspirin, so the final answer is $\\boxed{\\text{E}}$.", "E"),
+    ("\\boxed{C. Ceftriaxone}", "C"),
+    ("C. Hypertension\n\nExplanation: elevated blood pressure readings on three visits ...", "C"),
+    ("**C.** Hypertension is the diagnosis.", "C"),
+    ("(B) is correct because the lesion is in the left hemisphere.", "B"),
+    ("A 45-year-old man with chest pain most likely has an MI. The answer is D", "D"),
+    ("I think it is \\boxed{B} at first, but on reflection the answer is C.", "B"),  # boxed wins
+    ("Aspirin is the drug of choice in this setting.", None),  # no letter: 'A' of Aspirin is a word
+    ("Answer: Aspirin", None),
+    ("The answer is \\boxed{Z}", None),  # not an option letter; no fallback phrase either
+]
+
+
+@pytest.mark.parametrize("text, expected", MULTIPLE_CHOICE_CASES)
+def test_extract_choice_letter_on_realistic_outputs(text, expected):
+    assert scoring.extract_choice_letter(text, letters="ABCDE") == expected
+
+
+def test_multiple_choice_score():
+    assert scoring.multiple_choice_score(prediction="The answer is (C).", reference="C") == 1.0
+    assert scoring.multiple_choice_score(prediction="The answer is (C).", reference="(c)") == 1.0
+    assert scoring.multiple_choice_score(prediction="The answer is (C).", reference="B") == 0.0
+    assert scoring.multiple_choice_score(prediction="I don't know", reference="B") == 0.0
+    assert scoring.score("multiple_choice", prediction="Answer: A", reference="A") == 1.0
+    with pytest.raises(ValueError, match="option letters"):
+        scoring.multiple_choice_score(prediction="A", reference="Aspirin")
 
 
 def test_figfont_score_lowercases_and_strips():
@@ -269,7 +350,7 @@ def test_reasoning_gym_score_rejects_mismatched_inputs():
 
 
 def test_registry_dispatch_and_unknown_task():
-    assert set(scoring.SCORERS) == {"figfont", "gsm8k", "math", "reasoning_gym"}
+    assert set(scoring.SCORERS) == {"figfont", "gsm8k", "math", "multiple_choice", "reasoning_gym"}
     figfont = scoring.score("figfont", prediction="martha", reference="MARHTA")
     assert figfont == pytest.approx(0.9611, abs=1e-4)
     assert scoring.score("gsm8k", prediction="#### 18", reference="18") == 1.0

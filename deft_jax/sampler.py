@@ -1,0 +1,361 @@
+"""n samples per prompt with one prefill per prompt: the evaluation sampler.
+
+For a batch of prompts (similar lengths, left-padded to a shared bucket):
+  1. prefill the P prompts once, filling a KV cache of P rows;
+  2. repeat each cache row n times (P*n rows: sample j of prompt i is row i*n + j);
+  3. decode all rows together in chunks of `chunk_steps` single-token steps (a jitted lax.while_loop that
+     also ends as soon as every row has stopped), attending only over the cache slots written so far
+     (rounded up to `kv_bucket`);
+  4. between chunks, decode each row's new text on the host and stop rows whose text contains a stop
+     string; a row also stops at a stop token id or after max_new_tokens tokens.
+
+Randomness: sample j of prompt i draws its t-th token with key fold_in(fold_in(fold_in(key(seed), i), j), t),
+so a row's tokens do not depend on which other rows share its batch, on the batch size, or on whether its
+prompt was prefilled once or per row (`share_prefill=False`, the per-row reference path).
+
+Parameters and cache follow the mesh: rows are split over the batch axes (('data', 'fsdp')), kv heads over
+'tensor', under the given logical rules.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+from collections.abc import Callable, Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from deft_jax import generate as generate_lib
+from deft_jax import model as model_lib
+from deft_jax.model import ModelConfig
+
+# The reference's stop strings for math sampling; the model's EOS is added to them.
+DEFAULT_STOP_STRINGS = ("</s>", "<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>")
+
+STOP_TOKEN = "stop_token"      # a stop token id was emitted
+STOP_STRING = "stop_string"    # the decoded text contains a stop string
+LENGTH = "length"              # max_new_tokens reached
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """One prompt to continue n times; `prompt_id` keys its randomness (stable across batching)."""
+
+    prompt_id: int
+    tokens: tuple[int, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    prompt_id: int
+    sample_index: int
+    tokens: tuple[int, ...]   # new tokens, the stop token excluded (after a stop string: up to the end of
+                              # the chunk in which it appeared)
+    text: str                 # decoded, special tokens skipped, cut before any stop string
+    stop_reason: str          # STOP_TOKEN, STOP_STRING or LENGTH
+    num_tokens: int           # tokens generated, stop token included (what was paid for)
+
+
+@dataclasses.dataclass(frozen=True)
+class StopCriteria:
+    """Token ids that end a row on device, and strings that end it when they appear in its text."""
+
+    token_ids: tuple[int, ...]
+    strings: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if not self.token_ids:
+            raise ValueError("stop criteria need at least one stop token id (the model's EOS)")
+
+
+def stop_criteria(tokenizer, *, stop_strings: Sequence[str] = DEFAULT_STOP_STRINGS,
+                  extra_token_ids: Sequence[int] = ()) -> StopCriteria:
+    """The tokenizer's EOS plus `stop_strings`: a string that is one token of the vocabulary stops on device
+    as that id; the others are matched in the decoded text."""
+    ids = [tokenizer.eos_id, *extra_token_ids]
+    texts = []
+    for text in stop_strings:
+        token_id = tokenizer.token_to_id(text)
+        if token_id is not None:
+            ids.append(token_id)
+        else:
+            texts.append(text)
+    return StopCriteria(token_ids=tuple(dict.fromkeys(int(i) for i in ids)), strings=tuple(texts))
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerOptions:
+    """How to sample: n per prompt, the decoding (temperature 0 = greedy), the batching."""
+
+    n: int = 1
+    sampling: generate_lib.SamplingConfig = generate_lib.SamplingConfig()
+    seed: int = 0
+    max_rows: int = 64          # rows (prompts x n) decoded together at most
+    chunk_steps: int = 64       # decode steps per compiled call between host-side stop-string checks
+    kv_bucket: int = 256        # attended cache length is rounded up to a multiple of this
+    prompt_bucket: int = generate_lib.PROMPT_BUCKET
+    share_prefill: bool = True  # False: every sample row prefills its own copy of the prompt (reference path)
+
+    def __post_init__(self):
+        if self.n < 1:
+            raise ValueError(f"n={self.n}: the number of samples per prompt must be >= 1")
+        for name in ("max_rows", "chunk_steps", "kv_bucket", "prompt_bucket"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Batching.
+
+
+def length_batches(requests: Sequence[Request], *, n: int, max_rows: int, bucket: int) -> list[list[Request]]:
+    """Requests grouped by prompt length bucket (ceil(len / bucket)), shortest first, at most
+    max(1, max_rows // n) prompts per batch."""
+    per_batch = max(1, max_rows // n)
+    by_bucket: dict[int, list[Request]] = {}
+    for request in sorted(requests, key=lambda r: (len(r.tokens), r.prompt_id)):
+        if not request.tokens:
+            raise ValueError(f"prompt {request.prompt_id} is empty: every prompt needs at least one token")
+        by_bucket.setdefault(-(-len(request.tokens) // bucket), []).append(request)
+    return [group[i:i + per_batch] for _, group in sorted(by_bucket.items()) for i in range(0, len(group), per_batch)]
+
+
+def row_keys(*, seed: int, prompt_ids: Sequence[int], sample_indices: Sequence[int]) -> jax.Array:
+    """Per-row keys fold_in(fold_in(key(seed), prompt_id), sample_index)."""
+    base = jax.random.key(seed)
+    prompts = jnp.asarray(prompt_ids, jnp.uint32)
+    samples = jnp.asarray(sample_indices, jnp.uint32)
+    return jax.vmap(lambda p, s: jax.random.fold_in(jax.random.fold_in(base, p), s))(prompts, samples)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Compiled pieces.
+
+
+def sample_rows(logits: jax.Array, *, keys: jax.Array, temperature: float, top_p: float) -> jax.Array:
+    """int32 [R]: argmax when temperature == 0, else row r draws from softmax(logits_r / T) restricted to its
+    top-p nucleus with its own key keys[r] (so a row's draw ignores the other rows)."""
+    if temperature == 0.0:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    tempered = logits.astype(jnp.float32) / temperature
+    if top_p < 1.0:
+        tempered = generate_lib.top_p_filter(tempered, top_p=top_p)
+    return jax.vmap(lambda key, row: jax.random.categorical(key, row))(keys, tempered).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("repeats",))
+def repeat_rows(logits, cache, *, repeats: int):
+    """Each prompt row of the logits and the cache repeated `repeats` times (row i*repeats + j)."""
+    def repeat(x, axis):
+        return jnp.repeat(x, repeats, axis=axis)
+
+    return repeat(logits, 0), {"k": repeat(cache["k"], 1), "v": repeat(cache["v"], 1),
+                               "segment_ids": repeat(cache["segment_ids"], 0), "end": cache["end"]}
+
+
+@functools.partial(jax.jit, static_argnames=("config", "steps", "kv_len", "stop_ids", "pad_id", "temperature",
+                                             "top_p"), donate_argnames=("cache",))
+def decode_chunk(params, logits, cache, positions, done, keys, first_step, limit, *, config: ModelConfig,
+                 steps: int, kv_len: int, stop_ids: tuple[int, ...], pad_id: int, temperature: float,
+                 top_p: float):
+    """Up to min(steps, limit) decode steps of every row (ending early once all rows are done).
+
+    Step t (counted from the first new token: first_step + i) draws row r's token with
+    fold_in(keys[r], t). Attention reads only the first kv_len cache slots. Returns (tokens [R, steps],
+    pad_id where not produced, logits, cache, positions, done, steps taken)."""
+    rows = logits.shape[0]
+    stop = jnp.asarray(stop_ids, jnp.int32)
+
+    def cond(state):
+        i, _, _, _, done, _ = state
+        return (i < jnp.minimum(steps, limit)) & ~jnp.all(done)
+
+    def body(state):
+        i, logits, cache, positions, done, out = state
+        step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, first_step + i)
+        token = sample_rows(logits, keys=step_keys, temperature=temperature, top_p=top_p)
+        token = jnp.where(done, pad_id, token)
+        out = out.at[:, i].set(token)
+        done = done | jnp.isin(token, stop)
+        hidden, cache = model_lib.forward(params, config, token[:, None], positions=positions[:, None],
+                                          segment_ids=jnp.ones((rows, 1), jnp.int32), return_hidden=True,
+                                          cache=cache, kv_len=kv_len)
+        logits = model_lib.logits_from_hidden(hidden[:, 0], params=params, config=config)
+        return i + 1, logits, cache, positions + 1, done, out
+
+    state = (jnp.zeros((), jnp.int32), logits, cache, positions, done, jnp.full((rows, steps), pad_id, jnp.int32))
+    taken, logits, cache, positions, done, out = jax.lax.while_loop(cond, body, state)
+    return out, logits, cache, positions, done, taken
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Host side.
+
+
+def _cut_at_stop_string(text: str, strings: Sequence[str]) -> tuple[str, bool]:
+    cuts = [text.index(s) for s in strings if s in text]
+    return (text[:min(cuts)], True) if cuts else (text, False)
+
+
+@dataclasses.dataclass
+class _Row:
+    prompt_id: int
+    sample_index: int
+    tokens: list[int] = dataclasses.field(default_factory=list)
+    stop_reason: str | None = None
+    text: str = ""
+
+
+def _place(tree, mesh, spec_fn):
+    from jax.sharding import NamedSharding
+
+    return jax.tree.map(lambda x: jax.device_put(x, NamedSharding(mesh, spec_fn(x))), tree)
+
+
+def _cache_spec(mesh, rules):
+    """PartitionSpec of each cache leaf: rows over the batch axes, kv heads over the tensor axis."""
+    from jax.sharding import PartitionSpec
+
+    mapping = dict(rules)
+    batch, heads = mapping.get("batch"), mapping.get("act_kv_heads")
+
+    def spec(x):
+        if x.ndim == 5:      # k, v [L, R, Hkv, S, hd]
+            return PartitionSpec(None, batch, heads, None, None)
+        if x.ndim == 2:      # segment_ids [R, S], logits [R, V]
+            return PartitionSpec(batch, None)
+        if x.ndim == 1:      # per-row vectors
+            return PartitionSpec(batch)
+        return PartitionSpec()
+    return spec
+
+
+def _rows_multiple(mesh, rules) -> int:
+    if mesh is None:
+        return 1
+    batch = dict(rules).get("batch")
+    axes = (batch,) if isinstance(batch, str) else tuple(batch or ())
+    return int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
+
+
+@contextlib.contextmanager
+def mesh_rules(mesh, rules):
+    """The mesh and logical axis rules the model's activation constraints resolve against (none: no-op)."""
+    if mesh is None:
+        yield
+        return
+    import flax.linen as nn
+
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        yield
+
+
+def sample_batch(params, config: ModelConfig, requests: Sequence[Request], *, options: SamplerOptions,
+                 stops: StopCriteria, decode_text: Callable[[Sequence[int]], str], pad_id: int, mesh=None,
+                 rules=(), on_step: Callable[[int], None] | None = None) -> list[Sample]:
+    """All n samples of each request (one batch; see the module docstring). Sample order: request order,
+    then sample index."""
+    with mesh_rules(mesh, rules):
+        return _sample_batch(params, config, requests, options=options, stops=stops, decode_text=decode_text,
+                             pad_id=pad_id, mesh=mesh, rules=rules, on_step=on_step)
+
+
+def _sample_batch(params, config, requests, *, options, stops, decode_text, pad_id, mesh, rules, on_step):
+    n, sampling = options.n, options.sampling
+    rows = [_Row(r.prompt_id, j) for r in requests for j in range(n)]
+    prompt_tokens = [list(r.tokens) for r in requests]
+    if not options.share_prefill:
+        prompt_tokens = [t for t in prompt_tokens for _ in range(n)]
+    # Rows are split over the data-parallel devices: pad the prefill with copies of the last prompt until
+    # the row count divides evenly (padding rows start as done and are dropped).
+    multiple = _rows_multiple(mesh, rules)
+    repeats = n if options.share_prefill else 1
+    padded_prompts = len(prompt_tokens)
+    while padded_prompts * repeats % multiple:
+        padded_prompts += 1
+    prompt_tokens = prompt_tokens + [prompt_tokens[-1]] * (padded_prompts - len(prompt_tokens))
+    tokens, positions, segment_ids = generate_lib.left_pad(prompt_tokens, pad_id=pad_id, bucket=options.prompt_bucket)
+    prompt_len = tokens.shape[1]
+    max_len = prompt_len + sampling.max_new_tokens
+    max_len = -(-max_len // options.kv_bucket) * options.kv_bucket
+    total_rows = padded_prompts * repeats
+
+    if config.scan_layers is False:
+        params = model_lib.stacked_params(params, config)
+        config = config.replace(scan_layers=True)
+    logits, cache = generate_lib.prefill(params, tokens, positions, segment_ids, config=config, max_len=max_len)
+    if repeats > 1:
+        logits, cache = repeat_rows(logits, cache, repeats=repeats)
+    if mesh is not None:
+        logits, cache = _place((logits, cache), mesh, _cache_spec(mesh, rules))
+    lengths = [len(t) for t in prompt_tokens]
+    next_positions = np.repeat(np.asarray(lengths, np.int32), repeats)
+    prompt_ids = [row.prompt_id for row in rows] + [rows[-1].prompt_id] * (total_rows - len(rows))
+    sample_ids = [row.sample_index for row in rows] + [rows[-1].sample_index] * (total_rows - len(rows))
+    keys = row_keys(seed=options.seed, prompt_ids=prompt_ids, sample_indices=sample_ids)
+    done = np.zeros((total_rows,), bool)
+    done[len(rows):] = True  # padding rows never decode
+    positions_dev = jnp.asarray(next_positions)
+    step = 0
+    stop_ids = tuple(sorted(stops.token_ids))
+    while step < sampling.max_new_tokens and not done.all():
+        steps = min(options.chunk_steps, sampling.max_new_tokens)
+        kv_len = min(max_len, -(-(prompt_len + step + steps) // options.kv_bucket) * options.kv_bucket)
+        out, logits, cache, positions_dev, done_dev, taken = decode_chunk(
+            params, logits, cache, positions_dev, jnp.asarray(done), keys, jnp.int32(step),
+            jnp.int32(sampling.max_new_tokens - step), config=config, steps=steps, kv_len=kv_len,
+            stop_ids=stop_ids, pad_id=pad_id, temperature=float(sampling.temperature), top_p=float(sampling.top_p))
+        out, taken, device_done = np.asarray(out), int(taken), np.array(done_dev)
+        for index, row in enumerate(rows):
+            if done[index]:
+                continue
+            new = out[index, :taken].tolist()
+            hits = [i for i, t in enumerate(new) if t in stops.token_ids]
+            if hits:
+                row.tokens += new[:hits[0]]
+                row.stop_reason = STOP_TOKEN
+            else:
+                row.tokens += new
+            if stops.strings and row.stop_reason is None:
+                text, cut = _cut_at_stop_string(decode_text(row.tokens), stops.strings)
+                if cut:
+                    row.stop_reason, row.text = STOP_STRING, text
+                    device_done[index] = True
+        done = device_done.copy()
+        done[len(rows):] = True
+        step += taken
+        if on_step is not None:
+            on_step(taken)
+    samples = []
+    for row in rows:
+        reason = row.stop_reason or LENGTH
+        text = row.text if reason == STOP_STRING else decode_text(row.tokens)
+        num_tokens = len(row.tokens) + (reason == STOP_TOKEN)
+        samples.append(Sample(prompt_id=row.prompt_id, sample_index=row.sample_index, tokens=tuple(row.tokens),
+                              text=text, stop_reason=reason, num_tokens=num_tokens))
+    return samples
+
+
+def sample(params, config: ModelConfig, requests: Sequence[Request], *, options: SamplerOptions,
+           stops: StopCriteria, decode_text: Callable[[Sequence[int]], str], pad_id: int, mesh=None, rules=(),
+           progress: bool = True, description: str = "sampling") -> Iterator[list[Sample]]:
+    """Yield the samples of each length batch as soon as it is done (n per request; see sample_batch), with
+    a tqdm bar over the decoded tokens' upper bound (rows x max_new_tokens) and its ETA."""
+    from tqdm import tqdm
+
+    batches = length_batches(requests, n=options.n, max_rows=options.max_rows, bucket=options.prompt_bucket)
+    total = sum(len(b) for b in batches) * options.n * options.sampling.max_new_tokens
+    with tqdm(total=total, desc=description, unit="tok", disable=not progress, dynamic_ncols=True) as bar:
+        for batch in batches:
+            budget = len(batch) * options.n * options.sampling.max_new_tokens
+            paid = [0]
+
+            def on_step(taken, rows=len(batch) * options.n):
+                paid[0] += taken * rows
+                bar.update(taken * rows)
+
+            yield sample_batch(params, config, batch, options=options, stops=stops, decode_text=decode_text,
+                               pad_id=pad_id, mesh=mesh, rules=rules, on_step=on_step)
+            bar.update(budget - paid[0])  # rows that stopped early free the rest of their budget
