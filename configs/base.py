@@ -76,6 +76,7 @@ def get_base_config(arg: ml_collections.ConfigDict) -> ml_collections.ConfigDict
     config.model = ml_collections.ConfigDict()
     config.model.name = DEFAULT_MODEL
     config.model.init = "pretrained"  # 'pretrained' | 'random' (random weights of the same architecture)
+    config.model.init_from = ""  # a run directory: start from its latest checkpoint's params (replaces init)
     config.model.dtype = "bfloat16"  # compute dtype; parameters and optimizer state stay param_dtype
     config.model.param_dtype = "float32"
     config.model.remat = False

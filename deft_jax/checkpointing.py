@@ -111,6 +111,22 @@ def restore(manager: ocp.CheckpointManager, *, target: Any, step: int | None = N
     return restored[STATE_ITEM], dict(restored[DATA_ITEM] or {}), int(step)
 
 
+def restore_params(*, workdir: str | pathlib.Path, target: Any) -> Any:
+    """The params of the latest checkpoint of run `workdir` (the optimizer state is not read), placed on
+    `target`'s shardings (abstract params: jax.ShapeDtypeStruct with `.sharding`)."""
+    manager = make_manager(directory=checkpoint_dir(workdir), read_only=True, async_save=False)
+    try:
+        step = manager.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"no complete checkpoint under {manager.directory} to start from.")
+        target = {"params": target}
+        restored = manager.restore(int(step), args=ocp.args.Composite(**{STATE_ITEM: ocp.args.PyTreeRestore(
+            target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True)}))
+    finally:
+        manager.close()
+    return restored[STATE_ITEM]["params"]
+
+
 def latest_step(manager: ocp.CheckpointManager) -> int | None:
     manager.reload()
     return manager.latest_step()

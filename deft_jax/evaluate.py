@@ -229,6 +229,10 @@ def base_params(setup: EvalSetup) -> Any:
     from deft_jax import train
 
     config = setup.config
+    if config.model.init_from:
+        return checkpointing.restore_params(
+            workdir=config.model.init_from,
+            target=sharding_lib.with_shardings(setup.abstract_params, setup.param_shardings))
     if config.model.init == "pretrained":
         _, params = train.load_pretrained(config, mesh=setup.mesh, rules=setup.rules)
         if jax.tree.structure(params) != jax.tree.structure(setup.abstract_params):

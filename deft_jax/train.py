@@ -148,6 +148,7 @@ CONFIG_FIELDS: dict[str, Any] = {
     "seed": _int(0),
     "model.name": _nonempty_str,
     "model.init": _one_of("pretrained", "random"),
+    "model.init_from": _str,
     "model.dtype": _one_of(*DTYPES),
     "model.param_dtype": _one_of(*DTYPES),
     "model.remat": _bool,
@@ -856,8 +857,14 @@ def setup_run(config, workdir, *, devices: Sequence[Any] | None = None) -> Run:
 
 
 def initial_state(run: Run) -> TrainState:
-    """Fresh state: pretrained weights (config.model.init='pretrained') or random ones from the seed."""
+    """Fresh state: another run's latest params (config.model.init_from), pretrained weights
+    (config.model.init='pretrained') or random ones from the seed."""
     config = run.config
+    if config.model.init_from:  # another run's latest params; a fresh optimizer state
+        target = sharding_lib.with_shardings(run.abstract_state.params, run.state_shardings.params)
+        params = checkpointing.restore_params(workdir=config.model.init_from, target=target)
+        return init_train_state(model_config=run.model_config, optimizer=run.spec.optimizer, seed=config.seed,
+                                state_shardings=run.state_shardings, params=params)
     if config.model.init == "random":
         init = _jitted_random_init(run.model_config, run.spec.optimizer, run.mesh, run.rules)
         return init(jnp.uint32(config.seed))
