@@ -51,7 +51,7 @@ MODEL = dict(d_model=64, n_layers=2, n_heads=4, n_kv_heads=4, head_dim=16, d_ff=
 SEQ_LEN = 32
 BUDGETS = {
     # examples are generated to the budget: steps x batch (one epoch)
-    ("pretrain", False): dict(steps=400, batch=64, lr=3e-3),
+    ("pretrain", False): dict(steps=150, batch=64, lr=3e-3),
     ("level", False): dict(batch=64, lr=1e-3),
     ("sft", False): dict(steps=16, batch=16, lr=1e-3),
     ("pretrain", True): dict(steps=40, batch=32, lr=3e-3),

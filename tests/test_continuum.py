@@ -81,8 +81,9 @@ def test_smoke_dial_moves_the_prior_and_sft_starts_from_the_pretrained_model(smo
     start = evaluate.base_params(setup)
     pretrained = evaluate.restore_params(setup, workdir=smoke_study / "pretrain" / "level1",
                                          step=evaluate.available_steps(smoke_study / "pretrain" / "level1")[-1])
-    leaves = zip(np.asarray(jax_leaves(start)), np.asarray(jax_leaves(pretrained)))
-    assert all(np.array_equal(a, b) for a, b in leaves)
+    start, pretrained = jax_leaves(start), jax_leaves(pretrained)
+    assert len(start) == len(pretrained) > 0
+    assert all(np.array_equal(a, b) for a, b in zip(start, pretrained))
 
 
 def jax_leaves(tree):

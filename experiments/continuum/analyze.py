@@ -168,7 +168,7 @@ def winners_table(rows: Sequence[dict]) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         runner = f"({DISPLAY[row['runner_up']]}) " if row["runner_up"] else ""
-        lines.append(f"| {row['x']:g} ({row['p']:.2f}) | {DISPLAY[row['best']]} | {row['best_score']:.3f} | "
+        lines.append(f"| {row['level']:g} ({row['p']:.2f}) | {DISPLAY[row['best']]} | {row['best_score']:.3f} | "
                      f"{runner}{paired_text(row['over_runner_up'])} | {paired_text(row['over_nll'])} | "
                      f"{paired_text(row['deft_minus_best'])} | {paired_text(row['prob_minus_nll'])} | "
                      + " > ".join(DISPLAY[l] for l in row["order"]) + " |")
@@ -212,8 +212,9 @@ def wrong_label_table(bases, results) -> str:
             by_level[base["level"]][label].append(row["gradient_share"] / rows["nll"]["gradient_share"])
         token_share[base["level"]].append(rows["nll"]["token_share"])
     labels = [l for l in LABEL_ORDER if any(l in v for v in by_level.values())]
-    lines = ["Step 0 (the pretrained model, before SFT): wrong answers' gradient share / NLL's (mean over seeds); "
-             "token share of wrong answers and mean p of wrong vs right (twin) answer tokens.", "",
+    lines = ["Step 0 (each level's pretrained model, before SFT, on seed 0's noisy SFT set): the wrong answers' "
+             "share of each objective's gradient divided by NLL's; their token share; mean p of the wrong vs the "
+             "right (twin) answer tokens.", "",
              "| level | token share | p wrong (right) | " + " | ".join(DISPLAY[l] for l in labels) + " |",
              "|---|---|---|" + "---|" * len(labels)]
     for x in sorted(by_level):
@@ -361,8 +362,12 @@ def report(root: pathlib.Path, *, smoke: bool = False) -> tuple[str, dict]:
                   paired_table(results, priors, noise=noise), "",
                   "Who wins (DFT excluded: it ran on one seed as a check):", "",
                   winners_table(winners(results, priors, noise=noise)), "",
-                  "Teacher-forced mean p on the eval set (clean answers):", "",
-                  continuum_table(results, priors, noise=noise, path=("eval", "mean_p"))]
+                  "Teacher-forced mean p on the eval set (clean answers; graded where greedy answers saturate):", "",
+                  continuum_table(results, priors, noise=noise, path=("eval", "mean_p")), "",
+                  "Paired differences against NLL in eval mean p:", "",
+                  paired_table(results, priors, noise=noise, path=("eval", "mean_p")), "",
+                  "Who wins in eval mean p:", "",
+                  winners_table(winners(results, priors, noise=noise, path=("eval", "mean_p")))]
         numbers["winners"][str(noise)] = winners(results, priors, noise=noise)
     parts += ["", "## DEFT's α trajectory (noise 0, mean over seeds)", "", alpha_table(results, priors)]
     if any(b.get("wrong_labels") for b in bases):

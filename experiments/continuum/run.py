@@ -70,15 +70,18 @@ def load_config(arg: str):
     return grid.get_config(arg)
 
 
-def select_runs(*, smoke: bool, levels=None, seeds=None, noise=None, objectives=None) -> list[dict]:
-    """configs/continuum.py's sweep(), restricted (smoke: SMOKE's grid)."""
+def select_runs(*, smoke: bool, levels=None, seeds=None, noise=None, objectives=None,
+                noisy_objectives=None) -> list[dict]:
+    """configs/continuum.py's sweep(), restricted (smoke: SMOKE's grid); `noisy_objectives` restricts the
+    runs with label noise further."""
     runs = grid.sweep()
     if smoke:
         levels, seeds, noise, objectives = SMOKE["levels"], SMOKE["seeds"], SMOKE["noise"], SMOKE["objectives"]
     return [r for r in runs
             if (levels is None or r["level"] in levels) and (seeds is None or r["seed"] in seeds)
             and (noise is None or r["noise"] in noise)
-            and (objectives is None or objective_label(r) in objectives)]
+            and (objectives is None or objective_label(r) in objectives)
+            and (noisy_objectives is None or r["noise"] == 0 or objective_label(r) in noisy_objectives)]
 
 
 def groups(runs: Sequence[dict]) -> list[tuple[int, int]]:
@@ -136,10 +139,15 @@ def objective_specs(runs: Sequence[dict]) -> dict:
 
 
 def measure_model(config, params, *, max_new_tokens: int) -> dict:
-    """Teacher-forced metrics on the eval set (clean answers) and graded generation scores."""
+    """Teacher-forced metrics on the eval set (clean answers) and graded generation scores. The metrics do
+    not depend on the training objective: they are measured under NLL's loss spec, so one compiled
+    evaluation serves every run ('loss' and 'mean_gate' are NLL's)."""
     from deft_jax import evaluate
     from experiments.continuum import measure
 
+    config = config.copy_and_resolve_references()
+    config.unlock()
+    config.objective = grid.ml_collections.ConfigDict({"name": "nll"})
     setup = evaluate.build_setup(config)
     examples = evaluate.eval_examples(config, num_eval=None)
     return {"eval": measure.teacher_forced(setup, params, examples),
@@ -161,6 +169,8 @@ def pretrain_level(root: pathlib.Path, *, level: int, smoke: bool, specs: dict, 
     config = load_config(f"stage=pretrain,root={root},level={level}{smoke_arg}")
     started = time.perf_counter()
     final = train.train_and_evaluate(config, run_dir)
+    if final.get("preempted"):  # stopped by a signal (checkpoint saved): resumes on relaunch
+        raise SystemExit(f"continuum: {grid.level_name(level)} stopped at step {final['step']}; relaunch to continue")
     train_seconds = time.perf_counter() - started
     params = final["state"].params
     sft_config = load_config(f"stage=sft,root={root},level={level},seed=0,noise=0.2{smoke_arg}")
@@ -202,6 +212,8 @@ def sft_run(root: pathlib.Path, run: dict, *, smoke: bool, specs: dict, log=prin
     config = load_config(config_arg(run, root=root, smoke=smoke))
     started = time.perf_counter()
     final = train.train_and_evaluate(config, run_dir)
+    if final.get("preempted"):  # stopped by a signal (checkpoint saved): not a finished run
+        raise SystemExit(f"continuum: {run_name(run)} stopped at step {final['step']}; relaunch to continue")
     train_seconds = time.perf_counter() - started
     params = final["state"].params
     result = {"name": run_name(run), "label": objective_label(run), **run, "train_seconds": train_seconds,
@@ -254,6 +266,7 @@ def parse_args(argv):
     parser.add_argument("--noise", default=None, help="comma-separated noise fractions")
     parser.add_argument("--seeds", default=None, help="comma-separated seeds")
     parser.add_argument("--objectives", default=None, help="comma-separated labels (nll,prob,dft,dlog0.5,...)")
+    parser.add_argument("--noisy_objectives", default=None, help="labels kept for the runs with label noise")
     parser.add_argument("--deadline_minutes", type=float, default=None,
                         help="start no new (level, seed) group after this long")
     parser.add_argument("--no_analysis", action="store_true")
@@ -269,7 +282,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     root = pathlib.Path(args.workdir).absolute()
     runs = select_runs(smoke=args.smoke, levels=parse_list(args.levels, int), seeds=parse_list(args.seeds, int),
-                       noise=parse_list(args.noise, float), objectives=parse_list(args.objectives, str))
+                       noise=parse_list(args.noise, float), objectives=parse_list(args.objectives, str),
+                       noisy_objectives=parse_list(args.noisy_objectives, str))
     if not runs:
         raise SystemExit("continuum: error: the selection (--levels/--seeds/--noise/--objectives) leaves no run")
     keys = groups(runs)
@@ -289,7 +303,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         env = {**os.environ, "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") + " " + SINGLE_THREAD_XLA).strip(),
                "PYTHONPATH": str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-        passed = [a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("--workers")]
+        passed = ["--workdir", str(root)] + (["--smoke"] if args.smoke else []) + [
+            item for flag in ("levels", "seeds", "noise", "objectives", "noisy_objectives") if getattr(args, flag)
+            for item in (f"--{flag}", getattr(args, flag))]
         extra = ["--deadline", str(deadline)] if deadline else []
         workers = [subprocess.Popen([sys.executable, "-m", "experiments.continuum.run", *passed, *extra,
                                      "--workers", str(args.workers), "--worker", str(i)], env=env, cwd=REPO_ROOT)
