@@ -164,7 +164,10 @@ def pretrain_level(root: pathlib.Path, *, level: int, smoke: bool, specs: dict, 
 
     run_dir = grid.paths(root=str(root), level=level, seed=0, noise=0.0)["pretrain_run"]
     if (run_dir / BASE).is_file():
-        return json.loads((run_dir / BASE).read_text())
+        report = json.loads((run_dir / BASE).read_text())
+        if set(specs) <= {row["objective"] for row in report["wrong_labels"]}:
+            return report
+        return refresh_wrong_labels(root, level=level, smoke=smoke, specs=specs, report=report)
     smoke_arg = ",smoke" if smoke else ""
     config = load_config(f"stage=pretrain,root={root},level={level}{smoke_arg}")
     started = time.perf_counter()
@@ -190,6 +193,24 @@ def pretrain_level(root: pathlib.Path, *, level: int, smoke: bool, specs: dict, 
     log(f"pretrained {grid.level_name(level)} ({steps[level]} target-rich steps): base mean p on the SFT data "
         f"{report['sft_data']['mean_p']:.3f}, eval char accuracy {report['generation']['char_accuracy']:.3f} "
         f"({train_seconds:.0f}s training, {report['seconds']:.0f}s in all)")
+    return report
+
+
+def refresh_wrong_labels(root: pathlib.Path, *, level: int, smoke: bool, specs: dict, report: dict) -> dict:
+    """Re-measure a level's step-0 wrong-label rows under every objective of `specs` (a report written by
+    a narrower selection lacks some) from its checkpoint; the rest of base.json is kept."""
+    from deft_jax import data as data_lib
+    from deft_jax import evaluate
+    from experiments.continuum import measure
+
+    run_dir = grid.paths(root=str(root), level=level, seed=0, noise=0.0)["pretrain_run"]
+    config = load_config(f"stage=sft,root={root},level={level},seed=0,noise=0.2" + (",smoke" if smoke else ""))
+    setup = evaluate.build_setup(config)
+    params = evaluate.base_params(setup)
+    noisy = data_lib.load_examples(config.data, split="train")
+    report["wrong_labels"] = measure.wrong_label_rows(setup, params, noisy=noisy, objective_specs=specs,
+                                                      task=grid.level_name(level))
+    write_json(run_dir / BASE, report)
     return report
 
 
