@@ -338,7 +338,9 @@ def report(root: pathlib.Path, *, smoke: bool = False) -> tuple[str, dict]:
     """The Markdown of every table, and the numbers behind it ({'priors', 'winners': {noise: rows}})."""
     results, bases = load_results(root), load_bases(root)
     if not results or not bases:
-        raise SystemExit(f"continuum: error: no finished runs under {root}; run experiments.continuum.run first")
+        print(f"continuum-analyze: error: no finished runs under {root}; run experiments.continuum.run first",
+              file=sys.stderr)
+        sys.exit(2)
     priors = prior_by_level(bases)
     noise_levels = sorted({r["noise"] for r in results})
     seeds = sorted({r["seed"] for r in results})

@@ -8,15 +8,18 @@
    other maps, each next level continuing the previous one on target-rich data) and measures each level's
    model (base.json: mean target probability p on the SFT data, scores, wrong-label gradient shares at
    step 0);
-3. fine-tunes it once per (objective, label noise) of configs/continuum.py's sweep() (stage=sft, started
-   from the pretraining run through model.init_from) and measures the result (result.json);
+3. fine-tunes each level once per (seed, objective, label noise) of configs/continuum.py's sweep()
+   (stage=sft, started from the level's pretraining run through model.init_from) and measures the result
+   (result.json);
 4. writes the tables and figures (experiments/continuum/analyze.py).
 
 Every run goes through deft_jax.train.train_and_evaluate and deft_jax.evaluate in-process; runs of one
 process with the same objective share one compiled step. A finished run has its report (base.json or
-result.json, written last and atomically) and is skipped on relaunch; an unfinished one restarts.
+result.json, written last and atomically) and is skipped on relaunch; an unfinished SFT run restarts, an
+unfinished pretraining run resumes from its checkpoint.
 --workers N splits the SFT runs' (level, seed) groups over N processes (each single-threaded XLA);
---seeds, --levels, --noise and --objectives restrict the grid (a reduced study); --deadline_minutes stops
+--seeds, --levels, --noise, --objectives and --noisy_objectives restrict the grid (a reduced study);
+--deadline_minutes stops
 starting new groups after that long (a relaunch continues).
 """
 from __future__ import annotations
@@ -306,7 +309,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                        noise=parse_list(args.noise, float), objectives=parse_list(args.objectives, str),
                        noisy_objectives=parse_list(args.noisy_objectives, str))
     if not runs:
-        raise SystemExit("continuum: error: the selection (--levels/--seeds/--noise/--objectives) leaves no run")
+        print("continuum: error: the selection (--levels/--seeds/--noise/--objectives) leaves no run",
+              file=sys.stderr)
+        return 2
     keys = groups(runs)
     started = time.time()
     deadline = args.deadline or (started + 60 * args.deadline_minutes if args.deadline_minutes else None)
