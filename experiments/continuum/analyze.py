@@ -304,7 +304,7 @@ def figures(results, priors, *, out: pathlib.Path, noise_levels: Sequence[float]
         steps = runs[0]["dynamics"]["step"]
         for ax, key in zip(axes, ("mean_alpha", "mean_p")):
             ax.plot(steps, np.mean([r["dynamics"][key] for r in runs], axis=0), color=color,
-                    label=f"x={x:g} (base p {prior['p'][0]:.2f})")
+                    label=f"level {x:g} (base p {prior['p'][0]:.2f})")
         nll = [r for r in results if r["level"] == x and r["label"] == "nll" and r["noise"] == 0.0]
         if nll:
             axes[1].plot(steps, np.mean([r["dynamics"]["mean_p"] for r in nll], axis=0), color=color, ls="--", lw=0.8)
