@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 from jax.sharding import Mesh
 
+from deft_jax import checkpointing
 from deft_jax import config as config_lib
 from deft_jax import model as model_lib
 from deft_jax import sharding as sharding_lib
@@ -168,8 +169,17 @@ def random_params(model_config: model_lib.ModelConfig, *, seed: int, mesh: Mesh,
 
 
 def initial_params(config, *, model_config: model_lib.ModelConfig, mesh: Mesh, rules) -> Any:
-    """The run's step-0 parameters: pretrained weights (config.model.init='pretrained') or random ones from
-    config.seed. The evaluator's base model is exactly these."""
+    """The run's step-0 parameters: another run's latest params (config.model.init_from), pretrained weights
+    (config.model.init='pretrained') or random ones from config.seed. The evaluator's base model is exactly
+    these."""
+    if config.model.init_from:
+        steps = checkpointing.available_steps(config.model.init_from)
+        if not steps:
+            raise config_lib.ConfigError(f"config.model.init_from={config.model.init_from!r} holds no checkpoint; "
+                                         f"give the --workdir of a run that has saved one.")
+        abstract, shardings = model_lib.param_layout(model_config, mesh=mesh, rules=rules)
+        return checkpointing.restore_params(workdir=config.model.init_from, step=steps[-1],
+                                            abstract_params=abstract, shardings=shardings)
     if config.model.init == "random":
         return random_params(model_config, seed=config.seed, mesh=mesh, rules=rules)
     return pretrained_params(config, model_config=model_config, mesh=mesh, rules=rules)

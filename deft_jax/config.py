@@ -138,6 +138,8 @@ FIELDS: dict[str, Field] = {
                         "a known name, an architecture preset, a .gguf file, a Hugging Face dir, or 'tiny'"),
     "model.init": Field("pretrained", one_of("pretrained", "random"),
                         "'pretrained' weights or 'random' weights of the same architecture"),
+    "model.init_from": Field("", string, "a training run's workdir: start from its latest checkpoint's params "
+                             "(a fresh optimizer state; replaces model.init)"),
     "model.dtype": Field("bfloat16", one_of(*DTYPES), "compute dtype"),
     "model.param_dtype": Field("float32", one_of(*DTYPES), "parameters and optimizer state"),
     "model.remat": Field(False, boolean, "rematerialise each layer in the backward pass"),
