@@ -310,16 +310,22 @@ def build_model_config(config, *, tokenizer, base: model_lib.ModelConfig | None 
 
 def load_pretrained(config, *, mesh: Mesh, rules) -> tuple[model_lib.ModelConfig, Any]:
     """(architecture, params placed on the mesh) of config.model.name, via deft_jax.weights."""
-    from deft_jax import weights
+    from deft_jax import presets, weights
 
+    if presets.is_preset(config.model.name):
+        raise ValueError(f"config.model.name={config.model.name!r} is an architecture preset (no weights); "
+                         "set it to the checkpoint's directory or .gguf file, or set config.model.init='random'.")
     fields = _model_fields(config)
     return weights.load_pretrained(config.model.name, mesh=mesh, rules=rules, **fields)
 
 
 def pretrained_architecture(config) -> model_lib.ModelConfig:
-    """The checkpoint's ModelConfig with config.model's fields (dtype, remat, scan...), tensors unread."""
-    from deft_jax import weights
+    """The checkpoint's (or architecture preset's) ModelConfig with config.model's fields (dtype, remat,
+    scan...), tensors unread."""
+    from deft_jax import presets, weights
 
+    if presets.is_preset(config.model.name):
+        return presets.model_config(config.model.name, **_model_fields(config))
     return weights.load_model_config(config.model.name, **_model_fields(config))
 
 
@@ -596,8 +602,8 @@ def abstract_train_state(model_config, *, optimizer, mesh: Mesh, rules) -> tuple
     abstract_params, shardings = param_shardings(model_config, mesh=mesh, rules=rules)
     abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
     replicated = sharding_lib.replicated(mesh)
-    opt_shardings = optax.tree_map_params(optimizer, lambda _, s: s, abstract_opt, shardings,
-                                          transform_non_params=lambda _: replicated)
+    opt_shardings = sharding_lib.optimizer_state_shardings(abstract_opt, abstract_params=abstract_params,
+                                                           param_shardings=shardings, other=replicated)
     scalar = jax.ShapeDtypeStruct((), jnp.int32)
     abstract = TrainState(step=scalar, params=abstract_params, opt_state=abstract_opt,
                           rng=jax.ShapeDtypeStruct((2,), jnp.uint32), skipped_steps=scalar)
