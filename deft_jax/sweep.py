@@ -384,6 +384,7 @@ def run_all(runs: Sequence[SweepRun], *, in_process: bool = False, log=print,
                 write_run_files(run)
             resuming = (run.workdir / "checkpoints").is_dir() and any((run.workdir / "checkpoints").iterdir())
             log(f"{prefix}: {'resuming' if resuming else 'training'} in {run.workdir}")
+            hosts.barrier(f"sweep: {run.workdir} start")  # the hosts' first collectives then meet in time
             started = time.perf_counter()
             finished, message = train_in_process(run) if in_process else train_subprocess(run, forwarder=forwarder)
             elapsed = time.perf_counter() - started

@@ -44,7 +44,12 @@ ROWS = [
 
 def compile_row(label: str, spec: str, topology: str, extra: list[str], *, out: pathlib.Path) -> None:
     path = out / f"{label}.json"
+    claim = out / f"{label}.running"
     if path.exists():
+        return
+    try:  # several workers may share one --out: each row is compiled once
+        claim.touch(exist_ok=False)
+    except FileExistsError:
         return
     programs = [] if any(flag.startswith("--programs") for flag in extra) else ["--programs=train"]
     command = [sys.executable, "-m", "deft_jax.compile", f"--config={spec}", f"--topology={topology}",
@@ -59,6 +64,7 @@ def compile_row(label: str, spec: str, topology: str, extra: list[str], *, out: 
         report = json.loads(path.read_text())
         report.update(label=label, spec=spec, extra=extra, wall_seconds=round(seconds, 1))
         path.write_text(json.dumps(report, indent=2, sort_keys=True))
+    claim.unlink()
     print(f"{label}: {seconds:.0f}s (exit {done.returncode})", flush=True)
 
 
@@ -78,11 +84,12 @@ def table(out: pathlib.Path) -> str:
         for name, p in r["programs"].items():
             parts = f"{p['total_gib']:.1f} ({p.get('params_gib', 0):.1f} + {p.get('optimizer_gib', 0):.1f} + {p['temporaries_gib']:.1f})"
             costs = r["costs"]
+            roofline, tokens = ((f"{costs['roofline_step_seconds']:.2f}", f"{costs['tokens_per_second_at_40_mfu']:,.0f}")
+                                if name == "train" else ("–", "–"))
             lines.append(
                 f"| {label}{'' if name == 'train' else ' ' + name} | {r['model']} | {r['objective']} / {r['loss_impl']} "
                 f"| {r['topology']} ({r['chips']} chips, {r['hosts']} hosts) | {mesh} | {r['micro_batches']} "
-                f"| {'yes' if p['fits'] else 'NO'} | {parts} | {costs['roofline_step_seconds']:.2f} "
-                f"| {costs['tokens_per_second_at_40_mfu']:,.0f} | {p['compile_seconds']:.0f} |")
+                f"| {'yes' if p['fits'] else 'NO'} | {parts} | {roofline} | {tokens} | {p['compile_seconds']:.0f} |")
     return "\n".join(lines)
 
 
@@ -97,11 +104,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
     parser.add_argument("--table", action="store_true", help="only print the table")
+    parser.add_argument("--reverse", action="store_true", help="compile the rows last to first (a second worker)")
     args = parser.parse_args()
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if not args.table:
-        for row in ROWS:
+        for row in (ROWS[::-1] if args.reverse else ROWS):
             compile_row(*row, out=out)
     print(f"machine: {machine()}")
     print(table(out))
