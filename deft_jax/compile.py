@@ -48,7 +48,6 @@ from typing import Any  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
 
 from deft_jax import model as model_lib  # noqa: E402
 from deft_jax import sharding as sharding_lib  # noqa: E402
@@ -244,7 +243,7 @@ def build_target(config, *, devices: Sequence[Any], generation: GenerationShape 
         abstract, shardings = train.abstract_train_state(model_config, optimizer=optimizer, mesh=mesh, rules=rules)
     except ValueError as error:  # a parameter dimension the mesh does not divide
         raise CompileError(str(error)) from None
-    eos = model_config.vocab_size - 1
+    eos = model_config.vocab_size - 1  # a stand-in: the stop id is a constant of decode, not a shape
     return Target(config=config, mesh=mesh, rules=rules, model_config=model_config, spec=spec,
                   seq_len=data_lib.row_length(config.data),
                   abstract_state=sharding_lib.with_shardings(abstract, shardings),
@@ -417,7 +416,7 @@ def compile_target(target: Target, *, programs: Sequence[str] = PROGRAMS) -> dic
 # ====================================================================================================
 # Cost model.
 
-def step_costs(target: Target, *, chip: Chip, chips: int, train: ProgramReport | None) -> dict[str, float]:
+def step_costs(target: Target, *, chip: Chip, chips: int) -> dict[str, float]:
     """Analytic FLOPs, roofline lower bound and tokens/s at fixed MFU of one train step."""
     c = target.model_config
     per_token = model_lib.flops_per_token(c, seq_len=target.seq_len)
@@ -428,7 +427,7 @@ def step_costs(target: Target, *, chip: Chip, chips: int, train: ProgramReport |
     tensor = target.mesh.shape["tensor"]
     passes = 2 + int(c.remat)
     streamed = target.spec.num_micro_batches * passes * n_params / tensor * jnp.dtype(c.dtype).itemsize
-    state = 0 if train is None else train.parts["params"] + train.parts["optimizer"]
+    state = shard_bytes(target.abstract_state.params) + shard_bytes(target.abstract_state.opt_state)
     hbm_bytes = 2 * state + streamed
     memory_seconds = hbm_bytes / chip.hbm_bandwidth
     costs = {"params": float(n_params), "flops_per_token": per_token, "tokens_per_step": float(tokens),
@@ -503,7 +502,7 @@ def compile_report(config, *, topology: str, programs: Sequence[str] = PROGRAMS,
         if not entry["fits"]:
             result["problems"].append(advice(target, report, capacity=capacity))
         result["programs"][name] = entry
-    result["costs"] = step_costs(target, chip=parsed.chip, chips=parsed.chips, train=reports.get("train"))
+    result["costs"] = step_costs(target, chip=parsed.chip, chips=parsed.chips)
     result["fits"] = not result["problems"]
     result["seconds"] = round(time.perf_counter() - start, 1)
     return result
