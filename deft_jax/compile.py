@@ -503,7 +503,9 @@ def compile_report(config, *, topology: str, programs: Sequence[str] = PROGRAMS,
             result["problems"].append(advice(target, report, capacity=capacity))
         result["programs"][name] = entry
     result["costs"] = step_costs(target, chip=parsed.chip, chips=parsed.chips)
-    result["fits"] = not result["problems"]
+    result["state_gib"] = {"params": shard_bytes(target.abstract_state.params) / GIB,
+                           "optimizer": shard_bytes(target.abstract_state.opt_state) / GIB}
+    result["fits"] = not result["problems"] if reports else None  # None: nothing compiled
     result["seconds"] = round(time.perf_counter() - start, 1)
     return result
 
@@ -530,8 +532,10 @@ def format_report(result: Mapping[str, Any]) -> str:
         lines.append(f"{name:<8} {'yes' if p['fits'] else 'NO':<4} {p['total_gib']:>8.2f} {p.get('params_gib', 0):>8.2f} "
                      f"{p.get('optimizer_gib', 0):>8.2f} {batch:>8.2f} {p['temporaries_gib']:>8.2f} "
                      f"{p['compile_seconds']:>8.1f}" + ("   (compiler: out of HBM)" if "out_of_memory" in p else ""))
+    state = result["state_gib"]
     lines += [
         "",
+        f"state per chip (from the shardings): params {state['params']:.2f} GiB, optimizer {state['optimizer']:.2f} GiB",
         f"model FLOPs: {costs['flops_per_token'] / 1e9:.2f} GFLOP/token, {costs['flops_per_step'] / 1e15:.2f} PFLOP/step "
         f"({costs['tokens_per_step']:.0f} tokens)",
         f"roofline step time >= {costs['roofline_step_seconds']:.2f} s (compute {costs['roofline_compute_seconds']:.2f} s, "
@@ -549,7 +553,8 @@ def _define_flags() -> None:
     config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/paper/llama_3_1_8b.py:regime=figfont.",
                                     lock_config=True)
     flags.DEFINE_string("topology", None, "TPU slice (v5p-32, v4-32, v5e-16, v6e-16) or JAX topology (v5p:2x2x4).")
-    flags.DEFINE_list("programs", list(PROGRAMS), f"Programs to compile, from {PROGRAMS}.")
+    flags.DEFINE_list("programs", list(PROGRAMS), f"Programs to compile, from {PROGRAMS} ('' = none: the "
+                      "analytic state sizes and costs only, in seconds).")
     flags.DEFINE_integer("generate_batch_size", None, "Prompts per generation batch (default config.eval.batch_size).")
     flags.DEFINE_integer("prompt_len", None, "Prompt length for generation (default the row length).")
     flags.DEFINE_integer("max_new_tokens", None, "New tokens for generation (default: the evaluator's, per task).")
