@@ -34,7 +34,11 @@ CORE = [
     "matplotlib>=3.8",
 ]
 
-TEST = [
+# libtpu describes TPU slices to JAX, so `python -m deft_jax.compile` compiles for them on any machine
+# (no TPU needed). 0.0.42.1 is the libtpu that jax[tpu]==0.10.2 pairs with; move it with the jax pin.
+TPU = ["libtpu==0.0.42.1"]
+
+TEST = TPU + [
     "pytest>=8",
     "pytest-xdist>=3.5",
     "jellyfish>=1.0",  # independent Jaro-Winkler reference for the scoring tests
@@ -51,5 +55,5 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["deft_jax", "deft_jax.*", "configs", "configs.*"]),
     python_requires=">=3.10",
     install_requires=CORE,
-    extras_require={"test": TEST, "bench": ["torch==2.13.0", "transformers>=4.56", "accelerate>=1.0"]},
+    extras_require={"test": TEST, "tpu": TPU, "bench": ["torch==2.13.0", "transformers>=4.56", "accelerate>=1.0"]},
 )

@@ -25,6 +25,7 @@ from jax.sharding import Mesh
 from deft_jax import checkpointing
 from deft_jax import config as config_lib
 from deft_jax import model as model_lib
+from deft_jax import presets
 from deft_jax import sharding as sharding_lib
 from deft_jax import step as step_lib
 from deft_jax import tokenizer as tokenizer_lib
@@ -50,14 +51,23 @@ def model_fields(config) -> dict[str, Any]:
     return fields
 
 
-def build_model_config(config, *, tokenizer) -> model_lib.ModelConfig:
-    """The architecture of config.model.name with config.model's fields, tensors unread. 'tiny' is
-    ModelConfig.tiny with the tokenizer's vocabulary rounded up to a multiple of 8."""
-    if config.model.name == config_lib.TINY_MODEL:
+def architecture(config, *, tokenizer: tokenizer_lib.Tokenizer | None = None) -> model_lib.ModelConfig:
+    """config.model.name's ModelConfig with config.model's fields, tensors unread: an architecture preset
+    (deft_jax.presets), a checkpoint's config.json or GGUF header, or 'tiny' (ModelConfig.tiny with the
+    tokenizer's vocabulary rounded up to a multiple of 8; the config's tokenizer when none is given)."""
+    name = config.model.name
+    if name == config_lib.TINY_MODEL:
+        tokenizer = tokenizer or build_tokenizer(config)
         vocab = -(-tokenizer.vocab_size // TINY_VOCAB_MULTIPLE) * TINY_VOCAB_MULTIPLE
-        model_config = model_lib.ModelConfig.tiny(**{"vocab_size": vocab, **model_fields(config)})
-    else:
-        model_config = weights.load_model_config(config.model.name, **model_fields(config))
+        return model_lib.ModelConfig.tiny(**{"vocab_size": vocab, **model_fields(config)})
+    if presets.is_preset(name):
+        return presets.model_config(name, **model_fields(config))
+    return weights.load_model_config(name, **model_fields(config))
+
+
+def build_model_config(config, *, tokenizer) -> model_lib.ModelConfig:
+    """`architecture`, checked against the tokenizer the run uses (its ids must fit the vocabulary)."""
+    model_config = architecture(config, tokenizer=tokenizer)
     if tokenizer.vocab_size > model_config.vocab_size:
         raise config_lib.ConfigError(
             f"the tokenizer has {tokenizer.vocab_size} tokens but the model's vocabulary is "
@@ -67,6 +77,10 @@ def build_model_config(config, *, tokenizer) -> model_lib.ModelConfig:
 
 def pretrained_params(config, *, model_config: model_lib.ModelConfig, mesh: Mesh, rules) -> Any:
     """config.model.name's weights, placed tensor by tensor on the mesh, in model_config's layer layout."""
+    if presets.is_preset(config.model.name):
+        raise config_lib.ConfigError(
+            f"config.model.name={config.model.name!r} is an architecture preset (no weights); set it to the "
+            f"checkpoint's directory or .gguf file, or set config.model.init='random'.")
     loaded_config, params = weights.load_pretrained(config.model.name, mesh=mesh, rules=rules,
                                                     **model_fields(config))
     if loaded_config != model_config:
@@ -115,17 +129,6 @@ def build_step_spec(config, *, model_config: model_lib.ModelConfig) -> step_lib.
         accumulation=config.loss.accumulation, skip_nonfinite=config.optim.skip_nonfinite)
 
 
-def shard_like_params(tree: Any, *, params_abstract: Any, param_shardings: Any, other: Any) -> Any:
-    """Shardings for an optimizer-state tree: every subtree shaped like the params (Adam's moments) gets the
-    params' shardings, every other leaf (step counts) `other`. Pure tree maps: nothing is executed."""
-    params_def = jax.tree.structure(params_abstract)
-
-    def like_params(node) -> bool:
-        return jax.tree.structure(node) == params_def
-
-    return jax.tree.map(lambda node: param_shardings if like_params(node) else other, tree, is_leaf=like_params)
-
-
 @functools.lru_cache(maxsize=32)
 def state_layout(model_config: model_lib.ModelConfig, optimizer, mesh: Mesh,
                  rules) -> tuple[step_lib.TrainState, step_lib.TrainState]:
@@ -134,8 +137,8 @@ def state_layout(model_config: model_lib.ModelConfig, optimizer, mesh: Mesh,
     abstract_params, shardings = model_lib.param_layout(model_config, mesh=mesh, rules=rules)
     abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
     replicated = sharding_lib.replicated(mesh)
-    opt_shardings = shard_like_params(abstract_opt, params_abstract=abstract_params, param_shardings=shardings,
-                                      other=replicated)
+    opt_shardings = sharding_lib.optimizer_state_shardings(abstract_opt, abstract_params=abstract_params,
+                                                           param_shardings=shardings, other=replicated)
     scalar = jax.ShapeDtypeStruct((), jnp.int32)
     abstract = step_lib.TrainState(step=scalar, params=abstract_params, opt_state=abstract_opt,
                                    rng=jax.ShapeDtypeStruct((2,), jnp.uint32), skipped_steps=scalar)

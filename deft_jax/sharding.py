@@ -143,6 +143,25 @@ def check_divisible(*, abstract_tree: Any, shardings: Any, what: str = "paramete
                     f"config.mesh.rules.")
 
 
+def optimizer_state_shardings(abstract_opt_state: Any, *, abstract_params: Any, param_shardings: Any,
+                              other: NamedSharding) -> Any:
+    """Shardings of an optimizer state: every subtree that is a copy of the parameter tree (same structure
+    and shapes: Adam's moments) takes the parameters' shardings, every other leaf (step counts) `other`.
+
+    Works on ShapeDtypeStruct trees only and executes nothing, so it also serves meshes of devices that
+    exist only as a compilation target.
+    """
+    params_def = jax.tree.structure(abstract_params)
+    param_shapes = [tuple(x.shape) for x in jax.tree.leaves(abstract_params)]
+
+    def is_params_copy(node: Any) -> bool:
+        return (jax.tree.structure(node) == params_def
+                and [tuple(x.shape) for x in jax.tree.leaves(node)] == param_shapes)
+
+    return jax.tree.map(lambda node: param_shardings if is_params_copy(node) else other,
+                        abstract_opt_state, is_leaf=is_params_copy)
+
+
 def with_shardings(abstract_tree: Any, shardings: Any) -> Any:
     """ShapeDtypeStructs carrying their target shardings (orbax restore targets, jit shapes)."""
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),

@@ -17,6 +17,13 @@ arguments and `--config.<field>=<value>` overrides apply to every run (the point
 At the end every finished run is evaluated (deft_jax.evaluate; reports cached in <run>/eval/) and the
 sweep writes summary.md, summary.csv (one row per run: the swept fields and the final metrics) and
 summary.png (the metrics against the swept field).
+
+On a multi-host slice every host runs the same command with --in_process (the config's `distributed`
+section or $DEFT_COORDINATOR_ADDRESS asks for jax.distributed, as for the trainer), and the workdir is a
+path all hosts share. The hosts step through the same runs in the same order: whether a run is done is
+decided by process 0 and broadcast, each run trains as one multi-host job, and a barrier after its done
+marker lets every host see it before the next run starts. Only process 0 writes point files, markers,
+evaluation reports, summaries and plots.
 """
 from __future__ import annotations
 
@@ -35,10 +42,15 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
 from deft_jax import checkpointing
 from deft_jax import cli
 from deft_jax import config as config_lib
 from deft_jax import evaluate
+from deft_jax import sharding as sharding_lib
 from deft_jax import plots
 from deft_jax import reporting
 from deft_jax import step as step_lib
@@ -51,6 +63,40 @@ TRAIN_LOG = "train.log"
 
 class SweepError(cli.UserError):
     """Bad sweep input (config file, sweep points, workdir); the message says what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Hosts:
+    """The processes running one sweep together (one process: no collectives at all)."""
+
+    index: int = 0
+    count: int = 1
+
+    @property
+    def writer(self) -> bool:
+        """Only process 0 writes files."""
+        return self.index == 0
+
+    def agree(self, flag: bool) -> bool:
+        """Process 0's `flag`, on every process (so that all take the same branch)."""
+        if self.count == 1:
+            return flag
+        return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag)))
+
+    def barrier(self, name: str) -> None:
+        """Wait until every process reached `name` (files written before it are then visible to all)."""
+        if self.count > 1:
+            multihost_utils.sync_global_devices(name)
+
+
+SINGLE_HOST = Hosts()
+
+
+def join_hosts(config) -> Hosts:
+    """jax.distributed.initialize when the config or the environment asks for it; the resulting Hosts."""
+    if not sharding_lib.maybe_initialize_distributed(config.distributed):
+        return SINGLE_HOST
+    return Hosts(index=jax.process_index(), count=jax.process_count())
 
 
 # ====================================================================================================
@@ -260,15 +306,21 @@ def train_in_process(run: SweepRun) -> tuple[bool, str]:
     return True, f"finished at step {final.get('step')}"
 
 
-def mark_done(run: SweepRun, *, message: str) -> None:
-    steps = checkpointing.available_steps(run.workdir)
+def mark_done(run: SweepRun, *, message: str, steps: Sequence[int] | None = None) -> None:
+    """Write the run's done marker (`steps`: its checkpoint steps, read here when not given)."""
+    steps = checkpointing.available_steps(run.workdir) if steps is None else steps
     reporting.write_json(run.done_marker, {"name": run.name, "point": run.point, "final_step": steps[-1] if steps else None,
                                   "finished": time.time(), "message": message})
 
 
-def run_all(runs: Sequence[SweepRun], *, in_process: bool = False, log=print) -> dict[str, str]:
+def run_all(runs: Sequence[SweepRun], *, in_process: bool = False, log=print,
+            hosts: Hosts = SINGLE_HOST) -> dict[str, str]:
     """Train every unfinished run in order; returns {name: status} ('done', 'skipped (done)', 'failed: ...',
-    'interrupted: ...'). Stops early when the sweep itself is asked to stop (SIGTERM/SIGINT)."""
+    'interrupted: ...'). Stops early when the sweep itself is asked to stop (SIGTERM/SIGINT). With several
+    `hosts` (in_process only) all of them train each run together and only process 0 writes."""
+    if hosts.count > 1 and not in_process:
+        raise SweepError(f"a sweep over {hosts.count} processes trains each run as one multi-host job: add "
+                         "--in_process")
     statuses: dict[str, str] = {}
     forwarder = _Forwarder()
     try:
@@ -276,21 +328,26 @@ def run_all(runs: Sequence[SweepRun], *, in_process: bool = False, log=print) ->
             check_same_config(run)
         for index, run in enumerate(runs, start=1):
             prefix = f"[{index}/{len(runs)}] {run.name}"
-            if run.is_done():
+            if hosts.agree(run.is_done()):
                 statuses[run.name] = "skipped (done)"
                 log(f"{prefix}: already finished, skipping ({run.done_marker})")
                 continue
             if forwarder.stopping:
                 statuses[run.name] = "not started (sweep stopped)"
                 continue
-            write_run_files(run)
+            if hosts.writer:
+                write_run_files(run)
             resuming = (run.workdir / "checkpoints").is_dir() and any((run.workdir / "checkpoints").iterdir())
             log(f"{prefix}: {'resuming' if resuming else 'training'} in {run.workdir}")
+            hosts.barrier(f"sweep: {run.workdir} start")  # the hosts' first collectives then meet in time
             started = time.perf_counter()
             finished, message = train_in_process(run) if in_process else train_subprocess(run, forwarder=forwarder)
             elapsed = time.perf_counter() - started
             if finished:
-                mark_done(run, message=message)
+                steps = checkpointing.available_steps(run.workdir)  # every host: orbax synchronises the hosts
+                if hosts.writer:
+                    mark_done(run, message=message, steps=steps)
+                hosts.barrier(f"sweep: {run.workdir} done")
                 statuses[run.name] = "done"
                 log(f"{prefix}: {message} ({elapsed:.0f}s)")
             else:
@@ -305,7 +362,7 @@ def run_all(runs: Sequence[SweepRun], *, in_process: bool = False, log=print) ->
 # Evaluation and summary.
 
 def evaluate_finished(runs: Sequence[SweepRun], *, options, include_unmarked: bool = False,
-                      log=print) -> dict[str, dict[str, Any] | None]:
+                      log=print, hosts: Hosts = SINGLE_HOST) -> dict[str, dict[str, Any] | None]:
     """{name: evaluation result of the run's latest checkpoint} for finished runs (None otherwise).
 
     Finished = the sweep's done marker; with `include_unmarked` (runs trained elsewhere, e.g. from
@@ -319,12 +376,14 @@ def evaluate_finished(runs: Sequence[SweepRun], *, options, include_unmarked: bo
             results[run.name] = None
             continue
         cached = run.workdir / "eval" / f"{reporting.report_name(steps[-1])}.json"
-        if cached.is_file():
-            results[run.name] = json.loads(cached.read_text())
+        if hosts.agree(cached.is_file()):
+            results[run.name] = json.loads(cached.read_text()) if hosts.writer else {}
             log(f"{run.name}: evaluation of step {steps[-1]} already in {cached}")
             continue
         log(f"{run.name}: evaluating step {steps[-1]}")
-        results[run.name] = evaluate.evaluate_run(workdir=run.workdir, steps=steps[-1], options=options)[0]
+        results[run.name] = evaluate.evaluate_run(workdir=run.workdir, steps=steps[-1], options=options,
+                                                  write=hosts.writer)[0]
+        hosts.barrier(f"sweep: {run.workdir} evaluated")
     return results
 
 
@@ -385,7 +444,8 @@ def _define_flags() -> None:
     flags.DEFINE_bool("print_commands", False, "Print one training command per run (for a cluster) and exit.")
     flags.DEFINE_string("commands_file", None, "Write one training command per run to this file and exit.")
     flags.DEFINE_bool("summarize_only", False, "Do not train: evaluate the finished runs and write the summary.")
-    flags.DEFINE_bool("in_process", False, "Train in this process (train.train_and_evaluate), not subprocesses.")
+    flags.DEFINE_bool("in_process", False, "Train in this process (train.train_and_evaluate), not subprocesses "
+                      "(required on several hosts).")
     flags.DEFINE_bool("evaluate", True, "Evaluate finished runs and write the summary at the end.")
     flags.DEFINE_integer("num_eval", None, "Evaluate the first N eval examples of each run (default all).")
     flags.DEFINE_integer("max_new_tokens", None, "Generation length for evaluation (default per task).")
@@ -403,6 +463,8 @@ def main(argv: Sequence[str]) -> None:
     config_arg = config_flags.get_config_filename(FLAGS["config"])
     overrides = config_flags.get_override_values(FLAGS["config"])
     workdir = pathlib.Path(FLAGS.workdir).absolute()
+    hosts = join_hosts(FLAGS.config)
+    say = (lambda m: print(m, flush=True)) if hosts.writer else (lambda m: None)
     module = config_lib.load_config_module(config_arg.partition(":")[0])
     points = sweep_points(module, source=config_arg.partition(":")[0])
     runs = plan_runs(config=FLAGS.config, config_arg=config_arg, overrides=overrides, workdir=workdir,
@@ -419,23 +481,28 @@ def main(argv: Sequence[str]) -> None:
             print(f"wrote {len(runs)} commands to {FLAGS.commands_file}; afterwards run this sweep again "
                   f"with --summarize_only", file=sys.stderr)
         return
-    workdir.mkdir(parents=True, exist_ok=True)
-    reporting.write_json(workdir / "sweep.json", {"config": config_arg, "overrides": overrides,
-                                                  "runs": [{"name": r.name, "point": r.point} for r in runs]})
-    print(f"sweep: {len(runs)} runs of {config_arg} in {workdir}: {[run.name for run in runs]}", flush=True)
-    statuses = {} if FLAGS.summarize_only else run_all(runs, in_process=FLAGS.in_process,
-                                                       log=lambda m: print(m, flush=True))
+    if hosts.count > 1 and not (FLAGS.in_process or FLAGS.summarize_only):
+        raise SweepError(f"this sweep runs on {hosts.count} processes: add --in_process (each run then "
+                         "trains as one multi-host job)")
+    if hosts.writer:
+        workdir.mkdir(parents=True, exist_ok=True)
+        reporting.write_json(workdir / "sweep.json", {"config": config_arg, "overrides": overrides,
+                                                      "runs": [{"name": r.name, "point": r.point} for r in runs]})
+    say(f"sweep: {len(runs)} runs of {config_arg} in {workdir}: {[run.name for run in runs]}"
+        + (f" (process {hosts.index} of {hosts.count})" if hosts.count > 1 else ""))
+    statuses = {} if FLAGS.summarize_only else run_all(runs, in_process=FLAGS.in_process, log=say, hosts=hosts)
     if not FLAGS.evaluate:
         return
     options = evaluate.EvalOptions(num_eval=FLAGS.num_eval, max_new_tokens=FLAGS.max_new_tokens,
                                    generate=FLAGS.generate)
-    results = evaluate_finished(runs, options=options, include_unmarked=FLAGS.summarize_only,
-                                log=lambda m: print(m, flush=True))
-    rows = summary_rows(runs, results=results, statuses=statuses)
-    paths = write_summary(rows, workdir=workdir, title=f"{config_arg} {override_flags(overrides)}".strip())
-    print(reporting.markdown_table(rows))
-    for path in paths:
-        print(f"wrote {path}")
+    results = evaluate_finished(runs, options=options, include_unmarked=FLAGS.summarize_only, log=say,
+                                hosts=hosts)
+    if hosts.writer:
+        rows = summary_rows(runs, results=results, statuses=statuses)
+        paths = write_summary(rows, workdir=workdir, title=f"{config_arg} {override_flags(overrides)}".strip())
+        print(reporting.markdown_table(rows))
+        for path in paths:
+            print(f"wrote {path}")
     unfinished = [name for name, status in statuses.items() if status not in ("done", "skipped (done)")]
     if unfinished:
         raise SystemExit(f"sweep: {len(unfinished)} run(s) did not finish: {unfinished}; launch the same command "
