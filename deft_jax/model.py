@@ -198,28 +198,18 @@ def attention_mask(*, q_index, k_index, q_segment_ids, k_segment_ids, sliding_wi
     return mask
 
 
-def grouped_query_attention(*, q, k, v, mask) -> jax.Array:
-    """softmax(q k^T / sqrt(hd) masked) v with q [B,T,H,hd], k/v [B,S,Hkv,hd], mask [B,T,S] -> [B,T,H,hd]."""
+def grouped_query_attention(*, q, k, v, mask, heads_first: bool = False) -> jax.Array:
+    """softmax(q k^T / sqrt(hd) masked) v with q [B,T,H,hd], mask [B,T,S] -> [B,T,H,hd]; k/v [B,S,Hkv,hd], or
+    with `heads_first` the cache layout [B,Hkv,S,hd], which both contractions then read as stored (no
+    per-step transpose of the cache)."""
     batch, length, n_heads, head_dim = q.shape
-    n_kv_heads = k.shape[2]
+    n_kv_heads = k.shape[1 if heads_first else 2]
+    kv = "bksd" if heads_first else "bskd"
     q = q.reshape(batch, length, n_kv_heads, n_heads // n_kv_heads, head_dim)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) * (head_dim**-0.5)
+    scores = jnp.einsum(f"btkgd,{kv}->bkgts", q, k, preferred_element_type=jnp.float32) * (head_dim**-0.5)
     scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
-    return out.reshape(batch, length, n_heads, head_dim)
-
-
-def cached_grouped_query_attention(*, q, k, v, mask) -> jax.Array:
-    """grouped_query_attention with k/v in the cache layout [B, Hkv, S, hd] (heads before positions): both
-    contractions then read the cache as stored, with no per-step transpose of it."""
-    batch, length, n_heads, head_dim = q.shape
-    n_kv_heads = k.shape[1]
-    q = q.reshape(batch, length, n_kv_heads, n_heads // n_kv_heads, head_dim)
-    scores = jnp.einsum("btkgd,bksd->bkgts", q, k, preferred_element_type=jnp.float32) * (head_dim**-0.5)
-    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bksd->btkgd", probs, v)
+    out = jnp.einsum(f"bkgts,{kv}->btkgd", probs, v)
     return out.reshape(batch, length, n_heads, head_dim)
 
 
@@ -311,7 +301,7 @@ class Attention(nn.Module):
                                   q_segment_ids=segment_ids, k_segment_ids=kv_segment_ids[:, :kv_len_read],
                                   sliding_window=c.sliding_window)
             new_cache = (all_k, all_v, layer + 1)
-            out = cached_grouped_query_attention(q=q, k=k, v=v, mask=mask)
+            out = grouped_query_attention(q=q, k=k, v=v, mask=mask, heads_first=True)
         out = nn.with_logical_constraint(out, ("batch", "length", "act_heads", "head_dim"))
         out = Projection(c, "btnk,nkd->btd", (h, hd, d), ("heads", "head_dim", "embed"), name="o_proj")(out)
         return out, new_cache
