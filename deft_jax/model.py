@@ -201,16 +201,25 @@ def attention_mask(*, q_index, k_index, q_segment_ids, k_segment_ids, sliding_wi
 def grouped_query_attention(*, q, k, v, mask, heads_first: bool = False) -> jax.Array:
     """softmax(q k^T / sqrt(hd) masked) v with q [B,T,H,hd], mask [B,T,S] -> [B,T,H,hd]; k/v [B,S,Hkv,hd], or
     with `heads_first` the cache layout [B,Hkv,S,hd], which both contractions then read as stored (no
-    per-step transpose of the cache)."""
+    per-step transpose of the cache).
+
+    The G = H / Hkv query heads sharing a kv head are merged with the query positions into one dim
+    M = G·T, so both products are plain batched matmuls over (B, Hkv) and their gradients contract over
+    one dim (contracting over (G, T) separately made XLA:CPU transpose the scores' gradient).
+    """
     batch, length, n_heads, head_dim = q.shape
     n_kv_heads = k.shape[1 if heads_first else 2]
-    kv = "bksd" if heads_first else "bskd"
-    q = q.reshape(batch, length, n_kv_heads, n_heads // n_kv_heads, head_dim)
-    scores = jnp.einsum(f"btkgd,{kv}->bkgts", q, k, preferred_element_type=jnp.float32) * (head_dim**-0.5)
+    groups = n_heads // n_kv_heads
+    if not heads_first:
+        k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)  # [B, Hkv, S, hd]
+    q = q.reshape(batch, length, n_kv_heads, groups, head_dim).transpose(0, 2, 3, 1, 4)
+    q = q.reshape(batch, n_kv_heads, groups * length, head_dim)  # [B, Hkv, G·T, hd]
+    scores = jnp.einsum("bkmd,bksd->bkms", q, k, preferred_element_type=jnp.float32) * (head_dim**-0.5)
+    scores = scores.reshape(batch, n_kv_heads, groups, length, -1)
     scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum(f"bkgts,{kv}->btkgd", probs, v)
-    return out.reshape(batch, length, n_heads, head_dim)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(batch, n_kv_heads, groups * length, -1)
+    out = jnp.einsum("bkms,bksd->bkmd", probs, v).reshape(batch, n_kv_heads, groups, length, head_dim)
+    return out.transpose(0, 3, 1, 2, 4).reshape(batch, length, n_heads, head_dim)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -236,12 +245,18 @@ class RMSNorm(nn.Module):
 
 
 class Projection(nn.Module):
-    """y = einsum(x, kernel) (+ bias) with named kernel axes; the kernel is cast to the compute dtype."""
+    """y[..., out] = x[..., in] · kernel[in, out] (+ bias), the kernel cast to the compute dtype.
+
+    `in_rank` trailing dims of x contract with the kernel's leading `in_rank` dims. Both sides are
+    flattened to one [tokens, in] × [in, out] matmul: its backward then contracts over a single token
+    dim, which XLA:CPU runs as a plain matmul (contracting over [batch, length] separately made it
+    transpose the activations' gradient in a slow strided loop, a third of the MLP's backward).
+    """
 
     config: ModelConfig
-    equation: str
     kernel_shape: tuple
     kernel_axes: tuple
+    in_rank: int = 1
     bias_shape: tuple | None = None
     bias_axes: tuple | None = None
 
@@ -249,7 +264,11 @@ class Projection(nn.Module):
     def __call__(self, x):
         dtype = jnp.dtype(self.config.dtype)
         kernel = _param(self, "kernel", self.kernel_shape, self.kernel_axes, _kernel_init)
-        y = jnp.einsum(self.equation, x.astype(dtype), kernel.astype(dtype))
+        in_shape, out_shape = self.kernel_shape[:self.in_rank], self.kernel_shape[self.in_rank:]
+        fan_in, fan_out = math.prod(in_shape), math.prod(out_shape)
+        tokens = x.shape[:x.ndim - self.in_rank]
+        y = x.astype(dtype).reshape(-1, fan_in) @ kernel.astype(dtype).reshape(fan_in, fan_out)
+        y = y.reshape(*tokens, *out_shape)
         if self.bias_shape is not None:
             y = y + _param(self, "bias", self.bias_shape, self.bias_axes, nn.initializers.zeros).astype(dtype)
         return y
@@ -265,7 +284,7 @@ class Attention(nn.Module):
 
         def proj(name, n, axis):
             bias = dict(bias_shape=(n, hd), bias_axes=(axis, "head_dim")) if c.qkv_bias else {}
-            return Projection(c, "btd,dnk->btnk", (d, n, hd), ("embed", axis, "head_dim"), name=name, **bias)(x)
+            return Projection(c, (d, n, hd), ("embed", axis, "head_dim"), name=name, **bias)(x)
 
         q, k, v = proj("q_proj", h, "heads"), proj("k_proj", hkv, "kv_heads"), proj("v_proj", hkv, "kv_heads")
         if c.qk_norm:
@@ -303,7 +322,7 @@ class Attention(nn.Module):
             new_cache = (all_k, all_v, layer + 1)
             out = grouped_query_attention(q=q, k=k, v=v, mask=mask, heads_first=True)
         out = nn.with_logical_constraint(out, ("batch", "length", "act_heads", "head_dim"))
-        out = Projection(c, "btnk,nkd->btd", (h, hd, d), ("heads", "head_dim", "embed"), name="o_proj")(out)
+        out = Projection(c, (h, hd, d), ("heads", "head_dim", "embed"), in_rank=2, name="o_proj")(out)
         return out, new_cache
 
 
@@ -313,10 +332,10 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x):
         c = self.config
-        gate = Projection(c, "btd,df->btf", (c.d_model, c.d_ff), ("embed", "mlp"), name="gate_proj")(x)
-        up = Projection(c, "btd,df->btf", (c.d_model, c.d_ff), ("embed", "mlp"), name="up_proj")(x)
+        gate = Projection(c, (c.d_model, c.d_ff), ("embed", "mlp"), name="gate_proj")(x)
+        up = Projection(c, (c.d_model, c.d_ff), ("embed", "mlp"), name="up_proj")(x)
         hidden = nn.with_logical_constraint(nn.silu(gate) * up, ("batch", "length", "act_mlp"))
-        return Projection(c, "btf,fd->btd", (c.d_ff, c.d_model), ("mlp", "embed"), name="down_proj")(hidden)
+        return Projection(c, (c.d_ff, c.d_model), ("mlp", "embed"), name="down_proj")(hidden)
 
 
 class DecoderLayer(nn.Module):
