@@ -13,14 +13,22 @@ experiments/bench_train.py (4 x 256 tokens, the second half of each row supervis
   matmuls      only the step's matmuls (every layer's projections and the lm-head, forward and the two
                backward products), as one program: the time a step made of nothing else would take.
 Phases are timed in interleaved rounds (median); the machine may be shared: read the ratios.
+
+With `--ops` it then traces one call of the trainer's step with jax.profiler (XLA:CPU's per-thunk
+trace events on) and splits the traced time by kind of compiled op: matmuls, scan bookkeeping (the
+slices and zero-filled buffers of the layer scan), selects (the optimizer's non-finite skip, masks),
+copies and transposes, reductions, other element-wise loops. Event times on the worker threads overlap,
+so the kinds add up to more than the wall time: read the shares.
 """
 from __future__ import annotations
 
 import argparse
+import collections
 import functools
 import pathlib
 import statistics
 import sys
+import tempfile
 import time
 
 import jax
@@ -75,6 +83,41 @@ def matmul_program(shapes):
     return run, operands
 
 
+OP_KINDS = (  # (kind, substrings of XLA:CPU's op names), first match wins
+    ("matmuls", ("ynn_fusion", "xnn_fusion", "onednn", "dot")),
+    ("scan buffers zero-filled", ("wrapped_broadcast",)),
+    ("scan slices", ("dynamic-slice", "dynamic-update-slice")),
+    ("selects", ("select",)),
+    ("copies and transposes", ("copy", "transpose")),
+    ("reductions", ("reduce",)),
+)
+NOT_OPS = ("ThunkExecutor", "SlinkyThreadPool", "$")  # runtime bookkeeping and Python frames
+
+
+def op_kind(name: str) -> str:
+    for kind, parts in OP_KINDS:
+        if any(part in name for part in parts):
+            return kind
+    return "other element-wise"
+
+
+def op_breakdown(fn, *args) -> dict[str, float]:
+    """Seconds per op kind (OP_KINDS) of one traced call of the jitted `fn` (compiled already)."""
+    with tempfile.TemporaryDirectory() as directory:
+        jax.profiler.start_trace(directory)
+        jax.block_until_ready(fn(*args))
+        jax.profiler.stop_trace()
+        paths = sorted(pathlib.Path(directory).rglob("*.xplane.pb"))
+        data = jax.profiler.ProfileData.from_file(str(paths[-1]))
+    seconds = collections.Counter()
+    for plane in data.planes:
+        for line in plane.lines:
+            for event in line.events:
+                if not event.name.startswith(NOT_OPS):
+                    seconds[op_kind(event.name)] += event.duration_ns / 1e9
+    return dict(seconds)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--objective", default="deft")
@@ -84,6 +127,7 @@ def main() -> None:
     parser.add_argument("--scan_unroll", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--xla", default="project,default", help="comma-separated from project, default")
+    parser.add_argument("--ops", action="store_true", help="also split one traced step by kind of compiled op")
     args = parser.parse_args()
 
     config = config_lib.load_config(f"{REPO_ROOT}/configs/nll.py")
@@ -147,6 +191,17 @@ def main() -> None:
             value = statistics.median(times[(phase, xla)])
             cells.append(f"{value:.3f}" + (f" ({flops / value / 1e9:.0f} GFLOP/s)" if phase == "matmuls" else ""))
         print(f"| {phase} | " + " | ".join(cells) + " |")
+
+    if args.ops:
+        options = dict(xla_options.compiler_options(), xla_cpu_enable_xprof_traceme=True)
+        traced = jax.jit(functools.partial(step_lib.train_step, spec=spec, mesh=mesh), compiler_options=options)
+        with sharding_lib.mesh_context(mesh, rules):
+            jax.block_until_ready(traced(state, arrays, schedule))
+            seconds = op_breakdown(traced, state, arrays, schedule)
+        total = sum(seconds.values())
+        print("\n| op kind (one traced step, project options) | s | share |\n|---|---|---|")
+        for kind, value in sorted(seconds.items(), key=lambda item: -item[1]):
+            print(f"| {kind} | {value:.2f} | {value / total:.0%} |")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,7 @@
 """Decoder properties that need no checkpoint: packing, KV cache, scan/remat layouts, logical axes, FLOPs."""
+import math
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -6,6 +9,7 @@ import numpy as np
 import pytest
 
 from deft_jax import model as M
+from deft_jax import xla_options
 
 # One compiled forward per (config, shapes): much faster than eager Linen on 2 cores.
 _forward = jax.jit(M.forward, static_argnums=1, static_argnames=("return_hidden",))
@@ -157,3 +161,37 @@ def test_bad_config_is_rejected():
         M.ModelConfig.tiny(n_heads=3, n_kv_heads=2)
     with pytest.raises(ValueError, match="yarn"):
         M.ModelConfig.tiny(rope_scaling={"rope_type": "yarn", "factor": 2.0})
+
+
+def _large_transposes(hlo: str, *, min_elements: int) -> list[str]:
+    """`transpose` instructions of the optimised HLO (fusion bodies included) with ≥ min_elements elements."""
+    found = []
+    for match in re.finditer(r"= [a-z0-9]+\[([\d,]*)\][^ ]* transpose\(", hlo):
+        if math.prod(int(d) for d in match.group(1).split(",") if d) >= min_elements:
+            found.append(match.group(0))
+    return found
+
+
+def test_layer_backward_transposes_no_activation_gradient():
+    """A decoder layer's gradient contracts every projection and both attention products over one merged
+    dim, so XLA:CPU transposes nothing activation-sized (contracting over [batch, length] or (group,
+    position) separately made it transpose the MLP's and the scores' gradients in slow strided loops)."""
+    config = M.ModelConfig.tiny(d_model=64, n_heads=4, n_kv_heads=2, head_dim=16, d_ff=256)
+    batch, length = 2, 64
+    x = jax.random.normal(jax.random.key(0), (batch, length, config.d_model))
+    positions = jnp.broadcast_to(jnp.arange(length), (batch, length))
+    segments = jnp.ones((batch, length), jnp.int32)
+    layer = M.DecoderLayer(config)
+    params = layer.init(jax.random.key(1), (x, None), positions, segments, None, None)["params"]
+
+    def loss(params, x):
+        (out, _), _ = layer.apply({"params": params}, (x, None), positions, segments, None, None)
+        return jnp.sum(out**2)
+
+    hlo = jax.jit(jax.grad(loss, argnums=(0, 1)), compiler_options=xla_options.compiler_options()).lower(
+        params, x).compile().as_text()
+    # Activation gradients have ≥ tokens · d_ff elements (the MLP's) or B·H·T·T (the scores'); kernels
+    # (d_model · d_ff) and per-head q/k/v/out rearrangements (tokens · H · hd) are smaller.
+    smallest_activation = min(batch * length * config.d_ff, batch * config.n_heads * length * length)
+    assert smallest_activation > max(config.d_model * config.d_ff, batch * length * config.n_heads * config.head_dim)
+    assert _large_transposes(hlo, min_elements=smallest_activation) == []
