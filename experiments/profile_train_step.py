@@ -9,10 +9,11 @@ experiments/bench_train.py (4 x 256 tokens, the second half of each row supervis
   fwd+bwd      loss and gradients (`step_lib.accumulate_gradients`)
   optimizer    global norm, clipping, AdamW, the update and the non-finite skip, given gradients
   transfer     host batch -> device arrays (`sharding.put_batch`)
-  step         the trainer's whole step
+  step         the trainer's whole step (its compiled program: state donated, carried between calls)
   matmuls      only the step's matmuls (every layer's projections and the lm-head, forward and the two
                backward products), as one program: the time a step made of nothing else would take.
-Phases are timed in interleaved rounds (median); the machine may be shared: read the ratios.
+Phases are timed in interleaved rounds (median), each call after `--warm` untimed ones; the machine
+may be shared: read the ratios.
 
 With `--ops` it then traces one call of the trainer's step with jax.profiler (XLA:CPU's per-thunk
 trace events on) and splits the traced time by kind of compiled op: matmuls, scan bookkeeping (the
@@ -83,6 +84,21 @@ def matmul_program(shapes):
     return run, operands
 
 
+def trainer_step(state, arrays, schedule, *, spec, mesh, rules, options):
+    """step() -> metrics: the trainer's compiled step (explicit shardings, the state donated and carried
+    from call to call, as in training) on its own copy of `state`."""
+    _, shardings = build.state_layout(spec.loss.model_config, spec.optimizer, mesh, rules)
+    compiled = step_lib.compile_train_step(spec=spec, mesh=mesh, state_shardings=shardings,
+                                           compiler_options=options)
+    box = [jax.tree.map(jnp.copy, state)]
+
+    def step():
+        box[0], metrics = compiled(box[0], arrays, schedule)
+        return metrics
+
+    return step
+
+
 OP_KINDS = (  # (kind, substrings of XLA:CPU's op names), first match wins
     ("matmuls", ("ynn_fusion", "xnn_fusion", "onednn", "dot")),
     ("scan buffers zero-filled", ("wrapped_broadcast",)),
@@ -101,11 +117,11 @@ def op_kind(name: str) -> str:
     return "other element-wise"
 
 
-def op_breakdown(fn, *args) -> dict[str, float]:
-    """Seconds per op kind (OP_KINDS) of one traced call of the jitted `fn` (compiled already)."""
+def op_breakdown(fn) -> dict[str, float]:
+    """Seconds per op kind (OP_KINDS) of one traced call fn() of a compiled program."""
     with tempfile.TemporaryDirectory() as directory:
         jax.profiler.start_trace(directory)
-        jax.block_until_ready(fn(*args))
+        jax.block_until_ready(fn())
         jax.profiler.stop_trace()
         paths = sorted(pathlib.Path(directory).rglob("*.xplane.pb"))
         data = jax.profiler.ProfileData.from_file(str(paths[-1]))
@@ -127,12 +143,16 @@ def main() -> None:
     parser.add_argument("--scan_unroll", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--xla", default="project,default", help="comma-separated from project, default")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                        help="compute dtype (the matmuls row is float32 regardless)")
+    parser.add_argument("--warm", type=int, default=1, help="untimed calls before each timed one")
     parser.add_argument("--ops", action="store_true", help="also split one traced step by kind of compiled op")
     args = parser.parse_args()
 
     config = config_lib.load_config(f"{REPO_ROOT}/configs/nll.py")
     with config.unlocked():
         config.model.scan_unroll = args.scan_unroll
+        config.model.dtype = args.dtype
         config.model.init = "random"
     model_config = weights.load_model_config(config.model.name, **build.model_fields(config))
     mesh = sharding_lib.make_mesh(data=-1)
@@ -163,8 +183,8 @@ def main() -> None:
                 step_lib.accumulate_gradients, loss=loss, num_micro_batches=1)), state.params, arrays)
             phases[("optimizer", xla)] = functools.partial(jit(functools.partial(optimizer_phase, spec=spec)),
                                                            state, grads, schedule)
-            phases[("step", xla)] = functools.partial(jit(functools.partial(step_lib.train_step, spec=spec, mesh=mesh)),
-                                                      state, arrays, schedule)
+            phases[("step", xla)] = trainer_step(state, arrays, schedule, spec=spec, mesh=mesh, rules=rules,
+                                                 options=options)
             phases[("matmuls", xla)] = functools.partial(jit(matmuls), operands)
         phases[("transfer", "-")] = put
         times = {key: [] for key in phases}
@@ -174,6 +194,8 @@ def main() -> None:
             print(f"  {key}: compile + first {time.perf_counter() - start:.1f} s", flush=True)
         for round_index in range(args.repeats):
             for key, fn in phases.items():
+                for _ in range(args.warm):  # untimed: the first call after another phase pages its memory in
+                    jax.block_until_ready(fn())
                 start = time.perf_counter()
                 jax.block_until_ready(fn())
                 times[key].append(time.perf_counter() - start)
@@ -181,7 +203,8 @@ def main() -> None:
                   flush=True)
 
     flops = sum(2 * m * k * n for m, k, n in matmul_shapes(model_config, tokens=tokens)) * 3
-    print(f"\n{args.objective} {args.impl}, {args.batch} x {args.seq} tokens, scan_unroll {args.scan_unroll}; "
+    print(f"\n{args.objective} {args.impl}, {args.batch} x {args.seq} tokens, compute {args.dtype}, "
+          f"scan_unroll {args.scan_unroll}; "
           f"matmul FLOPs per step (fwd + 2 bwd products, attention excluded) {flops / 1e12:.2f} T\n")
     print("| phase | " + " | ".join(f"s ({x})" for x in args.xla.split(",")) + " |")
     print("|---|" + "---|" * len(args.xla.split(",")))
@@ -194,10 +217,11 @@ def main() -> None:
 
     if args.ops:
         options = dict(xla_options.compiler_options(), xla_cpu_enable_xprof_traceme=True)
-        traced = jax.jit(functools.partial(step_lib.train_step, spec=spec, mesh=mesh), compiler_options=options)
+        traced = trainer_step(state, arrays, schedule, spec=spec, mesh=mesh, rules=rules, options=options)
         with sharding_lib.mesh_context(mesh, rules):
-            jax.block_until_ready(traced(state, arrays, schedule))
-            seconds = op_breakdown(traced, state, arrays, schedule)
+            for _ in range(1 + args.warm):  # compile, then page the step's memory in
+                jax.block_until_ready(traced())
+            seconds = op_breakdown(traced)
         total = sum(seconds.values())
         print("\n| op kind (one traced step, project options) | s | share |\n|---|---|---|")
         for kind, value in sorted(seconds.items(), key=lambda item: -item[1]):
