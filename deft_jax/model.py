@@ -177,10 +177,16 @@ def rms_norm(x: jax.Array, *, scale: jax.Array, eps: float) -> jax.Array:
 
 def project_to_vocab(hidden: jax.Array, *, embedding=None, lm_head=None) -> jax.Array:
     """float32 logits [..., V] = hidden @ lm_head [D, V], or hidden @ embedding[V, D]^T when tied (contracted
-    in place: no transposed copy of the embedding is materialised, which matters inside a decode loop)."""
+    in place: no transposed copy of the embedding is materialised, which matters inside a decode loop).
+    The leading dims are flattened into one, so the weight's gradient contracts over a single token dim
+    (as `Projection`: no transposed copy of the [tokens, V] logits' gradient)."""
+    lead, width = hidden.shape[:-1], hidden.shape[-1]
+    flat = hidden.reshape(-1, width)
     if lm_head is not None:
-        return jnp.einsum("...d,dv->...v", hidden, lm_head.astype(hidden.dtype), preferred_element_type=jnp.float32)
-    return jnp.einsum("...d,vd->...v", hidden, embedding.astype(hidden.dtype), preferred_element_type=jnp.float32)
+        logits = jnp.einsum("td,dv->tv", flat, lm_head.astype(hidden.dtype), preferred_element_type=jnp.float32)
+    else:
+        logits = jnp.einsum("td,vd->tv", flat, embedding.astype(hidden.dtype), preferred_element_type=jnp.float32)
+    return logits.reshape(*lead, logits.shape[-1])
 
 
 def logits_from_hidden(hidden: jax.Array, *, params: dict, config: "ModelConfig") -> jax.Array:
