@@ -148,6 +148,10 @@ def main() -> None:
     parser.add_argument("--warm", type=int, default=1, help="untimed calls before each timed one")
     parser.add_argument("--ops", action="store_true", help="also split one traced step by kind of compiled op")
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(f"--repeats={args.repeats}: must be >= 1 (timed rounds)")
+    if args.warm < 0:
+        parser.error(f"--warm={args.warm}: must be >= 0 (untimed calls before each timed one)")
 
     config = config_lib.load_config(f"{REPO_ROOT}/configs/nll.py")
     with config.unlocked():
