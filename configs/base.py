@@ -21,7 +21,7 @@ from typing import Any
 
 import ml_collections
 
-from deft_jax import config as config_lib
+from deft_jax.training import config as config_lib
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 COMMON_ARGS = dict(runlocal=False, smoke=False, model="", task="", data_path="")

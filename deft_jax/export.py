@@ -15,10 +15,10 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from deft_jax import build
-from deft_jax import checkpointing
 from deft_jax import cli
-from deft_jax import weights
+from deft_jax.model import weights
+from deft_jax.training import checkpointing
+from deft_jax.training import setup as build
 
 EXPORT_DTYPES = ("float32", "bfloat16", "float16")
 

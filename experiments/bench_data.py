@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from deft_jax.data import default_data_config, load_examples, make_train_iterator, tokenize_examples
-from deft_jax.tokenizer import load_tokenizer
+from deft_jax.model.tokenizer import load_tokenizer
 
 SHARED_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
 BUCKETS = (128, 256, 512, 1024)

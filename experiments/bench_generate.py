@@ -16,8 +16,8 @@ import time
 import jax
 import numpy as np
 
-from deft_jax import generate as G
-from deft_jax import weights
+from deft_jax.inference import generation as G
+from deft_jax.model import weights
 
 
 def main():

@@ -34,7 +34,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deft_jax import fused, objectives, xla_options
+from deft_jax.objectives import fused
+from deft_jax import objectives
+from deft_jax.training import xla_options
 
 DEFAULT_OBJECTIVES = "nll,prob,deft,cayley,eaft"
 OBJECTIVE_PARAMS = {"deformed_log": {"alpha": 0.5}, "tsallis": {"q": 0.5}, "only_top_p": {"tau": 0.1},

@@ -38,11 +38,16 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from deft_jax import config as config_lib
-from deft_jax import step as step_lib
-from deft_jax import build
-from deft_jax import checkpointing, metrics as metrics_lib, model as model_lib, objectives  # noqa: E402
-from deft_jax import data as data_lib, sharding as sharding_lib, weights  # noqa: E402
+from deft_jax.training import config as config_lib
+from deft_jax.training import step as step_lib
+from deft_jax.training import setup as build
+from deft_jax.training import checkpointing  # noqa: E402
+from deft_jax.training import metrics as metrics_lib  # noqa: E402
+from deft_jax.model import decoder as model_lib  # noqa: E402
+from deft_jax import objectives  # noqa: E402
+from deft_jax import data as data_lib  # noqa: E402
+from deft_jax import sharding as sharding_lib  # noqa: E402
+from deft_jax.model import weights  # noqa: E402
 from experiments import torch_reference  # noqa: E402
 from experiments.bench_objectives import OBJECTIVE_PARAMS  # noqa: E402
 

@@ -56,7 +56,10 @@ def token_statistics(setup, params, tokenized, *, objective_specs=None) -> dict:
     import jax
 
     from deft_jax import data as data_lib
-    from deft_jax import evaluate, objectives, sharding, step
+    from deft_jax.evaluation import evaluator as evaluate
+    from deft_jax import objectives
+    from deft_jax import sharding
+    from deft_jax.training import step
 
     specs = objective_specs or {"": setup.loss.objective}
 
@@ -98,7 +101,8 @@ def study_objective_specs() -> dict:
 def initial_panels(workdir: pathlib.Path, *, smoke: bool, num_examples: int, log=print) -> dict:
     """{(regime, objective): statistics} of the untrained model under every objective's gate: what each
     objective does with the base model's tokens at step 0 (cached in <workdir>/initial-<regime>.npz)."""
-    from deft_jax import build, evaluate
+    from deft_jax.training import setup as build
+    from deft_jax.evaluation import evaluator as evaluate
     from deft_jax import data as data_lib
 
     specs = study_objective_specs()
@@ -130,7 +134,9 @@ def initial_panels(workdir: pathlib.Path, *, smoke: bool, num_examples: int, log
 def run_token_statistics(*, run_dir: pathlib.Path | None, config, num_examples: int) -> dict[str, np.ndarray]:
     """Token statistics of a run's latest checkpoint (run_dir) or of the base model (run_dir None: config's
     untrained model, objective forced to NLL); cached in <run_dir or its cache dir>/token_stats.npz."""
-    from deft_jax import build, checkpointing, evaluate
+    from deft_jax.training import setup as build
+    from deft_jax.training import checkpointing
+    from deft_jax.evaluation import evaluator as evaluate
     from deft_jax import data as data_lib
 
     setup = build.model_setup(config)
@@ -167,7 +173,7 @@ def scatter_panels(workdir: pathlib.Path, *, smoke: bool, num_examples: int, log
                 workdir / f"base-{spec.regime}" / STATS_FILE,
                 lambda: run_token_statistics(run_dir=None, config=study.base_config(spec.regime, smoke=smoke),
                                              num_examples=num_examples))
-        from deft_jax import build
+        from deft_jax.training import setup as build
 
         log(f"token statistics: {spec.name}")
         panels[(spec.regime, spec.point()["objective"])] = cached_statistics(

@@ -19,7 +19,7 @@ import os
 import pathlib
 import sys
 import time
-from deft_jax import build
+from deft_jax.training import setup as build
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
@@ -67,7 +67,7 @@ def measure(setup, params, examples) -> dict:
     import numpy as np
 
     from deft_jax import data as data_lib
-    from deft_jax import probe
+    from deft_jax.evaluation import probe
 
     tokenized, report = data_lib.tokenize_examples(list(examples), tokenizer=setup.tokenizer, cfg=setup.config.data)
     measured = probe.measure(setup, params, tokenized)
@@ -83,7 +83,7 @@ def measure(setup, params, examples) -> dict:
 def build_self_distill(setup, params, *, num: int, max_new_tokens: int, cache_dir: pathlib.Path) -> pathlib.Path:
     """<cache_dir>/self_distill.jsonl: GSM8K questions with the base model's EOS-terminated greedy answers."""
     from deft_jax import data as data_lib
-    from deft_jax import generate as generate_lib
+    from deft_jax.inference import generation as generate_lib
 
     path = cache_dir / f"self_distill_{num}_{max_new_tokens}.jsonl"
     if path.is_file():
@@ -137,7 +137,7 @@ def main(argv=None) -> None:
         raise SystemExit(f"measure_prior: unknown task(s) {unknown}; choose from {list(CANDIDATES)}")
 
     from deft_jax import data as data_lib
-    from deft_jax import evaluate
+    from deft_jax.evaluation import evaluator as evaluate
 
     started = time.perf_counter()
     max_length = 1024 if args.smoke else 2048

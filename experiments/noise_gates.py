@@ -41,8 +41,8 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from experiments import figures, measure_prior  # noqa: E402
-from deft_jax import checkpointing
-from deft_jax import build
+from deft_jax.training import checkpointing
+from deft_jax.training import setup as build
 
 TASKS = {"figfont": measure_prior.CANDIDATES["figfont"], "gsm8k": measure_prior.CANDIDATES["gsm8k"]}
 
@@ -142,7 +142,7 @@ def measure(*, noisy_config, clean_config, models: Sequence[pathlib.Path | None]
     """{model: wrong_answer_rows} of noisy_config's training set (twins from clean_config), per model: None
     for the base model, else a run directory's latest checkpoint. Data and setup are built once."""
     from deft_jax import data as data_lib
-    from deft_jax import evaluate
+    from deft_jax.evaluation import evaluator as evaluate
 
     task = noisy_config.data.task
     setup = build.model_setup(noisy_config)
@@ -244,7 +244,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
 if __name__ == "__main__":
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     from deft_jax.data import DataError
-    from deft_jax.evaluate import EvaluationError
+    from deft_jax.evaluation.evaluator import EvaluationError
 
     try:
         main()

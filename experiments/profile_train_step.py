@@ -39,13 +39,14 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from deft_jax import build, xla_options  # noqa: E402
-from deft_jax import config as config_lib  # noqa: E402
+from deft_jax.training import setup as build  # noqa: E402
+from deft_jax.training import xla_options  # noqa: E402
+from deft_jax.training import config as config_lib  # noqa: E402
 from deft_jax import data as data_lib  # noqa: E402
-from deft_jax import model as model_lib  # noqa: E402
+from deft_jax.model import decoder as model_lib  # noqa: E402
 from deft_jax import sharding as sharding_lib  # noqa: E402
-from deft_jax import step as step_lib  # noqa: E402
-from deft_jax import weights  # noqa: E402
+from deft_jax.training import step as step_lib  # noqa: E402
+from deft_jax.model import weights  # noqa: E402
 from experiments.bench_train import objective_spec, random_batch  # noqa: E402
 
 

@@ -97,9 +97,9 @@ def study_specs(study: str, *, smoke: bool) -> list[RunSpec]:
 
 
 def plan(specs: Sequence[RunSpec], *, workdir: pathlib.Path, smoke: bool):
-    """deft_jax.sweep.SweepRun per spec (resolved, validated config + trainer command)."""
-    from deft_jax import config as config_lib
-    from deft_jax import sweep
+    """deft_jax.sweeping.SweepRun per spec (resolved, validated config + trainer command)."""
+    from deft_jax.training import config as config_lib
+    from deft_jax import sweeping as sweep
 
     runs = []
     for spec in specs:
@@ -112,14 +112,15 @@ def plan(specs: Sequence[RunSpec], *, workdir: pathlib.Path, smoke: bool):
 
 
 def base_config(regime: str, *, smoke: bool):
-    from deft_jax import config as config_lib
+    from deft_jax.training import config as config_lib
 
     return config_lib.load_config(RunSpec(regime, "nll").config_arg(smoke=smoke))
 
 
 def evaluate_base(regimes: Sequence[str], *, workdir: pathlib.Path, smoke: bool, options, log=print):
     """{regime: evaluation of the untrained model} (cached in <workdir>/base-<regime>/base.json)."""
-    from deft_jax import evaluate, reporting
+    from deft_jax.evaluation import evaluator as evaluate
+    from deft_jax import reporting
 
     results = {}
     for regime in regimes:
@@ -196,7 +197,7 @@ def write_table(rows: Sequence[dict], *, path: pathlib.Path, title: str) -> None
 def eval_options(regime: str, *, smoke: bool, num_eval: int | None):
     """The evaluator's options for `regime` (smoke: 4 examples, 8 new tokens; a random tiny model never
     stops early)."""
-    from deft_jax import evaluate
+    from deft_jax.evaluation import evaluator as evaluate
 
     if smoke:
         return evaluate.EvalOptions(num_eval=num_eval or SMOKE_NUM_EVAL, max_new_tokens=SMOKE_MAX_NEW_TOKENS)
@@ -218,7 +219,7 @@ def run_study(study: str, *, workdir: pathlib.Path, smoke: bool, in_process: boo
               num_eval: int | None = None, only: Sequence[str] | None = None, log=print) -> list[dict[str, Any]]:
     """Train the study's unfinished runs (or the `only` ones), evaluate, write <workdir>/<study>.md/.csv
     (a partial table with `only`); returns the rows."""
-    from deft_jax import sweep
+    from deft_jax import sweeping as sweep
 
     specs = select(study_specs(study, smoke=smoke), only=only)
     runs = plan(specs, workdir=workdir, smoke=smoke)

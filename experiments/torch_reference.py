@@ -27,7 +27,7 @@ def make_model(model_config, *, attention: str = "sdpa", seed: int = 0):
     import torch
     import transformers
 
-    from deft_jax import weights
+    from deft_jax.model import weights
 
     torch.manual_seed(seed)
     hf = weights.config_to_hf(model_config)

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from deft_jax import aggregation
+from deft_jax.evaluation import aggregation
 
 
 def test_sample_metrics_hand_checked():

@@ -7,7 +7,8 @@ pytest.importorskip("transformers")
 
 import jax.numpy as jnp  # noqa: E402
 
-from deft_jax import model as model_lib, objectives  # noqa: E402
+from deft_jax.model import decoder as model_lib  # noqa: E402
+from deft_jax import objectives  # noqa: E402
 from experiments import bench_train, torch_reference  # noqa: E402
 
 

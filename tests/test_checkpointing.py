@@ -6,10 +6,10 @@ import jax
 import numpy as np
 import pytest
 
-from deft_jax import step as step_lib
-from deft_jax import build
-from deft_jax import checkpointing
-from deft_jax import model as model_lib
+from deft_jax.training import step as step_lib
+from deft_jax.training import setup as build
+from deft_jax.training import checkpointing
+from deft_jax.model import decoder as model_lib
 from deft_jax import sharding as sharding_lib
 
 MODEL = model_lib.ModelConfig.tiny(vocab_size=264)

@@ -6,9 +6,10 @@ import sys
 
 import numpy as np
 import pytest
+from deft_jax.inference import generation as generate
 
 from deft_jax import cli
-from deft_jax import generate
+from deft_jax import generate as generate_cli
 from tests.test_train_utils import REPO_ROOT, run_module, subprocess_env
 
 
@@ -38,7 +39,7 @@ def test_generate_user_error_is_one_line(env):
 ], ids=["bad_temperature", "argparse_type", "argparse_missing"])
 def test_generate_main_user_errors(capsys, args, expected):
     with pytest.raises(SystemExit) as exit_info:
-        cli.run("generate", generate.main, args)
+        cli.run("generate", generate_cli.main, args)
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.count("\n") == 1 and err.startswith("generate: error: ")
     assert expected in err

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from deft_jax import compile as compile_lib
+from deft_jax.aot import programs as compile_lib
 from test_train_utils import REPO_ROOT, smoke_config, subprocess_env
 
 pytest.importorskip("libtpu")

@@ -4,7 +4,7 @@ import math
 import jax
 import pytest
 
-from deft_jax import config as config_lib
+from deft_jax.training import config as config_lib
 from deft_jax import objectives
 from test_train_utils import ABLATIONS, CONFIGS, read_metrics, run_in_process, smoke_config
 

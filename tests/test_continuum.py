@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from experiments.continuum import world as world_lib
-from deft_jax import build
-from deft_jax import checkpointing
+from deft_jax.training import setup as build
+from deft_jax.training import checkpointing
 
 
 def test_maps_are_single_cycles_and_answers_follow_the_orbit():
@@ -72,7 +72,7 @@ def smoke_study(tmp_path_factory):
 
 def test_smoke_dial_moves_the_prior_and_sft_starts_from_the_pretrained_model(smoke_study):
     from configs import continuum as grid
-    from deft_jax import evaluate
+    from deft_jax.evaluation import evaluator as evaluate
 
     bases = [json.loads((smoke_study / "pretrain" / f"level{i}" / "base.json").read_text()) for i in (0, 1)]
     p = [b["sft_data"]["mean_p"] for b in bases]

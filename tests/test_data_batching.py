@@ -73,7 +73,7 @@ def test_packing_gives_the_same_log_probs_as_one_example_per_row():
     import jax
     import jax.numpy as jnp
 
-    from deft_jax.model import Decoder, ModelConfig, init_params
+    from deft_jax.model.decoder import Decoder, ModelConfig, init_params
 
     config = ModelConfig.tiny()
     params = init_params(config, rng=jax.random.PRNGKey(0))

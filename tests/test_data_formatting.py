@@ -28,7 +28,7 @@ OFFICIAL_FIGFONT_CHATML = (
 
 @pytest.fixture(scope="module")
 def smollm2():
-    from deft_jax.tokenizer import load_tokenizer
+    from deft_jax.model.tokenizer import load_tokenizer
 
     return load_tokenizer("smollm2-135m-instruct")
 

@@ -10,10 +10,10 @@ import jax
 import numpy as np
 import pytest
 
-from deft_jax import checkpointing
-from deft_jax import build
-from deft_jax import evaluate
-from deft_jax import model as model_lib
+from deft_jax.training import checkpointing
+from deft_jax.training import setup as build
+from deft_jax.evaluation import evaluator as evaluate
+from deft_jax.model import decoder as model_lib
 from test_train_utils import run_module, subprocess_env, trained_smoke_run
 
 ALPHA = 0.5  # configs/deformed_log.py default
@@ -142,7 +142,7 @@ def _examples(task: str, **data_fields):
 ])
 def test_scoring_the_references_scores_one_and_wrong_answers_less(task, fields, shared_data_dir):
     from deft_jax import data as data_lib
-    from deft_jax.tokenizer import load_tokenizer
+    from deft_jax.model.tokenizer import load_tokenizer
 
     fields = {k: str(shared_data_dir / "gsm8k_test.jsonl") if v == "GSM8K" else v for k, v in fields.items()}
     examples = _examples(task, **fields)

@@ -8,11 +8,11 @@ import jax
 import numpy as np
 import pytest
 
-from deft_jax import build
-from deft_jax import checkpointing
-from deft_jax import evaluate
+from deft_jax.training import setup as build
+from deft_jax.training import checkpointing
+from deft_jax.evaluation import evaluator as evaluate
 from deft_jax import export
-from deft_jax import model as model_lib
+from deft_jax.model import decoder as model_lib
 from test_train_utils import run_module, subprocess_env, trained_smoke_run
 
 

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from deft_jax import step as step_lib
-from deft_jax import fused, objectives
+from deft_jax.training import step as step_lib
+from deft_jax.objectives import fused
+from deft_jax import objectives
 
 OBJECTIVE_CASES = [
     ("nll", {}), ("prob", {}), ("deformed_log", {"alpha": 0.5}), ("tsallis", {"q": 0.25}),
@@ -152,7 +153,7 @@ def test_bad_input_errors():
 def test_trainer_loss_chunked_equals_naive(name, params):
     """Through the trainer's own loss path (tiny decoder, packed-style batch): same sum, denominator,
     metrics and parameter gradients with config.loss.impl = 'chunked' as with 'naive'."""
-    from deft_jax import model as model_lib
+    from deft_jax.model import decoder as model_lib
 
     config = model_lib.ModelConfig.tiny()
     model_params = model_lib.init_params(config, rng=jax.random.PRNGKey(0))

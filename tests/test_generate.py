@@ -4,8 +4,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from deft_jax import generate as G
-from deft_jax import model as M
+from deft_jax.inference import generation as G
+from deft_jax import generate as generate_cli
+from deft_jax.model import decoder as M
 
 _forward = jax.jit(M.forward, static_argnums=1)
 
@@ -118,8 +119,8 @@ def test_bad_arguments():
 def test_cli_on_an_exported_tiny_model(tmp_path, capsys):
     import tokenizers
 
-    from deft_jax import weights as W
-    from deft_jax.tokenizer import Tokenizer
+    from deft_jax.model import weights as W
+    from deft_jax.model.tokenizer import Tokenizer
 
     vocab = {f"w{i}": i for i in range(254)}
     vocab.update({"<s>": 254, "</s>": 255})
@@ -133,7 +134,7 @@ def test_cli_on_an_exported_tiny_model(tmp_path, capsys):
     W.export_hf(params, config, tokenizer, tmp_path)
 
     prompts = _prompts(seed=1)
-    texts = G.main(["--model", str(tmp_path), "--no-chat", "--max-new-tokens", str(STEPS)]
+    texts = generate_cli.main(["--model", str(tmp_path), "--no-chat", "--max-new-tokens", str(STEPS)]
                    + [arg for p in prompts for arg in ("--prompt", " ".join(f"w{t}" for t in p))])
     expected = _greedy_by_recomputation(params, config, prompts, steps=STEPS)
     assert texts == [tokenizer.decode(row[:row.index(255)] if 255 in row else row) for row in expected]
@@ -145,8 +146,8 @@ def test_cli_on_an_exported_tiny_model(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def smollm2():
-    from deft_jax import tokenizer as tokenizer_lib
-    from deft_jax import weights as W
+    from deft_jax.model import tokenizer as tokenizer_lib
+    from deft_jax.model import weights as W
 
     config, params = W.load_pretrained("smollm2-135m-instruct")
     return config, params, tokenizer_lib.load_tokenizer("smollm2-135m-instruct")

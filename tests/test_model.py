@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from deft_jax import model as M
-from deft_jax import xla_options
+from deft_jax.model import decoder as M
+from deft_jax.training import xla_options
 
 # One compiled forward per (config, shapes): much faster than eager Linen on 2 cores.
 _forward = jax.jit(M.forward, static_argnums=1, static_argnames=("return_hidden",))

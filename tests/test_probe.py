@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from deft_jax import build
-from deft_jax import probe
+from deft_jax.training import setup as build
+from deft_jax.evaluation import probe
 
 
 def test_token_statistics_match_numpy():
@@ -30,7 +30,7 @@ def test_regimes_and_thresholds():
 def test_probe_agrees_with_evaluation_and_writes_reports(tmp_path):
     from configs import nll
     from deft_jax import data as data_lib
-    from deft_jax import evaluate
+    from deft_jax.evaluation import evaluator as evaluate
 
     config = nll.get_config("smoke")
     summary = probe.probe_config(config, num=6, out_dir=tmp_path)

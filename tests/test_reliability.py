@@ -13,7 +13,7 @@ import numpy as np
 import optax
 import pytest
 
-from deft_jax import checkpointing
+from deft_jax.training import checkpointing
 from deft_jax import cli
 from deft_jax import sharding as sharding_lib
 
@@ -125,7 +125,7 @@ def test_a_damaged_step_is_named_and_resume_falls_back_to_the_previous_one(saved
 def test_evaluate_refuses_a_damaged_step_naming_it(saved, corruption):
     """evaluate.restore_params (used by evaluate and export): the intact step 2 restores bit-equal, the
     damaged step 4 is refused with CheckpointCorruptError (before: NaN metrics, or AttributeError)."""
-    from deft_jax import evaluate
+    from deft_jax.evaluation import evaluator as evaluate
 
     directory, states = saved
     abstract = {name: jax.ShapeDtypeStruct(value.shape, value.dtype) for name, value in states[2]["params"].items()}
@@ -308,8 +308,8 @@ def _tiny_gguf(path):
 
 @pytest.mark.parametrize("keep", [0.2, 0.6, 0.97], ids=["in_metadata", "in_vocabulary", "in_tensor_data"])
 def test_a_truncated_gguf_names_the_file_in_the_tokenizer_and_the_cli(tmp_path, capsys, keep):
-    from deft_jax import generate
-    from deft_jax import tokenizer as tokenizer_lib
+    from deft_jax import generate as generate_cli
+    from deft_jax.model import tokenizer as tokenizer_lib
 
     whole = _tiny_gguf(tmp_path / "whole.gguf")
     assert tokenizer_lib.Tokenizer.from_gguf(whole).eos_id == 1
@@ -319,7 +319,7 @@ def test_a_truncated_gguf_names_the_file_in_the_tokenizer_and_the_cli(tmp_path, 
     with pytest.raises(ValueError, match=rf"^{path}: .*truncated"):
         tokenizer_lib.Tokenizer.from_gguf(path)
     with pytest.raises(SystemExit) as info:
-        cli.run("generate", generate.main, ["--prompt", "hi", "--model", str(path)])
+        cli.run("generate", generate_cli.main, ["--prompt", "hi", "--model", str(path)])
     err = capsys.readouterr().err
     assert info.value.code == 2 and err.count("\n") == 1 and err.startswith(f"generate: error: {path}: ")
 
@@ -331,8 +331,8 @@ def test_a_truncated_gguf_names_the_file_in_the_tokenizer_and_the_cli(tmp_path, 
     ({"rms_norm_eps": "1e-6"}, "field 'rms_norm_eps' must be a positive number, got the string '1e-6'"),
 ], ids=["missing_heads", "string_hidden_size", "float_layers", "string_eps"])
 def test_hf_config_errors_name_the_file_and_the_field(tmp_path, change, expected):
-    from deft_jax import model as model_lib
-    from deft_jax import weights
+    from deft_jax.model import decoder as model_lib
+    from deft_jax.model import weights
 
     settings = weights.config_to_hf(model_lib.ModelConfig.tiny(vocab_size=264), bos_id=0, eos_id=1)
     (tmp_path / "config.json").write_text(json.dumps(settings))

@@ -5,11 +5,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from deft_jax import generate as G
-from deft_jax import model as M
-from deft_jax import sampler as S
+from deft_jax.inference import generation as G
+from deft_jax.model import decoder as M
+from deft_jax.inference import sampler as S
 from deft_jax import sharding as sharding_lib
-from deft_jax import tokenizer as tokenizer_lib
+from deft_jax.model import tokenizer as tokenizer_lib
 
 CONFIG = M.ModelConfig.tiny(vocab_size=264)  # the byte tokenizer's 259 ids, padded to split over 8 devices
 NEVER = 264  # a stop id outside the vocabulary: rows run to max_new_tokens

@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from deft_jax import scoring
+from deft_jax.evaluation import scoring
 
 # ----------------------------------------------------------------------------------------------------
 # Jaro-Winkler / FigFont

@@ -7,10 +7,10 @@ import shutil
 import jax
 import pytest
 
-from deft_jax import model as M
-from deft_jax import sampler
-from deft_jax import suites
-from deft_jax import tokenizer as tokenizer_lib
+from deft_jax.model import decoder as M
+from deft_jax.inference import sampler
+from deft_jax.evaluation import suites
+from deft_jax.model import tokenizer as tokenizer_lib
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "suites"
 

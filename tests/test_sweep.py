@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from deft_jax import config as config_lib
-from deft_jax import sweep
+from deft_jax.training import config as config_lib
+from deft_jax import sweeping as sweep
 from test_train_utils import subprocess_env
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from deft_jax import sweep
+from deft_jax import sweeping as sweep
 from test_train_utils import REPO_ROOT, subprocess_env
 
 TWO_POINT_SWEEP = f"""

@@ -6,8 +6,8 @@ import logging
 import jinja2
 import pytest
 
-from deft_jax import pretrained
-from deft_jax.tokenizer import CHATML_TEMPLATE, Tokenizer, load_tokenizer
+from deft_jax.model import pretrained
+from deft_jax.model.tokenizer import CHATML_TEMPLATE, Tokenizer, load_tokenizer
 
 transformers = pytest.importorskip("transformers")
 

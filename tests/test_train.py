@@ -7,10 +7,11 @@ import jax
 import numpy as np
 import pytest
 
-from deft_jax import config as config_lib
-from deft_jax import step as step_lib
-from deft_jax import build
-from deft_jax import checkpointing, train
+from deft_jax.training import config as config_lib
+from deft_jax.training import step as step_lib
+from deft_jax.training import setup as build
+from deft_jax.training import checkpointing
+from deft_jax.training import loop as train
 from deft_jax import data as data_lib
 from deft_jax import sharding as sharding_lib
 from test_train_utils import (CONFIGS, kill, losses_by_step, params_leaves, run_in_process, smoke_config,

@@ -5,7 +5,9 @@ import socket
 import jax
 import numpy as np
 
-from deft_jax import checkpointing, sharding as sharding_lib, train
+from deft_jax.training import checkpointing
+from deft_jax import sharding as sharding_lib
+from deft_jax.training import loop as train
 from test_train_utils import (CONFIGS, REPO_ROOT, cli_command, losses_by_step, params_leaves, read_metrics,
                               run_in_process, smoke_config, subprocess_env)
 

@@ -8,7 +8,7 @@ import sys
 import time
 
 import numpy as np
-from deft_jax import config as config_lib
+from deft_jax.training import config as config_lib
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = REPO_ROOT / "configs"
@@ -23,7 +23,7 @@ def smoke_config(name="nll", arg="", **overrides):
 
 
 def run_in_process(config, workdir, **kwargs):
-    from deft_jax import train
+    from deft_jax.training import loop as train
 
     return train.train_and_evaluate(config, workdir, **kwargs)
 
@@ -112,7 +112,7 @@ def trained_smoke_run(tmp_path_factory) -> pathlib.Path:
 
 
 def test_progress_lines_show_a_rate_only_once_there_is_one(capsys):
-    from deft_jax import metrics as metrics_lib
+    from deft_jax.training import metrics as metrics_lib
 
     progress = metrics_lib.Progress(total=10, initial=0, enabled=True, mode="lines")
     progress.update(step=1, scalars={"train/loss": 2.0})
@@ -124,7 +124,7 @@ def test_progress_lines_show_a_rate_only_once_there_is_one(capsys):
 
 
 def test_replayed_steps_are_dropped_from_metrics_jsonl(tmp_path):
-    from deft_jax import metrics as metrics_lib
+    from deft_jax.training import metrics as metrics_lib
 
     path = tmp_path / "metrics.jsonl"
     path.write_text("".join(json.dumps({"step": s, "train/loss": float(s)}) + "\n" for s in (1, 2, 3, 4)))

@@ -11,8 +11,8 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 gguf = pytest.importorskip("gguf")
 
-from deft_jax import model as M  # noqa: E402
-from deft_jax import weights as W  # noqa: E402
+from deft_jax.model import decoder as M  # noqa: E402
+from deft_jax.model import weights as W  # noqa: E402
 
 _forward = jax.jit(M.forward, static_argnums=1, static_argnames=("return_hidden",))
 
@@ -201,7 +201,7 @@ def test_gguf_qwen2_is_not_unpermuted(tmp_path, token_ids):
 def _tiny_tokenizer():
     import tokenizers
 
-    from deft_jax.tokenizer import Tokenizer
+    from deft_jax.model.tokenizer import Tokenizer
 
     vocab = {f"t{i}": i for i in range(VOCAB - 2)}
     vocab.update({"<s>": VOCAB - 2, "</s>": VOCAB - 1})

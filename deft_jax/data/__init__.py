@@ -28,7 +28,12 @@ from deft_jax.data.formatting import (
     make_generation_prompts,
     tokenize_examples,
 )
-from deft_jax.data.loader import TrainIterator, make_eval_batches, make_train_iterator, train_iterator_from_config
+from deft_jax.data.loader import (
+    TrainIterator,
+    make_eval_batches,
+    make_train_iterator,
+    train_iterator_from_config,
+)
 from deft_jax.data.noise import NoiseReport, corrupted_indices, inject_label_noise
 from deft_jax.data.packing import BATCH_KEYS, packing_efficiency
 from deft_jax.data.records import DataError, Example, TokenizedExample

@@ -22,7 +22,7 @@ from deft_jax import sharding as sharding_lib
 def teacher_forced(setup, params, examples: Sequence) -> dict:
     """deft_jax.evaluate's token means (NLL, mean p, token accuracy, ...) over `examples`' supervised tokens."""
     from deft_jax import data as data_lib
-    from deft_jax import evaluate
+    from deft_jax.evaluation import evaluator as evaluate
 
     tokenized, _ = data_lib.tokenize_examples(list(examples), tokenizer=setup.tokenizer, cfg=setup.config.data)
     return evaluate.teacher_forced_metrics(setup, params, tokenized)
@@ -32,7 +32,8 @@ def generation_scores(setup, params, examples: Sequence, *, max_new_tokens: int)
     """Greedy answers (deft_jax.evaluate.generate_predictions) scored against each example's clean answer:
     mean character accuracy (partial credit per position), Jaro-Winkler and exact match."""
     from deft_jax import data as data_lib
-    from deft_jax import evaluate, scoring
+    from deft_jax.evaluation import evaluator as evaluate
+    from deft_jax.evaluation import scoring
 
     prompts = data_lib.make_generation_prompts(list(examples), tokenizer=setup.tokenizer)
     predictions, _ = evaluate.generate_predictions(setup, params, prompts, max_new_tokens=max_new_tokens,
@@ -63,7 +64,7 @@ def dynamics(workdir: str | pathlib.Path) -> dict:
 def _token_stats_fn(model_config, specs: tuple):
     import jax
 
-    from deft_jax import model as model_lib
+    from deft_jax.model import decoder as model_lib
     from deft_jax import objectives
 
     @jax.jit
@@ -81,7 +82,7 @@ def token_statistics(setup, params, tokenized: Sequence, *, objective_specs: Map
     experiments/figures.token_statistics, with the jitted forward cached per (model, objectives)."""
     import jax
 
-    from deft_jax import evaluate
+    from deft_jax.evaluation import evaluator as evaluate
     from experiments import figures
 
     specs = tuple(objective_specs.items())

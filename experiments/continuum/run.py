@@ -42,7 +42,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from configs import continuum as grid  # noqa: E402
 from experiments.continuum import world as world_lib  # noqa: E402
-from deft_jax import build
+from deft_jax.training import setup as build
 
 SMOKE = dict(levels=(0, 1), seeds=(0,), noise=(0.0, 0.2), objectives=("nll", "deft"))
 SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
@@ -146,7 +146,7 @@ def measure_model(config, params, *, max_new_tokens: int) -> dict:
     """Teacher-forced metrics on the eval set (clean answers) and graded generation scores. The metrics do
     not depend on the training objective: they are measured under NLL's loss spec, so one compiled
     evaluation serves every run ('loss' and 'mean_gate' are NLL's)."""
-    from deft_jax import evaluate
+    from deft_jax.evaluation import evaluator as evaluate
     from experiments.continuum import measure
 
     config = config.copy_and_resolve_references()
@@ -163,7 +163,7 @@ def pretrain_level(root: pathlib.Path, *, level: int, smoke: bool, specs: dict, 
     prior on the SFT task (mean target probability p of seed 0's clean SFT answers), eval scores, and the
     wrong labels' gradient shares at step 0 (seed 0's 20%-noise SFT set, every objective's gate)."""
     from deft_jax import data as data_lib
-    from deft_jax import train
+    from deft_jax.training import loop as train
     from experiments.continuum import measure
 
     run_dir = grid.paths(root=str(root), level=level, seed=0, noise=0.0)["pretrain_run"]
@@ -204,7 +204,7 @@ def refresh_wrong_labels(root: pathlib.Path, *, level: int, smoke: bool, specs: 
     """Re-measure a level's step-0 wrong-label rows under every objective of `specs` (a report written by
     a narrower selection lacks some) from its checkpoint; the rest of base.json is kept."""
     from deft_jax import data as data_lib
-    from deft_jax import evaluate
+    from deft_jax.evaluation import evaluator as evaluate
     from experiments.continuum import measure
 
     run_dir = grid.paths(root=str(root), level=level, seed=0, noise=0.0)["pretrain_run"]
@@ -226,7 +226,7 @@ def answer_tokens() -> int:
 def sft_run(root: pathlib.Path, run: dict, *, smoke: bool, specs: dict, log=print) -> dict:
     """Fine-tune one grid run unless done and write its report (result.json)."""
     from deft_jax import data as data_lib
-    from deft_jax import train
+    from deft_jax.training import loop as train
     from experiments.continuum import measure
 
     run_dir = root / "sft" / run_name(run)

@@ -28,12 +28,12 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from deft_jax import fused
-from deft_jax.data import BATCH_KEYS
-from deft_jax import model as model_lib
 from deft_jax import objectives
 from deft_jax import sharding as sharding_lib
-from deft_jax import xla_options
+from deft_jax.data import BATCH_KEYS
+from deft_jax.model import decoder as model_lib
+from deft_jax.objectives import fused
+from deft_jax.training import xla_options
 
 SCHEDULES = ("cosine", "constant")
 ACCUMULATION_MODES = ("exact", "mean_of_micro_means")

@@ -31,15 +31,13 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from deft_jax import build
-from deft_jax import cli
-from deft_jax import generate as generate_lib
-from deft_jax import reporting
-from deft_jax import sampler
+from deft_jax import cli, reporting
 from deft_jax.data import FIGFONT_SYSTEM_PROMPT, sources, tasks
-from deft_jax import checkpointing
-from deft_jax import aggregation
-from deft_jax import scoring
+from deft_jax.evaluation import aggregation, scoring
+from deft_jax.inference import generation as generate_lib
+from deft_jax.inference import sampler
+from deft_jax.training import checkpointing
+from deft_jax.training import setup as build
 
 STOP_STRINGS = ("</s>", "<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>")
 BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."

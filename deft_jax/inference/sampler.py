@@ -27,9 +27,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deft_jax import generate as generate_lib
-from deft_jax import model as model_lib
-from deft_jax.model import ModelConfig
+from deft_jax.inference import generation as generate_lib
+from deft_jax.model import decoder as model_lib
+from deft_jax.model.decoder import ModelConfig
 
 # The reference's stop strings for math sampling; the model's EOS is added to them.
 DEFAULT_STOP_STRINGS = ("</s>", "<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>")

@@ -22,14 +22,13 @@ import jax.numpy as jnp
 import ml_collections
 from jax.sharding import Mesh
 
-from deft_jax import checkpointing
-from deft_jax import config as config_lib
-from deft_jax import model as model_lib
-from deft_jax import presets
 from deft_jax import sharding as sharding_lib
-from deft_jax import step as step_lib
-from deft_jax import tokenizer as tokenizer_lib
-from deft_jax import weights
+from deft_jax.model import decoder as model_lib
+from deft_jax.model import presets, weights
+from deft_jax.model import tokenizer as tokenizer_lib
+from deft_jax.training import checkpointing
+from deft_jax.training import config as config_lib
+from deft_jax.training import step as step_lib
 
 TINY_VOCAB_MULTIPLE = 8  # tiny models round the tokenizer's vocabulary up to this (shardable over tensor)
 

@@ -31,7 +31,8 @@ import jinja2.ext
 import jinja2.sandbox
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, processors
-from deft_jax import pretrained
+
+from deft_jax.model import pretrained
 
 logger = logging.getLogger(__name__)
 
@@ -245,7 +246,7 @@ class Tokenizer:
     @classmethod
     def from_gguf(cls, path: str | os.PathLike) -> "Tokenizer":
         """Exact rebuild of a GGUF byte-level BPE tokenizer (tokenizer.ggml.model == 'gpt2')."""
-        from deft_jax.gguf_file import open_gguf
+        from deft_jax.model.gguf_file import open_gguf
 
         path = pathlib.Path(path)
         return cls.from_gguf_reader(open_gguf(path), source=str(path))

@@ -25,11 +25,10 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from deft_jax import cli
+from deft_jax import cli, objectives
 from deft_jax import data as data_lib
-from deft_jax import model as model_lib
-from deft_jax import objectives
 from deft_jax import sharding as sharding_lib
+from deft_jax.model import decoder as model_lib
 
 TINY_MODEL = "tiny"
 DTYPES = ("float32", "bfloat16", "float16")

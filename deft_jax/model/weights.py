@@ -28,10 +28,10 @@ from typing import Callable, Iterable
 import jax
 import numpy as np
 
-from deft_jax import model as model_lib
-from deft_jax.gguf_file import open_gguf
-from deft_jax.model import ModelConfig
-from deft_jax import pretrained
+from deft_jax.model import decoder as model_lib
+from deft_jax.model import pretrained
+from deft_jax.model.decoder import ModelConfig
+from deft_jax.model.gguf_file import open_gguf
 
 # ----------------------------------------------------------------------------------------------------------
 # Transforms: (to_param, to_checkpoint), each f(x, config) on numpy or jax arrays (only .T / reshape /

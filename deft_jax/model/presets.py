@@ -11,7 +11,7 @@ Names are lower case, with or without the hub organisation: 'llama-3.1-8b', 'met
 """
 from __future__ import annotations
 
-from deft_jax.model import ModelConfig
+from deft_jax.model.decoder import ModelConfig
 
 _LLAMA3_SCALING = {"rope_type": "llama3", "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                    "original_max_position_embeddings": 8192}
@@ -108,7 +108,7 @@ def hf_config(name: str) -> dict:
 def model_config(name: str, **overrides) -> ModelConfig:
     """The ModelConfig of preset `name`, read by the checkpoint config parser; `overrides` are ModelConfig
     fields (dtype, param_dtype, remat, scan_layers, ...)."""
-    from deft_jax import weights
+    from deft_jax.model import weights
 
     key = _require(name)
     return weights.config_from_hf(hf_config(key), source=f"preset {key!r}", **overrides)
