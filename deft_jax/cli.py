@@ -22,37 +22,20 @@ is joined into one line.
 from __future__ import annotations
 
 import argparse
-import difflib
 import functools
 import os
 import re
 import sys
 import traceback
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
+
+from deft_jax.errors import UserError, did_you_mean, one_line  # noqa: F401 (re-exported for the mains)
 
 USAGE_EXIT_CODE = 2
 PATH_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
 CHECKED_ERRORS = (ValueError, NotImplementedError) + PATH_ERRORS  # user errors when the project raised them
 PROJECT_PACKAGES = ("deft_jax", "configs")
-
-
-class UserError(ValueError):
-    """Bad input from the person running a tool; the message says what, where, and what to do."""
-
-
-def did_you_mean(name: str, choices: Iterable[str], *, n: int = 1) -> str:
-    """' (did you mean 'x'?)' naming the closest of `choices` to `name` (difflib ratio >= 0.6), or ''."""
-    matches = difflib.get_close_matches(str(name), [str(c) for c in choices], n=n, cutoff=0.6)
-    if not matches:
-        return ""
-    return f" (did you mean {' or '.join(repr(m) for m in matches)}?)"
-
-
-def one_line(message: str) -> str:
-    """`message` with its lines stripped and joined by '; ' (error output is a single line)."""
-    lines = [line.strip() for line in str(message).splitlines()]
-    return "; ".join(line for line in lines if line)
 
 
 def _raised_by_project(error: BaseException) -> bool:

@@ -46,7 +46,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from deft_jax import cli, plots, reporting
+from deft_jax import errors, plots, reporting
 from deft_jax import sharding as sharding_lib
 from deft_jax.evaluation import evaluator as evaluate
 from deft_jax.training import checkpointing
@@ -59,7 +59,7 @@ POINT_FILE = "sweep_point.json"
 TRAIN_LOG = "train.log"
 
 
-class SweepError(cli.UserError):
+class SweepError(errors.UserError):
     """Bad sweep input (config file, sweep points, workdir); the message says what to do."""
 
 

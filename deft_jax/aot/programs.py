@@ -47,8 +47,8 @@ from typing import Any  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from deft_jax import cli  # noqa: E402
 from deft_jax import data as data_lib  # noqa: E402
+from deft_jax import errors  # noqa: E402
 from deft_jax import sharding as sharding_lib  # noqa: E402
 from deft_jax.evaluation import evaluator as evaluate  # noqa: E402
 from deft_jax.inference import generation as generate  # noqa: E402
@@ -62,7 +62,7 @@ PROGRAMS = ("train", "eval", "prefill", "decode")
 MFU_LEVELS = (0.4, 0.5)
 
 
-class CompileError(cli.UserError):
+class CompileError(errors.UserError):
     """Bad input to the compile tool (topology, mesh, config); the message says what to change."""
 
 

@@ -34,8 +34,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from deft_jax import cli, reporting
 from deft_jax import data as data_lib
+from deft_jax import errors, reporting
 from deft_jax import sharding as sharding_lib
 from deft_jax.evaluation import scoring
 from deft_jax.inference import generation as generate_lib
@@ -47,7 +47,7 @@ from deft_jax.training import step as step_lib
 DEFAULT_MAX_NEW_TOKENS = {"figfont": 5, "gsm8k": 256, "math": 1024, "reasoning_gym": 64}
 
 
-class EvaluationError(cli.UserError):
+class EvaluationError(errors.UserError):
     """Bad input to evaluation (workdir, step, checkpoint/config mismatch); the message says what to do."""
 
 

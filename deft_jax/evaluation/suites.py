@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from deft_jax import cli, reporting
+from deft_jax import errors, reporting
 from deft_jax.data import FIGFONT_SYSTEM_PROMPT, sources, tasks
 from deft_jax.evaluation import aggregation, scoring
 from deft_jax.inference import generation as generate_lib
@@ -44,7 +44,7 @@ BOXED_INSTRUCTION = "Please reason step by step, and put your final answer withi
 CHOICE_INSTRUCTION = "Answer with the letter of the correct option, and put it within \\boxed{}."
 
 
-class SuiteError(cli.UserError):
+class SuiteError(errors.UserError):
     """Bad suite input (unknown name, missing file or field, inconsistent saved run); says what to do."""
 
 

@@ -21,7 +21,7 @@ import tempfile
 import zipfile
 from typing import Callable
 
-from deft_jax import cli
+from deft_jax import errors
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
@@ -186,6 +186,6 @@ def resolve(name_or_path: str | os.PathLike) -> tuple[str, pathlib.Path]:
             f"known name ({', '.join(sorted(KNOWN_MODELS))})."
         )
     raise ValueError(
-        f"unknown model name {text!r}{cli.did_you_mean(text, KNOWN_MODELS)} and no such file or directory. "
+        f"unknown model name {text!r}{errors.did_you_mean(text, KNOWN_MODELS)} and no such file or directory. "
         f"Known names: {', '.join(sorted(KNOWN_MODELS))}; or pass a .gguf file or a Hugging Face directory with config.json."
     )

@@ -39,7 +39,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from deft_jax import cli
+from deft_jax import errors
 
 STATE_ITEM = "state"
 DATA_ITEM = "data_iterator"
@@ -49,7 +49,7 @@ STATE_FILES = ("_METADATA", "manifest.ocdbt")  # what orbax needs to find the te
 MIN_SLICE_BYTES_FOR_REPLICA_PARALLEL = 4 << 20
 
 
-class CheckpointError(cli.UserError):
+class CheckpointError(errors.UserError):
     """A checkpoint that is missing, of another model, or unreadable; the message says which and what to do."""
 
 
@@ -58,7 +58,7 @@ class CheckpointCorruptError(CheckpointError):
     from its checksum, or a tensor is not finite. `step`, `where` (file or tensor) and `reason` say which."""
 
     def __init__(self, *, step: int, where: str, reason: str):
-        self.step, self.where, self.reason = int(step), str(where), cli.one_line(reason)
+        self.step, self.where, self.reason = int(step), str(where), errors.one_line(reason)
         super().__init__(f"checkpoint {self.step} is corrupt ({self.where}: {self.reason})")
 
 

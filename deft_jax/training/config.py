@@ -25,8 +25,8 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from deft_jax import cli, objectives
 from deft_jax import data as data_lib
+from deft_jax import errors, objectives
 from deft_jax import sharding as sharding_lib
 from deft_jax.model import decoder as model_lib
 
@@ -39,7 +39,7 @@ PROGRESS_MODES = ("auto", "bar", "lines", "off")
 OWNED_SECTIONS = ("data", "objective", "model.overrides")  # validated as a whole by their owners
 
 
-class ConfigError(cli.UserError):
+class ConfigError(errors.UserError):
     """A bad config file, argument, override or field value; the message names the field."""
 
 
@@ -245,7 +245,7 @@ def validate(config, *, num_devices: int | None = None) -> None:
     flat = _flatten(config)
     unknown = sorted(set(flat) - set(FIELDS))
     if unknown:
-        raise ConfigError(f"config.{unknown[0]} is not a known field{cli.did_you_mean(unknown[0], FIELDS)}")
+        raise ConfigError(f"config.{unknown[0]} is not a known field{errors.did_you_mean(unknown[0], FIELDS)}")
     missing = sorted(set(FIELDS) - set(flat))
     if missing:
         raise ConfigError(f"config.{missing[0]} is missing (missing: {missing}); start from configs/base.py")
@@ -258,7 +258,7 @@ def validate(config, *, num_devices: int | None = None) -> None:
     bad = sorted(set(config.model.overrides.keys()) - known_model_fields)
     if bad:
         raise ConfigError(f"config.model.overrides.{bad[0]} is not a ModelConfig field"
-                          f"{cli.did_you_mean(bad[0], known_model_fields)}")
+                          f"{errors.did_you_mean(bad[0], known_model_fields)}")
     micro = config.micro_batch_size or config.batch_size
     if config.batch_size % micro:
         raise ConfigError(f"config.batch_size={config.batch_size} is not a multiple of "
@@ -318,7 +318,7 @@ def get_field(config, dotted: str) -> Any:
         if not isinstance(node, (Mapping, ml_collections.ConfigDict)) or part not in node:
             known = list(node.keys()) if isinstance(node, (Mapping, ml_collections.ConfigDict)) else []
             where = ".".join(dotted.split(".")[:i + 1])
-            raise ConfigError(f"config.{where} is not a known field{cli.did_you_mean(part, known)}")
+            raise ConfigError(f"config.{where} is not a known field{errors.did_you_mean(part, known)}")
         node = node[part]
     return node
 
@@ -333,7 +333,7 @@ def apply_overrides(config, overrides: Mapping[str, Any]) -> ml_collections.Conf
         node = get_field(config, ".".join(parents)) if parents else config
         if leaf not in node:
             raise ConfigError(f"override config.{key}={value!r}: {leaf!r} is not a known field"
-                              f"{cli.did_you_mean(leaf, list(node.keys()))}")
+                              f"{errors.did_you_mean(leaf, list(node.keys()))}")
         try:
             node[leaf] = value
         except (AttributeError, KeyError, TypeError) as error:
