@@ -125,10 +125,11 @@ _LANE_SEEDS = (0x9E3779B9, 0x7F4A7C15)  # two independent 32-bit lanes: a 64-bit
 
 
 def path_name(path) -> str:
-    """'/'-joined key path of a pytree leaf ('params/layers/attn/q_proj/kernel', 'opt_state/0/mu/...'); the
-    same name for a dataclass / namedtuple field, a dict key or a list index, so a state restored without
-    its target (plain dicts and lists) names its tensors as the saved state did."""
-    return "/".join(str(getattr(key, "key", getattr(key, "name", getattr(key, "idx", key)))) for key in path)
+    """'/'-joined key path of a pytree leaf ('params/layers/attn/q_proj/kernel', 'opt_state/0/mu/...'):
+    jax.tree_util.keystr(simple=True), which names a dataclass / namedtuple field, a dict key and a list
+    index alike, so a state restored without its target (plain dicts and lists) names its tensors as the
+    saved state did."""
+    return jax.tree_util.keystr(path, simple=True, separator="/")
 
 
 def _mix32(x: jax.Array) -> jax.Array:
