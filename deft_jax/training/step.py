@@ -113,14 +113,6 @@ def scheduled_learning_rate(step, schedule: Mapping[str, Any]):
     return schedule["lr"] * jnp.where(step < warmup, warm, decay)
 
 
-def learning_rate(step, *, lr: float, total_steps: int, warmup_ratio: float, schedule: str = "cosine",
-                  min_lr_ratio: float = 0.0):
-    """`scheduled_learning_rate` from plain settings."""
-    arrays = Schedule(lr=lr, total_steps=total_steps, warmup_ratio=warmup_ratio, kind=schedule,
-                      min_lr_ratio=min_lr_ratio).as_arrays()
-    return scheduled_learning_rate(step, arrays)
-
-
 @functools.lru_cache(maxsize=32)  # one object per setting: it is part of the (hashable) step spec
 def make_optimizer(*, b1: float, b2: float, eps: float, weight_decay: float) -> optax.GradientTransformation:
     """AdamW direction without the learning rate (applied per step from the schedule):
