@@ -310,8 +310,3 @@ def parse_objective(name_or_spec: str | ObjectiveSpec, /, **params) -> Objective
 def required_topk(spec: ObjectiveSpec) -> int | None:
     """The top-k size `token_stats` must be called with for this objective (None if not needed)."""
     return spec.kwargs["k"] if spec.objective.needs_topk_entropy else None
-
-
-# --------------------------------------------------------------------------------------------------
-# Stage 2: the objective from statistics.
-# --------------------------------------------------------------------------------------------------

@@ -199,11 +199,6 @@ def token_stats(logits, targets, *, topk: int | None = None) -> TokenStats:
     )
 
 
-# --------------------------------------------------------------------------------------------------
-# Shared maths.
-# --------------------------------------------------------------------------------------------------
-
-
 def float_mask(mask, *, dtype):
     """(mask as `dtype` weights, mask != 0)."""
     mask = jnp.asarray(mask)
