@@ -276,18 +276,15 @@ def global_norm(tree) -> jax.Array:
     return optax.tree.norm(optax.tree.cast(tree, jnp.float32))
 
 
-def train_step(state: TrainState, batch, schedule, *, spec: StepSpec, mesh: Mesh | None = None):
-    """(state, global batch, schedule arrays) -> (new state, metrics). Pure; `compile_train_step` jits it.
+def apply_gradients(state: TrainState, grads, schedule, *, spec: StepSpec, loss=0.0):
+    """(params, opt_state, ‖g‖, lr, finite): the optimizer half of `train_step`.
 
-    g ← g · min(1, c / ‖g‖) (optax.clip_by_global_norm), θ ← θ − lr · AdamW(g). A step whose loss or ‖g‖
-    is not finite is skipped (params and moments kept, optax.tree.where) and counted; the schedule still
-    advances. The loss is part of the test because a NaN loss can come with a finite gradient (a target
-    outside the vocabulary: the gather's NaN never reaches the gradient), which optax.apply_if_finite,
-    testing the update alone, would apply.
+    g ← g · min(1, c / ‖g‖) (optax.clip_by_global_norm), θ ← θ − lr · AdamW(g). When the loss or ‖g‖ is
+    not finite and spec.skip_nonfinite, params and moments stay as they were (optax.tree.where). The
+    loss is part of the test because a NaN loss can come with a finite gradient (a target outside the
+    vocabulary: the gather's NaN never reaches the gradient), which optax.apply_if_finite, testing the
+    update alone, would apply.
     """
-    loss, grads, sums = accumulate_gradients(state.params, batch, loss=spec.loss,
-                                             num_micro_batches=spec.num_micro_batches,
-                                             accumulation=spec.accumulation, mesh=mesh)
     grad_norm = global_norm(grads)
     if spec.clip_norm > 0:
         grads, _ = optax.clip_by_global_norm(spec.clip_norm).update(grads, optax.EmptyState())
@@ -298,6 +295,17 @@ def train_step(state: TrainState, batch, schedule, *, spec: StepSpec, mesh: Mesh
     if spec.skip_nonfinite:  # as the official code: no optimizer step, the schedule still advances
         params = optax.tree.where(finite, params, state.params)
         opt_state = optax.tree.where(finite, opt_state, state.opt_state)
+    return params, opt_state, grad_norm, lr, finite
+
+
+def train_step(state: TrainState, batch, schedule, *, spec: StepSpec, mesh: Mesh | None = None):
+    """(state, global batch, schedule arrays) -> (new state, metrics). Pure; `compile_train_step` jits it.
+    The accumulated gradient goes through `apply_gradients`; a skipped step is counted, and the step
+    counter (hence the schedule) advances either way."""
+    loss, grads, sums = accumulate_gradients(state.params, batch, loss=spec.loss,
+                                             num_micro_batches=spec.num_micro_batches,
+                                             accumulation=spec.accumulation, mesh=mesh)
+    params, opt_state, grad_norm, lr, finite = apply_gradients(state, grads, schedule, spec=spec, loss=loss)
     rng, _ = jax.random.split(state.rng)
     skipped = state.skipped_steps + (~finite).astype(jnp.int32)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, rng=rng,
