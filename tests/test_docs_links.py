@@ -78,15 +78,14 @@ def _module_file(parts: list[str]) -> tuple[pathlib.Path | None, list[str]]:
     return None, parts
 
 
-@pytest.mark.parametrize("doc", DOCS, ids=_ids(DOCS))
-def test_named_paths_and_modules_exist(doc):
+def missing_names(text: str) -> list[str]:
+    """Repository paths and `deft_jax.<module>[.<name>]` in code spans of `text` that do not exist."""
     problems = []
-    for span in CODE_SPAN.findall(_prose(doc.read_text())):
+    for span in CODE_SPAN.findall(_prose(text)):
         for token in span.split():
             token = token.strip(".,;:()")
             if PATH.match(token) and not any(c in token for c in "<>*"):
-                path = token.split("::")[0]
-                if not (REPO / path).exists():
+                if not (REPO / token.split("::")[0]).exists():
                     problems.append(f"path {token}")
             elif match := MODULE.match(token):
                 module, rest = _module_file(match.group(0).split("."))
@@ -94,6 +93,12 @@ def test_named_paths_and_modules_exist(doc):
                     problems.append(f"module {token}")
                 elif rest and not re.search(rf"\b{re.escape(rest[0])}\b", module.read_text()):
                     problems.append(f"{token}: {rest[0]!r} is not in {module.relative_to(REPO)}")
+    return problems
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=_ids(DOCS))
+def test_named_paths_and_modules_exist(doc):
+    problems = missing_names(doc.read_text())
     assert not problems, f"{doc.relative_to(REPO)} names what does not exist: " + "; ".join(problems)
 
 
@@ -111,6 +116,9 @@ def test_checks_can_fail(tmp_path):
     links = [m.group(1) for m in LINK.finditer(doc.read_text())]
     assert links == ["missing.md", "#title", "#nope"]
     assert anchors(doc) == {"title"}
-    assert _module_file("deft_jax.no_such_module".split("."))[0] is None
-    assert _module_file("deft_jax.training.loop.train_and_evaluate".split("."))[0] == (
-        REPO / "deft_jax" / "training" / "loop.py")
+    assert missing_names("`deft_jax.training.loop.train_and_evaluate` `deft_jax/training/loop.py`") == []
+    assert missing_names("`deft_jax.no_such_module` `deft_jax.training.loop.no_such_name(x)` "
+                         "`deft_jax/no_such_file.py`\n```\n`deft_jax/in_a_fence.py`\n```\n") == [
+        "deft_jax.no_such_module: 'no_such_module' is not in deft_jax/__init__.py",
+        "deft_jax.training.loop.no_such_name(x: 'no_such_name' is not in deft_jax/training/loop.py",
+        "path deft_jax/no_such_file.py"]
