@@ -59,6 +59,10 @@ def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise cli.UserError(f"unexpected arguments {list(argv[1:])}")
     FLAGS = flags.FLAGS
+    if not FLAGS["verbosity"].present:  # orbax logs every restore at INFO; --verbosity=0 brings it back
+        from absl import logging as absl_logging
+
+        absl_logging.set_verbosity(absl_logging.WARNING)
     config_arg = config_flags.get_config_filename(FLAGS["config"])
     overrides = config_flags.get_override_values(FLAGS["config"])
     workdir = pathlib.Path(FLAGS.workdir).absolute()
