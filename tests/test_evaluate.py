@@ -58,8 +58,8 @@ def numpy_reference(workdir: pathlib.Path) -> dict[str, float]:
     from deft_jax import data as data_lib
 
     config = build.load_run_config(workdir)
-    setup = build.model_setup(config, devices=jax.devices()[:1])
-    params = jax.device_get(evaluate.restore_params(setup, workdir=workdir,
+    setup = build.setup(config, devices=jax.devices()[:1], mesh_fallback=True)
+    params = jax.device_get(setup.restore_params(workdir=workdir,
                                                     step=checkpointing.available_steps(workdir)[-1]))
     examples = data_lib.load_examples(config.data, split="eval")
     tokenized, _ = data_lib.tokenize_examples(examples, tokenizer=setup.tokenizer, cfg=config.data)
@@ -159,8 +159,8 @@ def test_generations_match_uncached_greedy_decoding(smoke_run, eight_device_resu
     from deft_jax import data as data_lib
 
     config = build.load_run_config(smoke_run)
-    setup = build.model_setup(config, devices=jax.devices()[:1])
-    params = evaluate.restore_params(setup, workdir=smoke_run, step=eight_device_result["step"])
+    setup = build.setup(config, devices=jax.devices()[:1], mesh_fallback=True)
+    params = setup.restore_params(workdir=smoke_run, step=eight_device_result["step"])
     prompts = data_lib.make_generation_prompts(evaluate.eval_examples(config, num_eval=None),
                                                tokenizer=setup.tokenizer)
     assert len({len(p.prompt_ids) for p in prompts}) > 1  # unequal lengths: padding and reordering matter
@@ -232,11 +232,11 @@ def test_restore_from_a_relative_workdir(smoke_run, eight_device_result, monkeyp
     """A workdir given relative to the current directory restores the same params (orbax's metadata read
     returns nothing for relative paths, so checkpoint paths are made absolute)."""
     config = build.load_run_config(smoke_run)
-    setup = build.model_setup(config, devices=jax.devices()[:1])
+    setup = build.setup(config, devices=jax.devices()[:1], mesh_fallback=True)
     step = eight_device_result["step"]
-    expected = jax.device_get(evaluate.restore_params(setup, workdir=smoke_run, step=step))
+    expected = jax.device_get(setup.restore_params(workdir=smoke_run, step=step))
     monkeypatch.chdir(smoke_run.parent)
     relative = pathlib.Path(smoke_run.name)
     assert checkpointing.param_shapes(workdir=relative, step=step)
-    restored = jax.device_get(evaluate.restore_params(setup, workdir=relative, step=step))
+    restored = jax.device_get(setup.restore_params(workdir=relative, step=step))
     jax.tree.map(np.testing.assert_array_equal, restored, expected)
