@@ -36,6 +36,7 @@ import numpy as np
 
 from deft_jax import data as data_lib
 from deft_jax import errors, reporting
+from deft_jax import sharding as sharding_lib
 from deft_jax.evaluation import scoring
 from deft_jax.inference import generation as generate_lib
 from deft_jax.training import checkpointing
@@ -245,7 +246,9 @@ def evaluate_run(*, workdir: str | pathlib.Path | None = None, config=None, step
                  options: EvalOptions = EvalOptions(), devices: Sequence[Any] | None = None,
                  write: bool = True) -> list[dict[str, Any]]:
     """Evaluate the checkpoints `steps` of the run in `workdir` (or its base model, or the base model of
-    `config` without a workdir); returns one result dict per evaluation and writes its reports."""
+    `config` without a workdir); returns one result dict per evaluation and writes its reports (process 0).
+    Across several processes (config.distributed or $DEFT_COORDINATOR_ADDRESS ...), each feeds its own rows
+    of every teacher-forced batch and all get the same result."""
     if workdir is None and config is None:
         raise EvaluationError("pass --workdir (a training run) or --config with --base.")
     if workdir is None and not base:
@@ -255,6 +258,7 @@ def evaluate_run(*, workdir: str | pathlib.Path | None = None, config=None, step
         config = build.load_run_config(workdir)
     else:
         config_lib.validate(config)  # --config.* overrides are applied after get_config
+    sharding_lib.maybe_initialize_distributed(config.distributed)  # several hosts: each feeds its own rows
     if out_dir is None:
         if workdir is None:
             raise EvaluationError("--base with --config and no --workdir needs --out_dir for its reports.")
@@ -268,7 +272,7 @@ def evaluate_run(*, workdir: str | pathlib.Path | None = None, config=None, step
         result = run_description(setup, workdir=workdir, step=step)
         result.update(evaluate_params(setup, params, examples=examples, options=options))
         result["time"] = time.time()
-        if write:
+        if write and jax.process_index() == 0:
             result["reports"] = [str(path) for path in write_reports(result, out_dir=out_dir)]
         results.append(result)
         del params
