@@ -137,14 +137,13 @@ def main(argv=None) -> None:
         raise SystemExit(f"measure_prior: unknown task(s) {unknown}; choose from {list(CANDIDATES)}")
 
     from deft_jax import data as data_lib
-    from deft_jax.evaluation import evaluator as evaluate
 
     started = time.perf_counter()
     max_length = 1024 if args.smoke else 2048
     reference_config = candidate_config(base_arg=_BASE_ARG, overrides=CANDIDATES["figfont"], num=args.num,
                                         max_length=max_length)
-    setup = build.model_setup(reference_config)
-    params = evaluate.base_params(setup)
+    setup = build.setup(reference_config, mesh_fallback=True)
+    params = setup.initial_params()
     results = {}
     for name in tasks:
         task_started = time.perf_counter()
@@ -157,7 +156,7 @@ def main(argv=None) -> None:
         if name == "self_distill":  # fewer rows when fewer greedy answers ended with EOS
             num = min(num, sum(1 for line in pathlib.Path(overrides["path"]).read_text().splitlines() if line))
         config = candidate_config(base_arg=_BASE_ARG, overrides=overrides, num=num, max_length=max_length)
-        task_setup = build.model_setup(config)
+        task_setup = build.setup(config, mesh_fallback=True)
         examples = data_lib.load_examples(config.data, split="train")
         results[name] = measure(task_setup, params, examples)
         results[name]["seconds"] = time.perf_counter() - task_started

@@ -544,13 +544,10 @@ def evaluate_run_suite(*, suite: str, benchmarks: Sequence[str] | None = None, w
                 for s in steps]
     if config is None:
         config = build.load_run_config(workdir)
-    setup = build.model_setup(config, devices=devices)
+    setup = build.setup(config, devices=devices, mesh_fallback=True)
     reports = []
     for one in steps:
-        params = (build.initial_params(config, model_config=setup.model_config, mesh=setup.mesh, rules=setup.rules)
-                  if one is None else
-                  checkpointing.restore_params(workdir=workdir, step=one, abstract_params=setup.abstract_params,
-                                               shardings=setup.param_shardings))
+        params = setup.initial_params() if one is None else setup.restore_params(workdir=workdir, step=one)
         reports.append(run_suite(params=params, model_config=setup.model_config, tokenizer=setup.tokenizer,
                                  suite=suite, benchmarks=benchmarks, data_dir=data_dir,
                                  out_dir=pathlib.Path(out_dir) / reporting.report_name(one), n=n, num_eval=num_eval,
