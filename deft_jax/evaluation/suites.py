@@ -198,7 +198,7 @@ def _reference(fields: Mapping[str, Any], benchmark: Benchmark, where: str) -> s
     if benchmark.answer_from == "first":
         value = value[0] if isinstance(value, (list, tuple)) else value
     if benchmark.answer_from == "boxed":
-        boxed = scoring.extract_boxed(str(value))
+        boxed = tasks.last_boxed(str(value))
         if boxed is None:
             raise SuiteError(f"{where}: field {benchmark.answer_field!r} has no \\boxed{{}} answer to extract")
         value = boxed
