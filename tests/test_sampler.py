@@ -127,3 +127,35 @@ def test_length_batches_group_by_bucket_and_bound_rows():
     assert [[r.prompt_id for r in b] for b in batches] == [[2, 0], [4], [3, 1], [5]]
     with pytest.raises(ValueError, match="n=0"):
         S.SamplerOptions(n=0)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"sliding_window": 6}])
+def test_chunked_prefill_equals_one_shot(overrides):
+    config = M.ModelConfig.tiny(vocab_size=264, **overrides)
+    params = M.init_params(config, rng=jax.random.key(5))
+    rng = np.random.default_rng(2)
+    prompts = [rng.integers(3, 250, size=n).tolist() for n in (5, 29, 13)]
+    tokens, positions, segment_ids = S.left_pad(prompts, pad_id=0, bucket=32)
+    logits, cache = S.prefill(params, tokens, positions, segment_ids, config=config, max_len=48)
+    for chunk in (8, 16):  # 4 and 2 chunks of the 32-token bucket
+        chunked_logits, chunked = S.prefill(params, tokens, positions, segment_ids, config=config, max_len=48,
+                                            chunk=chunk)
+        np.testing.assert_allclose(np.asarray(chunked_logits), np.asarray(logits), rtol=1e-5, atol=1e-5)
+        for key in ("k", "v"):
+            np.testing.assert_allclose(np.asarray(chunked[key]), np.asarray(cache[key]), rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(np.asarray(chunked["segment_ids"]), np.asarray(cache["segment_ids"]))
+        assert int(chunked["end"]) == int(cache["end"]) == 32
+    with pytest.raises(ValueError, match="chunk=12 must be >= 1 and divide"):
+        S.prefill(params, tokens, positions, segment_ids, config=config, max_len=48, chunk=12)
+
+
+def test_chunked_prefill_samples_equal_one_shot(params, tokenizer):
+    requests = _requests(tokenizer)
+    sampling = S.SamplingConfig(max_new_tokens=NEW_TOKENS, temperature=1.0)
+    one_shot = _run(params, tokenizer, requests, n=2, max_rows=8, sampling=sampling, seed=1)
+    chunked = _run(params, tokenizer, requests, n=2, max_rows=8, sampling=sampling, seed=1, prefill_chunk=8)
+    assert chunked.keys() == one_shot.keys()
+    for key in one_shot:
+        assert chunked[key].tokens == one_shot[key].tokens, key
+    with pytest.raises(ValueError, match="prefill_chunk=0"):
+        S.SamplerOptions(prefill_chunk=0)

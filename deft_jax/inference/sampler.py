@@ -2,7 +2,8 @@
 
 Every generation of the project goes through here (the generate CLI, the evaluator, the benchmark suites,
 the experiments). For a batch of prompts (similar lengths, left-padded to a shared bucket):
-  1. prefill the P prompts once, filling a KV cache of P rows (`prefill`);
+  1. prefill the P prompts once, filling a KV cache of P rows (`prefill`; with `prefill_chunk` c, c prompt
+     tokens at a time, so its temporaries are bounded for any prompt length);
   2. repeat each cache row n times (P*n rows: sample j of prompt i is row i*n + j);
   3. decode all rows together in chunks of `chunk_steps` single-token steps (`decode_chunk`, a jitted
      lax.while_loop that also ends as soon as every row has stopped), attending only over the cache slots
@@ -25,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 
@@ -120,6 +122,7 @@ class SamplerOptions:
     kv_bucket: int = 256        # attended cache length is rounded up to a multiple of this
     prompt_bucket: int = PROMPT_BUCKET
     share_prefill: bool = True  # False: every sample row prefills its own copy of the prompt (reference path)
+    prefill_chunk: int | None = None  # prefill the prompts this many tokens at a time (None: in one pass)
 
     def __post_init__(self):
         if self.n < 1:
@@ -127,6 +130,8 @@ class SamplerOptions:
         for name in ("max_rows", "chunk_steps", "kv_bucket", "prompt_bucket"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.prefill_chunk is not None and self.prefill_chunk < 1:
+            raise ValueError(f"prefill_chunk={self.prefill_chunk} must be >= 1 (or None: one pass)")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -204,13 +209,33 @@ def sample_rows(logits: jax.Array, *, keys: jax.Array, temperature: float, top_p
     return jax.vmap(lambda key, row: jax.random.categorical(key, row))(keys, tempered).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "max_len"))
-def prefill(params, tokens, positions, segment_ids, *, config: ModelConfig, max_len: int):
-    """Fill a fresh cache of max_len slots with the prompts [B, P]; returns (last-token logits [B, V], cache)."""
-    cache = model_lib.init_cache(config, batch_size=tokens.shape[0], max_len=max_len)
-    hidden, cache = model_lib.forward(params, config, tokens, positions=positions, segment_ids=segment_ids,
-                                      return_hidden=True, cache=cache)
-    return model_lib.logits_from_hidden(hidden[:, -1], params=params, config=config), cache
+@functools.partial(jax.jit, static_argnames=("config", "max_len", "chunk"))
+def prefill(params, tokens, positions, segment_ids, *, config: ModelConfig, max_len: int, chunk: int | None = None):
+    """Fill a fresh cache of max_len slots with the prompts [B, P]; returns (last-token logits [B, V], cache).
+
+    chunk: prefill c tokens at a time (P a multiple of c), each chunk written into the cache and attending
+    over it (a lax.scan), so attention's temporaries are [B, H, c, max_len] whatever P is; None (or c >= P):
+    the whole prompt in one pass ([B, H, P, P])."""
+    batch, length = tokens.shape
+    cache = model_lib.init_cache(config, batch_size=batch, max_len=max_len)
+    if chunk is None or chunk >= length:
+        hidden, cache = model_lib.forward(params, config, tokens, positions=positions, segment_ids=segment_ids,
+                                          return_hidden=True, cache=cache)
+        return model_lib.logits_from_hidden(hidden[:, -1], params=params, config=config), cache
+    if chunk < 1 or length % chunk:
+        raise ValueError(f"prefill chunk={chunk} must be >= 1 and divide the padded prompt length {length}")
+
+    def chunks(x):  # [B, P] -> [P / c, B, c]
+        return x.reshape(batch, length // chunk, chunk).swapaxes(0, 1)
+
+    def step(cache, part):
+        tokens, positions, segment_ids = part
+        hidden, cache = model_lib.forward(params, config, tokens, positions=positions, segment_ids=segment_ids,
+                                          return_hidden=True, cache=cache)
+        return cache, hidden[:, -1]
+
+    cache, last = jax.lax.scan(step, cache, (chunks(tokens), chunks(positions), chunks(segment_ids)))
+    return model_lib.logits_from_hidden(last[-1], params=params, config=config), cache
 
 
 @functools.partial(jax.jit, static_argnames=("repeats",))
@@ -363,7 +388,9 @@ def _sample_batch(params, config, requests, *, options, stops, decode_text, pad_
     while padded_prompts * repeats % multiple:
         padded_prompts += 1
     prompt_tokens = prompt_tokens + [prompt_tokens[-1]] * (padded_prompts - len(prompt_tokens))
-    tokens, positions, segment_ids = left_pad(prompt_tokens, pad_id=pad_id, bucket=options.prompt_bucket)
+    bucket = options.prompt_bucket if options.prefill_chunk is None else math.lcm(options.prompt_bucket,
+                                                                                   options.prefill_chunk)
+    tokens, positions, segment_ids = left_pad(prompt_tokens, pad_id=pad_id, bucket=bucket)
     prompt_len = tokens.shape[1]
     max_len = cache_length(prompt_len=prompt_len, max_new_tokens=sampling.max_new_tokens, kv_bucket=options.kv_bucket)
     total_rows = padded_prompts * repeats
@@ -372,7 +399,8 @@ def _sample_batch(params, config, requests, *, options, stops, decode_text, pad_
         params = model_lib.stacked_params(params, config)
         config = config.replace(scan_layers=True)
     started = time.perf_counter()
-    logits, cache = prefill(params, tokens, positions, segment_ids, config=config, max_len=max_len)
+    logits, cache = prefill(params, tokens, positions, segment_ids, config=config, max_len=max_len,
+                            chunk=options.prefill_chunk)
     if repeats > 1:
         logits, cache = repeat_rows(logits, cache, repeats=repeats)
     if mesh is not None:
