@@ -9,8 +9,10 @@ It builds the programs that `deft_jax.train` and `deft_jax.evaluate` run for the
 architecture alone (no weights, no data: ShapeDtypeStructs carrying their shardings):
   train    the jitted train step (micro-batch scan, clip, AdamW) with the trainer's shardings, state donated;
   eval     the trainer's eval step on `eval.batch_size` rows;
-  prefill  generation's prompt pass, filling a KV cache of prompt_len + max_new_tokens slots;
-  decode   generation's while-loop of cached single-token steps.
+  prefill  the engine's prompt pass (deft_jax.inference.sampler.prefill), filling a KV cache of
+           prompt_len + max_new_tokens slots (rounded up to the engine's kv_bucket);
+  decode   one of the engine's decode chunks (sampler.decode_chunk: a while-loop of cached single-token
+           steps, temperature 1), attending over the whole cache: its costliest chunk.
 Each is lowered and compiled for the devices of `jax.experimental.topologies.get_topology_desc`, and
 `compiled.memory_analysis()` gives the bytes per chip.
 
@@ -51,7 +53,7 @@ from deft_jax import data as data_lib  # noqa: E402
 from deft_jax import errors  # noqa: E402
 from deft_jax import sharding as sharding_lib  # noqa: E402
 from deft_jax.evaluation import evaluator as evaluate  # noqa: E402
-from deft_jax.inference import generation as generate  # noqa: E402
+from deft_jax.inference import sampler  # noqa: E402
 from deft_jax.model import decoder as model_lib  # noqa: E402
 from deft_jax.training import setup as build  # noqa: E402
 from deft_jax.training import step as step_lib  # noqa: E402
@@ -205,7 +207,7 @@ def default_generation(config) -> GenerationShape:
     new-token budget for the task."""
     task = str(config.data.task).split(":")[0]
     new_tokens = evaluate.DEFAULT_MAX_NEW_TOKENS.get(task, evaluate.DEFAULT_MAX_NEW_TOKENS["reasoning_gym"])
-    prompt_len = -(-data_lib.row_length(config.data) // generate.PROMPT_BUCKET) * generate.PROMPT_BUCKET
+    prompt_len = -(-data_lib.row_length(config.data) // sampler.PROMPT_BUCKET) * sampler.PROMPT_BUCKET
     return GenerationShape(batch_size=config.eval.batch_size, prompt_len=prompt_len, max_new_tokens=new_tokens)
 
 
@@ -252,33 +254,40 @@ def _prompt_arrays(target: Programs):
     return tuple(_abstract((g.batch_size, g.prompt_len), jnp.int32, replicated) for _ in range(3))
 
 
+def _cache_length(target: Programs) -> int:
+    g = target.generation
+    return sampler.cache_length(prompt_len=g.prompt_len, max_new_tokens=g.max_new_tokens,
+                                kv_bucket=sampler.SamplerOptions().kv_bucket)
+
+
 def lower_prefill(target: Programs):
     params, config = _generation_params(target)
-    g = target.generation
-    lowered = generate.prefill.lower(params, *_prompt_arrays(target), config=config,
-                                     max_len=g.prompt_len + g.max_new_tokens)
+    lowered = sampler.prefill.lower(params, *_prompt_arrays(target), config=config, max_len=_cache_length(target))
     return lowered, {"batch": _prompt_arrays(target)}
 
 
 def lower_decode(target: Programs, *, prefill_compiled):
-    """decode() on prefill's outputs, with the shardings the compiled prefill gives them."""
+    """decode_chunk() on prefill's outputs, with the shardings the compiled prefill gives them: one chunk of
+    the engine's chunk_steps (at most max_new_tokens) steps, attending over every cache slot."""
     params, config = _generation_params(target)
     g = target.generation
-    shapes = jax.eval_shape(lambda p, *a: generate.prefill(p, *a, config=config,
-                                                           max_len=g.prompt_len + g.max_new_tokens),
+    max_len = _cache_length(target)
+    shapes = jax.eval_shape(lambda p, *a: sampler.prefill(p, *a, config=config, max_len=max_len),
                             params, *_prompt_arrays(target))
     logits, cache = jax.tree.map(lambda s, sharding: _abstract(s.shape, s.dtype, sharding), shapes,
                                  prefill_compiled.output_shardings)
     replicated = sharding_lib.replicated(target.setup.mesh)
-    rng = jax.eval_shape(lambda: jax.random.key(0))
-    scalars = dict(
-        next_positions=_abstract((g.batch_size,), jnp.int32, replicated),
-        rng=jax.ShapeDtypeStruct(rng.shape, rng.dtype, sharding=replicated),
-        temperature=_abstract((), jnp.float32, replicated), top_p=_abstract((), jnp.float32, replicated))
-    lowered = generate.decode.lower(params, logits, cache, scalars["next_positions"], scalars["rng"],
-                                    scalars["temperature"], scalars["top_p"], config=config,
-                                    max_new_tokens=g.max_new_tokens, stop_ids=(target.eos_id,), pad_id=0)
-    return lowered, {"batch": {"logits": logits, "cache": cache, **scalars}}
+    keys = jax.eval_shape(lambda: sampler.row_keys(seed=0, prompt_ids=[0] * g.batch_size,
+                                                   sample_indices=[0] * g.batch_size))
+    rows = dict(positions=_abstract((g.batch_size,), jnp.int32, replicated),
+                done=_abstract((g.batch_size,), jnp.bool_, replicated),
+                keys=jax.ShapeDtypeStruct(keys.shape, keys.dtype, sharding=replicated),
+                first_step=_abstract((), jnp.int32, replicated), limit=_abstract((), jnp.int32, replicated))
+    lowered = sampler.decode_chunk.lower(
+        params, logits, cache, rows["positions"], rows["done"], rows["keys"], rows["first_step"], rows["limit"],
+        config=config, steps=min(sampler.SamplerOptions().chunk_steps, g.max_new_tokens), kv_len=max_len,
+        stop_ids=(target.eos_id,), pad_id=0, temperature=1.0, top_p=1.0)
+    return lowered, {"batch": {"logits": logits, "cache": cache, **rows}}
 
 
 # ====================================================================================================

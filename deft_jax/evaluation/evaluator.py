@@ -38,7 +38,7 @@ from deft_jax import data as data_lib
 from deft_jax import errors, reporting
 from deft_jax import sharding as sharding_lib
 from deft_jax.evaluation import scoring
-from deft_jax.inference import generation as generate_lib
+from deft_jax.inference import sampler
 from deft_jax.training import checkpointing
 from deft_jax.training import config as config_lib
 from deft_jax.training import setup as build
@@ -92,7 +92,8 @@ def generate_predictions(setup: build.Setup, params, prompts: Sequence[Any], *, 
     timing: 'seconds' (all, compilation included), 'examples_per_second' (all), and
     'steady_examples_per_second' (batches after the first, i.e. without most compilation; NaN with one
     batch). Prompts are batched by length (less padding)."""
-    sampling = generate_lib.SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.0)
+    options = sampler.SamplerOptions(sampling=sampler.SamplingConfig(max_new_tokens=max_new_tokens))
+    stops = sampler.StopCriteria(token_ids=(setup.tokenizer.eos_id,))
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i].prompt_ids))
     texts: list[str | None] = [None] * len(prompts)
     new_tokens = 0
@@ -100,14 +101,15 @@ def generate_predictions(setup: build.Setup, params, prompts: Sequence[Any], *, 
     for first in range(0, len(order), batch_size):
         chunk = order[first:first + batch_size]
         start = time.perf_counter()
-        result = generate_lib.generate(params, setup.model_config, [prompts[i].prompt_ids.tolist() for i in chunk],
-                                       stop_ids=[setup.tokenizer.eos_id], sampling=sampling,
-                                       pad_id=setup.tokenizer.pad_id)
+        samples = sampler.generate(params, setup.model_config, [prompts[i].prompt_ids.tolist() for i in chunk],
+                                   stops=stops, pad_id=setup.tokenizer.pad_id, options=options,
+                                   decode_text=lambda ids: setup.tokenizer.decode(ids, skip_special_tokens=True),
+                                   mesh=setup.mesh, rules=setup.rules)
         batch_seconds.append(time.perf_counter() - start)
         batch_rows.append(len(chunk))
-        new_tokens += result.generated_tokens
-        for index, tokens in zip(chunk, result.tokens):
-            texts[index] = setup.tokenizer.decode(tokens, skip_special_tokens=True)
+        new_tokens += sum(s.num_tokens for s in samples)
+        for index, sample in zip(chunk, samples):
+            texts[index] = sample.text
     seconds = sum(batch_seconds)
     steady = sum(batch_rows[1:]) / sum(batch_seconds[1:]) if len(batch_rows) > 1 else float("nan")
     return texts, {"seconds": seconds, "examples_per_second": len(prompts) / seconds if seconds else float("nan"),
