@@ -23,10 +23,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from deft_jax import errors
 from deft_jax.model import decoder as model_lib
 from deft_jax.model.decoder import ModelConfig
 
 PROMPT_BUCKET = 32  # prompt lengths are padded up to a multiple of this, to limit recompilation
+
+
+class SamplingError(errors.UserError):
+    """A sampling setting out of range (max_new_tokens, temperature, top_p)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,11 +44,11 @@ class SamplingConfig:
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+            raise SamplingError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+            raise SamplingError(f"temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise SamplingError(f"top_p must be in (0, 1], got {self.top_p}")
 
 
 @dataclasses.dataclass
