@@ -38,12 +38,12 @@ def parse_arg(arg: str | None, **spec: Any) -> ml_collections.ConfigDict:
         key, has_value, raw = item.partition("=")
         key = key.strip()
         if key not in spec:
-            raise ValueError(f"config argument {key!r} is not known; known arguments: {sorted(spec)} "
+            raise config_lib.ConfigError(f"config argument {key!r} is not known; known arguments: {sorted(spec)} "
                              f"(got {arg!r})")
         default = spec[key]
         if not has_value:
             if not isinstance(default, bool):
-                raise ValueError(f"config argument {key!r} needs a value ({key}=...), got {arg!r}")
+                raise config_lib.ConfigError(f"config argument {key!r} needs a value ({key}=...), got {arg!r}")
             result[key] = True
             continue
         result[key] = _cast(key=key, raw=raw.strip(), default=default)
@@ -61,14 +61,14 @@ def _cast(*, key: str, raw: str, default: Any) -> Any:
         if isinstance(default, float):
             return float(raw)
     except ValueError:
-        raise ValueError(f"config argument {key}={raw!r}: expected a {type(default).__name__}") from None
+        raise config_lib.ConfigError(f"config argument {key}={raw!r}: expected a {type(default).__name__}") from None
     return raw
 
 
 def get_base_config(arg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Every field the trainer reads, with the paper's defaults, shrunk by `arg.runlocal`/`arg.smoke`."""
     if arg.runlocal and arg.smoke:
-        raise ValueError("config arguments 'runlocal' and 'smoke' exclude each other; pick one.")
+        raise config_lib.ConfigError("config arguments 'runlocal' and 'smoke' exclude each other; pick one.")
     config = config_lib.default_config()  # every field, with the paper's defaults (deft_jax.config.FIELDS)
     if arg.smoke:
         _shrink_smoke(config)
@@ -87,7 +87,7 @@ def _shrink_runlocal(config: ml_collections.ConfigDict) -> None:
     """The real SmolLM2-135M-Instruct on FigFont for a few minutes on a laptop CPU."""
     config.model.dtype = "float32"  # bf16 matmuls are slow on CPUs
     config.data.num_train = 128
-    config.data.num_eval = 16
+    config.data.num_eval = 32  # held-out FigFont prompts (test items 40,000+)
     config.data.max_length = 256  # FigFont: median 161 SmolLM2 tokens, ~14% longer (dropped and counted)
     config.data.seq_len = 256
     config.data.truncation = "drop"
@@ -99,6 +99,7 @@ def _shrink_runlocal(config: ml_collections.ConfigDict) -> None:
     config.checkpoint.every_steps = 10
     config.eval.every_steps = 10
     config.eval.batch_size = 8
+    config.eval.report_prompts = 32  # the train command ends with base vs fine-tuned on these
     config.log_every = 1
 
 

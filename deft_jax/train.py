@@ -5,9 +5,12 @@ The command line of `deft_jax.training.loop`: flags in, one library call.
 from __future__ import annotations
 
 import sys
+
+import jax
 from collections.abc import Sequence
 
 from deft_jax import cli
+from deft_jax.evaluation import before_after
 from deft_jax.training import config as config_lib
 from deft_jax.training.loop import EXIT_PREEMPTED, train_and_evaluate
 
@@ -27,6 +30,12 @@ def main(argv: Sequence[str]) -> None:
     final = train_and_evaluate(FLAGS.config, FLAGS.workdir)
     if final["preempted"]:
         sys.exit(EXIT_PREEMPTED)
+    if FLAGS.config.eval.report_prompts:
+        del final  # frees the training state before two models are evaluated
+        report = before_after.compare(FLAGS.config, workdir=FLAGS.workdir,
+                                      num_prompts=FLAGS.config.eval.report_prompts)
+        if jax.process_index() == 0:
+            print(before_after.markdown(report), flush=True)
 
 
 def _define_flags() -> None:

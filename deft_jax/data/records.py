@@ -10,9 +10,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from deft_jax import errors
 
 
-class DataError(ValueError):
+class DataError(errors.UserError):
     """Bad input data or data config; the message says what, where (file:line, field) and what to do."""
 
 
