@@ -17,6 +17,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import numpy as np
+import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from deft_jax import errors
@@ -145,23 +146,17 @@ def check_divisible(*, abstract_tree: Any, shardings: Any, what: str = "paramete
                     f"config.mesh.rules.")
 
 
-def optimizer_state_shardings(abstract_opt_state: Any, *, abstract_params: Any, param_shardings: Any,
+def optimizer_state_shardings(optimizer: Any, abstract_opt_state: Any, *, param_shardings: Any,
                               other: NamedSharding) -> Any:
-    """Shardings of an optimizer state: every subtree that is a copy of the parameter tree (same structure
-    and shapes: Adam's moments) takes the parameters' shardings, every other leaf (step counts) `other`.
+    """Shardings of `optimizer`'s state: every copy of the parameter tree in it (Adam's moments) takes the
+    parameters' shardings, every other leaf (step counts) `other` (optax.tree_map_params, which finds the
+    copies by initialising `optimizer` on a placeholder).
 
     Works on ShapeDtypeStruct trees only and executes nothing, so it also serves meshes of devices that
     exist only as a compilation target.
     """
-    params_def = jax.tree.structure(abstract_params)
-    param_shapes = [tuple(x.shape) for x in jax.tree.leaves(abstract_params)]
-
-    def is_params_copy(node: Any) -> bool:
-        return (jax.tree.structure(node) == params_def
-                and [tuple(x.shape) for x in jax.tree.leaves(node)] == param_shapes)
-
-    return jax.tree.map(lambda node: param_shardings if is_params_copy(node) else other,
-                        abstract_opt_state, is_leaf=is_params_copy)
+    return optax.tree_map_params(optimizer, lambda _, sharding: sharding, abstract_opt_state, param_shardings,
+                                 transform_non_params=lambda _: other)
 
 
 def with_shardings(abstract_tree: Any, shardings: Any) -> Any:

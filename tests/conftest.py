@@ -7,6 +7,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pytest  # noqa: E402
 
+from helpers.tiny_tokenizer import TinyChatTokenizer  # noqa: E402
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 # DEFT_SHARED_DATA points elsewhere when the checkout does not sit beside shared/ (e.g. a git worktree).
 SHARED_DATA = pathlib.Path(os.environ.get("DEFT_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
@@ -18,3 +20,9 @@ def shared_data_dir():
     if not SHARED_DATA.is_dir():
         pytest.fail(f"expected the shared data folder at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    """A shared TinyChatTokenizer (ChatML, byte-level BPE; <pad>=0, <|im_end|>=2 is EOS)."""
+    return TinyChatTokenizer()

@@ -13,7 +13,6 @@ from deft_jax.data import (
     tokenize_examples,
     validate_data_config,
 )
-from deft_jax.data.testing import tiny_tokenizer
 
 CHAT = [
     {"role": "system", "content": "Be brief."},
@@ -133,13 +132,13 @@ def test_messages_errors(tmp_path):
         load_examples(file_config(bad_role), split="train")
 
 
-def test_sequence_longer_than_max_length_under_error_policy(tmp_path):
+def test_sequence_longer_than_max_length_under_error_policy(tmp_path, tiny_tokenizer):
     path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "short", "response": "ok"},
                                               {"prompt": "long " * 200, "response": "ok"}])
     cfg = file_config(path, max_length=64, truncation="error")
     examples = load_examples(cfg, split="train")
     with pytest.raises(DataError, match=rf"{path}:2: \d+ tokens .* exceed data.max_length=64"):
-        tokenize_examples(examples, tokenizer=tiny_tokenizer(), cfg=cfg)
+        tokenize_examples(examples, tokenizer=tiny_tokenizer, cfg=cfg)
 
 
 def test_unknown_reasoning_gym_task_lists_close_matches():
@@ -288,7 +287,7 @@ def test_last_boxed_reads_a_braced_box_as_math_verify_does(text):
 # ------------------------------------------------------------------------------------------ TFDS
 
 
-def test_tfds_build_and_read_back_formats_identically(tmp_path, shared_data_dir):
+def test_tfds_build_and_read_back_formats_identically(tmp_path, shared_data_dir, tiny_tokenizer):
     import tensorflow_datasets as tfds
 
     from deft_jax.data.tfds_builder import build_tfds_dataset
@@ -308,7 +307,7 @@ def test_tfds_build_and_read_back_formats_identically(tmp_path, shared_data_dir)
     via_tfds = default_data_config()
     via_tfds.task, via_tfds.tfds_name, via_tfds.tfds_data_dir = "tfds", name, str(tmp_path / "tfds")
     via_tfds.max_length = 4096
-    tokenizer = tiny_tokenizer()
+    tokenizer = tiny_tokenizer
     for split in ("train", "eval"):
         a = load_examples(direct, split=split)
         b = load_examples(via_tfds, split=split)

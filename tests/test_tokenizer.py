@@ -119,7 +119,8 @@ def test_default_splits_digits_one_per_token(default_tokenizer):
 
 
 def test_default_matches_transformers_gguf_conversion(default_tokenizer, transformers_gguf_tokenizer):
-    """transformers' GGUF conversion lacks only the digit split (DESIGN §3): equal on text without digits."""
+    """transformers' GGUF conversion lacks only the pre-tokenizer's split of digits into single digits: equal on
+    text without digits."""
     for text in TEXTS_WITHOUT_DIGITS:
         expected = transformers_gguf_tokenizer.encode(text, add_special_tokens=False)
         assert default_tokenizer.encode(text) == expected, text

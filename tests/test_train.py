@@ -14,6 +14,7 @@ from deft_jax.training import checkpointing
 from deft_jax.training import loop as train
 from deft_jax import data as data_lib
 from deft_jax import sharding as sharding_lib
+from helpers.checkpoints import latest_restorable_step
 from test_train_utils import (CONFIGS, kill, losses_by_step, params_leaves, run_in_process, smoke_config,
                               start_cli, wait_for_step)
 
@@ -110,7 +111,8 @@ def _reference_cosine(step, *, lr, total, warmup_ratio, min_ratio=0.0):
 @pytest.mark.parametrize("min_ratio", [0.0, 0.1])
 def test_cosine_schedule_with_warmup(min_ratio):
     for step in (0, 1, 5, 9, 10, 11, 50, 99, 100):
-        got = float(step_lib.learning_rate(step, lr=5e-5, total_steps=100, warmup_ratio=0.1, min_lr_ratio=min_ratio))
+        schedule = step_lib.Schedule(lr=5e-5, total_steps=100, warmup_ratio=0.1, min_lr_ratio=min_ratio)
+        got = float(step_lib.scheduled_learning_rate(step, schedule.as_arrays()))
         assert got == pytest.approx(_reference_cosine(step, lr=5e-5, total=100, warmup_ratio=0.1,
                                                       min_ratio=min_ratio), rel=1e-5, abs=1e-12)
 
@@ -214,7 +216,7 @@ def test_sigterm_resume_and_sigkill_mid_write_end_exactly_as_an_uninterrupted_ru
     assert saved["total_steps"] == 40 and saved["objective"]["name"] == "deft"
     target = build.setup(smoke_config("deft", **LONG)).state_target
     directory = checkpointing.checkpoint_dir(workdir)
-    assert checkpointing.check_restorable(directory=directory, target=target) == stopped_at
+    assert latest_restorable_step(directory=directory, target=target) == stopped_at
     # 2. The same command resumes from there; SIGKILL it while it writes a checkpoint.
     process = start_cli(*command, log_path=tmp_path / "second.log")
     wait_for_step(process, workdir, step=stopped_at + 2)

@@ -55,6 +55,7 @@ from deft_jax import sharding as sharding_lib  # noqa: E402
 from deft_jax.evaluation import evaluator as evaluate  # noqa: E402
 from deft_jax.inference import sampler  # noqa: E402
 from deft_jax.model import decoder as model_lib  # noqa: E402
+from deft_jax.training.metrics import TPU_PEAK_FLOPS  # noqa: E402
 from deft_jax.training import setup as build  # noqa: E402
 from deft_jax.training import step as step_lib  # noqa: E402
 
@@ -83,11 +84,11 @@ class Chip:
     chip_config: str  # get_topology_desc's chip_config_name: one device per chip
 
 
-CHIPS = {
-    "v4": Chip("v4", 32 * GIB, 275e12, 1.2e12, cores_in_slice_name=2, dims=3, chip_config="megacore"),
-    "v5e": Chip("v5e", 16 * GIB, 197e12, 0.82e12, cores_in_slice_name=1, dims=2, chip_config="default"),
-    "v5p": Chip("v5p", 95 * GIB, 459e12, 2.8e12, cores_in_slice_name=2, dims=3, chip_config="megacore"),
-    "v6e": Chip("v6e", 32 * GIB, 918e12, 1.6e12, cores_in_slice_name=1, dims=2, chip_config="default"),
+CHIPS = {  # peak FLOP/s: training.metrics.TPU_PEAK_FLOPS
+    "v4": Chip("v4", 32 * GIB, TPU_PEAK_FLOPS["v4"], 1.2e12, cores_in_slice_name=2, dims=3, chip_config="megacore"),
+    "v5e": Chip("v5e", 16 * GIB, TPU_PEAK_FLOPS["v5e"], 0.82e12, cores_in_slice_name=1, dims=2, chip_config="default"),
+    "v5p": Chip("v5p", 95 * GIB, TPU_PEAK_FLOPS["v5p"], 2.8e12, cores_in_slice_name=2, dims=3, chip_config="megacore"),
+    "v6e": Chip("v6e", 32 * GIB, TPU_PEAK_FLOPS["v6e"], 1.6e12, cores_in_slice_name=1, dims=2, chip_config="default"),
 }
 
 # Chips -> JAX topology shape, for the slice sizes Cloud TPU offers.

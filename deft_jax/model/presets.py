@@ -65,18 +65,6 @@ _PRESETS: dict[str, tuple[str, dict]] = {
         "eos_token_id": 100001}),
 }
 
-# Parameter counts published on each model card (for the tests' 0.5% check).
-PUBLISHED_PARAMS = {
-    "llama-3.1-8b": 8.03e9,
-    "llama-3.2-3b": 3.21e9,
-    "qwen2.5-math-1.5b": 1.54e9,
-    "qwen2.5-math-7b": 7.62e9,
-    "qwen2.5-1.5b": 1.54e9,
-    "qwen2.5-7b": 7.62e9,
-    "deepseek-math-7b-base": 6.91e9,
-}
-
-
 def names() -> tuple[str, ...]:
     """The preset names, sorted."""
     return tuple(sorted(_PRESETS))

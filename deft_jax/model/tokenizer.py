@@ -32,6 +32,7 @@ import jinja2.sandbox
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, processors
 
+from deft_jax import chat
 from deft_jax.model import pretrained
 from deft_jax import errors
 from deft_jax.model import ModelError
@@ -137,18 +138,6 @@ def compile_chat_template(template: str) -> jinja2.Template:
     return environment.from_string(template)
 
 
-def validate_messages(messages: Sequence[dict]) -> None:
-    """Each message needs a string 'role' and a string 'content'."""
-    if not isinstance(messages, (list, tuple)) or not messages:
-        raise ValueError(f"messages must be a non-empty list of {{'role', 'content'}} dicts, got {messages!r}")
-    for index, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            raise ValueError(f"messages[{index}] must be a dict with a string 'role', got {message!r}")
-        if not isinstance(message.get("content"), str):
-            raise ValueError(f"messages[{index}] (role {message['role']!r}) needs a string 'content', got "
-                             f"{message.get('content')!r}")
-
-
 # -------------------------------------------------------------------------------------------------- Tokenizer
 
 
@@ -231,7 +220,7 @@ class Tokenizer:
 
     def apply_chat_template(self, messages: list[dict], *, add_generation_prompt: bool = True) -> str:
         """Render messages [{"role", "content"}] with the checkpoint's template (ChatML if it has none)."""
-        validate_messages(messages)
+        chat.validate_messages(messages)
         return self._compiled_template.render(
             messages=list(messages),
             add_generation_prompt=add_generation_prompt,

@@ -125,10 +125,11 @@ _LANE_SEEDS = (0x9E3779B9, 0x7F4A7C15)  # two independent 32-bit lanes: a 64-bit
 
 
 def path_name(path) -> str:
-    """'/'-joined key path of a pytree leaf ('params/layers/attn/q_proj/kernel', 'opt_state/0/mu/...'); the
-    same name for a dataclass / namedtuple field, a dict key or a list index, so a state restored without
-    its target (plain dicts and lists) names its tensors as the saved state did."""
-    return "/".join(str(getattr(key, "key", getattr(key, "name", getattr(key, "idx", key)))) for key in path)
+    """'/'-joined key path of a pytree leaf ('params/layers/attn/q_proj/kernel', 'opt_state/0/mu/...'):
+    jax.tree_util.keystr(simple=True), which names a dataclass / namedtuple field, a dict key and a list
+    index alike, so a state restored without its target (plain dicts and lists) names its tensors as the
+    saved state did."""
+    return jax.tree_util.keystr(path, simple=True, separator="/")
 
 
 def _mix32(x: jax.Array) -> jax.Array:
@@ -400,32 +401,6 @@ def state_metadata(directory: str | pathlib.Path | epath.Path, step: int) -> Any
         raise corrupt from error
 
 
-def verify_step(directory: str | pathlib.Path, step: int, *, target: Any = None) -> int:
-    """Check checkpoint `step` under `directory` (a workdir's checkpoints/): its files, that every tensor
-    reads, matches the checksum written at save time and is finite. Returns the number of tensors whose
-    checksum matched (0 for a step saved before checksums were recorded); raises CheckpointCorruptError.
-
-    Without `target` the tensors are read as host numpy arrays in the layout the metadata describes (for
-    tools and tests; a large state needs a sharded `target`, as `restore` takes)."""
-    manager = make_manager(directory=directory, read_only=True, async_save=False)
-    try:
-        if int(step) not in manager.all_steps():
-            raise errors.MissingPathError(f"no complete checkpoint for step {step} under {manager.directory} "
-                                    f"(steps: {sorted(manager.all_steps())}).")
-        if target is None:
-            tree = state_metadata(manager.directory, step)
-            restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-            state_args = ocp.args.PyTreeRestore(restore_args=restore_args)
-        else:
-            state_args = ocp.args.PyTreeRestore(
-                target, restore_args=ocp.checkpoint_utils.construct_restore_args(target))
-        state, _, record = _restore_items(manager, step=int(step), state_args=state_args, verify=True)
-        return verify_tensors(state, record=record, step=int(step),
-                              where=str(step_directory(manager.directory, step) / STATE_ITEM))
-    finally:
-        manager.close()
-
-
 def restore_latest_intact(manager_or_dir: ocp.CheckpointManager | str | pathlib.Path, *, target: Any,
                           log: Callable[[str], None] | None = None
                           ) -> tuple[Any, dict[str, Any], int, list[str]]:
@@ -472,17 +447,6 @@ def set_aside(directory: str | pathlib.Path, step: int) -> pathlib.Path | None:
     target = source.with_name(f"{source.name}.corrupt-{int(time.time())}")
     source.rename(target)
     return target
-
-
-def check_restorable(*, directory: str | pathlib.Path, target: Any) -> int:
-    """Restore the latest checkpoint under `directory` onto `target`; returns its step (for tools/tests)."""
-    manager = make_manager(directory=directory, read_only=True, async_save=False)
-    try:
-        state, _, step = restore(manager, target=target)
-        jax.block_until_ready(state)
-        return step
-    finally:
-        manager.close()
 
 
 # ====================================================================================================

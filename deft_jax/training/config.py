@@ -29,12 +29,10 @@ from deft_jax import data as data_lib
 from deft_jax import errors, objectives
 from deft_jax import sharding as sharding_lib
 from deft_jax.model import decoder as model_lib
+from deft_jax.training.step import ACCUMULATION_MODES, LOSS_IMPLS, SCHEDULES
 
 TINY_MODEL = "tiny"
 DTYPES = ("float32", "bfloat16", "float16")
-LOSS_IMPLS = ("naive", "chunked")
-ACCUMULATION_MODES = ("exact", "mean_of_micro_means")
-SCHEDULES = ("cosine", "constant")
 PROGRESS_MODES = ("auto", "bar", "lines", "off")
 OWNED_SECTIONS = ("data", "objective", "model.overrides")  # validated as a whole by their owners
 

@@ -21,16 +21,19 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-# Peak dense FLOP/s per device assumed for MFU when config.peak_flops_per_device is 0 (auto). bf16 dense
-# numbers from the vendors' data sheets. The CPU figure is float32 per core (an AVX-512 FMA core at
-# ~3 GHz); a CPU device spans the cores this process may use, shared among its local CPU devices.
+# Peak dense bf16 FLOP/s per TPU chip (one JAX device), from the vendors' data sheets; the compile tool's
+# chip table takes its figures from here.
+TPU_PEAK_FLOPS = {"v4": 275e12, "v5e": 197e12, "v5p": 459e12, "v6e": 918e12}
+# Peak dense FLOP/s per device assumed for MFU when config.peak_flops_per_device is 0 (auto), by the
+# prefix of jax's device_kind. The CPU figure is float32 per core (an AVX-512 FMA core at ~3 GHz); a CPU
+# device spans the cores this process may use, shared among its local CPU devices.
 PEAK_FLOPS_BY_DEVICE_KIND = {
-    "TPU v4": 275e12,
-    "TPU v5 lite": 197e12,
-    "TPU v5e": 197e12,
-    "TPU v5p": 459e12,
-    "TPU v6 lite": 918e12,
-    "TPU v6e": 918e12,
+    "TPU v4": TPU_PEAK_FLOPS["v4"],
+    "TPU v5 lite": TPU_PEAK_FLOPS["v5e"],
+    "TPU v5e": TPU_PEAK_FLOPS["v5e"],
+    "TPU v5p": TPU_PEAK_FLOPS["v5p"],
+    "TPU v6 lite": TPU_PEAK_FLOPS["v6e"],
+    "TPU v6e": TPU_PEAK_FLOPS["v6e"],
     "NVIDIA H100": 989e12,
     "NVIDIA H200": 989e12,
     "NVIDIA A100": 312e12,

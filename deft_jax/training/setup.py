@@ -142,8 +142,8 @@ def state_layout(model_config: model_lib.ModelConfig, optimizer, mesh: Mesh,
     abstract_params, shardings = model_lib.param_layout(model_config, mesh=mesh, rules=rules)
     abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
     replicated = sharding_lib.replicated(mesh)
-    opt_shardings = sharding_lib.optimizer_state_shardings(abstract_opt, abstract_params=abstract_params,
-                                                           param_shardings=shardings, other=replicated)
+    opt_shardings = sharding_lib.optimizer_state_shardings(optimizer, abstract_opt, param_shardings=shardings,
+                                                           other=replicated)
     scalar = jax.ShapeDtypeStruct((), jnp.int32)
     abstract = step_lib.TrainState(step=scalar, params=abstract_params, opt_state=abstract_opt,
                                    rng=jax.ShapeDtypeStruct((2,), jnp.uint32), skipped_steps=scalar)
