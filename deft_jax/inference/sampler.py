@@ -43,6 +43,16 @@ class SamplingError(errors.UserError):
     """A sampling setting or prompt out of range (max_new_tokens, temperature, top_p, n, chunk sizes, empty prompts)."""
 
 
+def to_host(x: jax.Array) -> np.ndarray:
+    """The whole value of `x` on this host: also for an array whose rows live on other processes' devices
+    (generation under a multi-host mesh), gathered with `multihost_utils.process_allgather`."""
+    if x.is_fully_addressable or x.is_fully_replicated:
+        return np.asarray(x) if x.is_fully_addressable else np.asarray(x.addressable_data(0))
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
 PROMPT_BUCKET = 32  # prompt lengths are padded up to a multiple of this, to limit recompilation
 
 # The reference's stop strings for math sampling; the model's EOS is added to them.
@@ -431,7 +441,7 @@ def _sample_batch(params, config, requests, *, options, stops, decode_text, pad_
             params, logits, cache, positions_dev, jnp.asarray(done), keys, jnp.int32(step),
             jnp.int32(sampling.max_new_tokens - step), config=config, steps=steps, kv_len=kv_len,
             stop_ids=stop_ids, pad_id=pad_id, temperature=float(sampling.temperature), top_p=float(sampling.top_p))
-        out, taken, device_done = np.asarray(out), int(taken), np.array(done_dev)
+        out, taken, device_done = to_host(out), int(to_host(taken)), to_host(done_dev)
         for index, row in enumerate(rows):
             if done[index]:
                 continue
