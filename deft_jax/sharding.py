@@ -211,8 +211,27 @@ def maybe_initialize_distributed(dist_config: Mapping[str, Any] | None) -> bool:
     cpu_collectives = (dist_config or {}).get("cpu_collectives", "gloo")
     if cpu_collectives:  # only used by the CPU backend (harmless on TPU/GPU)
         jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
-    jax.distributed.initialize(**{k: v for k, v in settings.items() if v is not None})
+    jax.distributed.initialize(**{k: v for k, v in settings.items() if v is not None},
+                               **distributed_timeouts(dist_config))
     return True
+
+
+# config.distributed field -> jax.distributed.initialize argument (JAX's own defaults when a field is absent).
+TIMEOUT_ARGUMENTS = {"heartbeat_timeout_seconds": "heartbeat_timeout_seconds",
+                     "initialization_timeout_seconds": "initialization_timeout",
+                     "shutdown_timeout_seconds": "shutdown_timeout_seconds"}
+
+
+def distributed_timeouts(dist_config: Mapping[str, Any] | None) -> dict[str, int]:
+    """The timeouts of `jax.distributed.initialize` that config.distributed sets.
+
+    heartbeat: a process whose heartbeats stop this long counts as lost, and the coordination service
+    then ends every other process (a lost coordinator ends them at once); initialization: how long the
+    processes wait for each other at start; shutdown: how long a finished process waits at exit.
+    """
+    dist_config = dict(dist_config or {})
+    return {argument: int(dist_config[field]) for field, argument in TIMEOUT_ARGUMENTS.items()
+            if dist_config.get(field)}
 
 
 def global_batch(local_batch: Mapping[str, np.ndarray], *, mesh: Mesh,

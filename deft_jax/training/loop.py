@@ -40,6 +40,7 @@ from deft_jax import sharding as sharding_lib
 from deft_jax.model import decoder as model_lib
 from deft_jax.training import checkpointing
 from deft_jax.training import config as config_lib
+from deft_jax.training import hosts
 from deft_jax.training import metrics as metrics_lib
 from deft_jax.training import setup as build
 from deft_jax.training import step as step_lib
@@ -275,6 +276,7 @@ def train_and_evaluate(config, workdir, *, devices: Sequence[Any] | None = None,
     manager = checkpointing.make_manager(directory=checkpointing.checkpoint_dir(workdir),
                                          max_to_keep=config.checkpoint.keep,
                                          async_save=config.checkpoint.async_save)
+    hosts.announce_checkpoints(manager.directory)  # a supervisor names its last complete step if a host is lost
     preemption = PreemptionFlag()
     writer = None
     try:
