@@ -18,3 +18,7 @@ def shared_data_dir():
     if not SHARED_DATA.is_dir():
         pytest.fail(f"expected the shared data folder at {SHARED_DATA}")
     return SHARED_DATA
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: multi-process or long tests (deselect with -m 'not slow')")

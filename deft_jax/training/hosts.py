@@ -64,7 +64,8 @@ def lost_processes(text: str) -> list[int] | None:
     itself is unreachable; None when `text` reports no lost process."""
     match = _UNHEALTHY.search(text)
     if match:
-        return sorted({int(n) for n in re.findall(r"(?:task:)?(\d+)", match.group(1))})
+        names = match.group(1)
+        return sorted({int(n) for n in re.findall(r"task:(\d+)" if "task:" in names else r"\d+", names)})
     if _LEADER_LOST.search(text):
         return [0]
     return None
