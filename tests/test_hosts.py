@@ -64,7 +64,7 @@ def test_the_line_names_the_process_and_the_last_complete_step(tmp_path):
     assert hosts.complete_steps(tmp_path) == [4, 8]
     line = hosts.host_lost_line(tool="train", lost=[1], num_processes=2, checkpoints=str(tmp_path))
     assert line == (f"train: process 1 of 2 stopped answering; the last complete checkpoint is step 8 in "
-                    f"{tmp_path}; relaunch the same command on every host to resume from it (exit status 75).")
+                    f"{tmp_path}; relaunch the same command on every host to resume from it (exit status 75)")
     assert "process 0 of 4 (the coordinator)" in hosts.host_lost_line(
         tool="sweep", lost=[0], num_processes=4, checkpoints=None)
     empty = tmp_path / "empty"
@@ -137,8 +137,12 @@ def test_a_survivor_aborted_by_the_coordination_service_prints_one_line_and_exit
     code, out, err = _run_fake(tmp_path, "abort", str(checkpoints))
     assert code == hosts.EXIT_HOST_LOST == 75
     assert out == "step 9 done\n"
-    assert err == (f"fake: process 1 of 2 stopped answering; the last complete checkpoint is step 8 in {checkpoints}; "
-                   f"relaunch the same command on every host to resume from it (exit status 75).\n")
+    assert err.startswith(f"fake: process 1 of 2 stopped answering; the last complete checkpoint is step 8 in "
+                          f"{checkpoints}; relaunch the same command on every host to resume from it (exit status "
+                          f"75; JAX's report: ")
+    assert err.endswith(".log).\n") and err.count("\n") == 1
+    report = pathlib.Path(err.split("JAX's report: ")[1][:-3])
+    assert "Terminating process" in report.read_text()  # the dump kept aside, not shown
 
 
 def test_a_worker_error_and_its_status_pass_through_unchanged(tmp_path):
@@ -245,9 +249,9 @@ def test_a_killed_host_ends_the_job_on_the_other_and_the_relaunch_resumes_exactl
     lines = err.strip().splitlines()
     last = max(hosts.complete_steps(workdir / "checkpoints"))
     assert code == 75, err
-    assert lines[-1] == (f"train: process 1 of 2 stopped answering; the last complete checkpoint is step {last} in "
+    assert lines[-1].startswith(f"train: process 1 of 2 stopped answering; the last complete checkpoint is step {last} in "
                          f"{workdir / 'checkpoints'}; relaunch the same command on every host to resume from it "
-                         f"(exit status 75).")
+                         f"(exit status 75; JAX's report: ")
     assert "Traceback" not in err and "Check failure" not in err and "Gloo" not in err
     assert took < 60, took  # within the 5 s heartbeat timeout (plus the load of the machine)
     assert last < STEPS

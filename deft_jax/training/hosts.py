@@ -98,7 +98,7 @@ def host_lost_line(*, tool: str, lost: list[int] | None, num_processes: int | No
     else:
         where = "no run had started checkpointing"
         resume = "relaunch the same command on every host"
-    return f"{tool}: {who} stopped answering; {where}; {resume} (exit status {EXIT_HOST_LOST})."
+    return f"{tool}: {who} stopped answering; {where}; {resume} (exit status {EXIT_HOST_LOST})"
 
 
 def read_status(path: str | os.PathLike) -> dict:
@@ -242,8 +242,11 @@ def supervise(tool: str, *, environ: Mapping[str, str] | None = None) -> None:
     lost = lost_processes(held)
     if _FATAL in held or (code == EXIT_HOST_LOST and status.get("peer_failure")):
         count = environ.get(NUM_PROCESSES_ENV)
-        sys.stderr.write(host_lost_line(tool=tool, lost=lost, num_processes=int(count) if count and count.isdigit()
-                                        else None, checkpoints=status.get("checkpoints")) + "\n")
+        report = pathlib.Path(status_path).with_suffix(".log")  # JAX's own report, for the curious
+        report.write_text(held + "".join(f"\n{key}: {value}" for key, value in status.items()))
+        line = host_lost_line(tool=tool, lost=lost, num_processes=int(count) if count and count.isdigit()
+                              else None, checkpoints=status.get("checkpoints"))
+        sys.stderr.write(f"{line[:-1]}; JAX's report: {report}).\n")
         sys.stderr.flush()
         sys.exit(EXIT_HOST_LOST)
     relay.release()
