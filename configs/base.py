@@ -87,7 +87,7 @@ def _shrink_runlocal(config: ml_collections.ConfigDict) -> None:
     """The real SmolLM2-135M-Instruct on FigFont for a few minutes on a laptop CPU."""
     config.model.dtype = "float32"  # bf16 matmuls are slow on CPUs
     config.data.num_train = 128
-    config.data.num_eval = 16
+    config.data.num_eval = 32  # held-out FigFont prompts (test items 40,000+)
     config.data.max_length = 256  # FigFont: median 161 SmolLM2 tokens, ~14% longer (dropped and counted)
     config.data.seq_len = 256
     config.data.truncation = "drop"
@@ -99,6 +99,7 @@ def _shrink_runlocal(config: ml_collections.ConfigDict) -> None:
     config.checkpoint.every_steps = 10
     config.eval.every_steps = 10
     config.eval.batch_size = 8
+    config.eval.report_prompts = 32  # the train command ends with base vs fine-tuned on these
     config.log_every = 1
 
 

@@ -36,9 +36,8 @@ def export_run(*, workdir: str | pathlib.Path, out_dir: str | pathlib.Path, step
         raise ValueError(f"--out={str(out_dir)!r} looks like a training workdir; export into a new directory.")
     config = build.load_run_config(workdir)
     (selected,) = checkpointing.resolve_steps(workdir=workdir, requested=step)
-    setup = build.model_setup(config, devices=devices)
-    params = checkpointing.restore_params(workdir=workdir, step=selected, abstract_params=setup.abstract_params,
-                                          shardings=setup.param_shardings)
+    setup = build.setup(config, devices=devices, mesh_fallback=True)
+    params = setup.restore_params(workdir=workdir, step=selected)
     weights.export_hf(params, setup.model_config, setup.tokenizer, out_dir, dtype=dtype)
     return out_dir, selected
 

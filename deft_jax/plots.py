@@ -169,7 +169,8 @@ def _numeric(values) -> bool:
     return all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
 
 
-SWEEP_PLOTTED_METRICS = ("score", "nll", "mean_p")
+SWEEP_PLOTTED_METRICS = ("score", "exact_match", "jaro_winkler", "nll", "mean_p")
+BASE_STATUS = "base"  # a summary row with this status is the base model: drawn as a dashed line
 
 
 def sweep_summary(rows, *, swept, path: str | pathlib.Path, title: str) -> pathlib.Path | None:
@@ -181,11 +182,14 @@ def sweep_summary(rows, *, swept, path: str | pathlib.Path, title: str) -> pathl
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    evaluated = [row for row in rows if row.get("nll") is not None]
+    base = next((row for row in rows if row.get("status") == BASE_STATUS), None)
+    evaluated = [row for row in rows if row.get("nll") is not None and row is not base]
     if not evaluated:
         return None
     xs = [row.get(swept[0]) for row in evaluated] if len(swept) == 1 else None
     metrics = [m for m in SWEEP_PLOTTED_METRICS if any(row.get(m) is not None for row in evaluated)]
+    if "jaro_winkler" in metrics and evaluated[0].get("scoring_task") == "figfont":
+        metrics.remove("score")  # FigFont's score is its Jaro-Winkler
     figure, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
     for axis, metric in zip(axes[0], metrics):
         ys = [float("nan") if row.get(metric) is None else row.get(metric) for row in evaluated]
@@ -196,8 +200,11 @@ def sweep_summary(rows, *, swept, path: str | pathlib.Path, title: str) -> pathl
             if min(xs) > 0 and max(xs) / min(xs) >= 20:
                 axis.set_xscale("log")
         else:
-            axis.plot(range(len(ys)), ys, marker="o")
+            axis.bar(range(len(ys)), ys, color="tab:blue", alpha=0.8)  # categories (e.g. objectives): bars
             axis.set_xticks(range(len(ys)), [row["run"] for row in evaluated], rotation=45, ha="right", fontsize=7)
+        if base is not None and base.get(metric) is not None:
+            axis.axhline(base[metric], color="gray", linestyle="--", label="base model")
+            axis.legend(fontsize=7)
         label = metric
         if metric == "score" and evaluated[0].get("scoring_task"):
             label = f"score ({evaluated[0]['scoring_task']})"

@@ -32,6 +32,8 @@ def _define_flags() -> None:
     flags.DEFINE_integer("num_eval", None, "Evaluate the first N eval examples of each run (default all).")
     flags.DEFINE_integer("max_new_tokens", None, "Generation length for evaluation (default per task).")
     flags.DEFINE_bool("generate", True, "Score greedy generations in the evaluation.")
+    flags.DEFINE_bool("base", False, "Also evaluate the base model (the runs' step-0 weights) once and put its "
+                      "row first in the summary.")
     flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -42,6 +44,10 @@ def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise cli.UserError(f"unexpected arguments {list(argv[1:])}")
     FLAGS = flags.FLAGS
+    if not FLAGS["verbosity"].present:  # orbax logs every restore at INFO; --verbosity=0 brings it back
+        from absl import logging as absl_logging
+
+        absl_logging.set_verbosity(absl_logging.WARNING)
     config_arg = config_flags.get_config_filename(FLAGS["config"])
     overrides = config_flags.get_override_values(FLAGS["config"])
     workdir = pathlib.Path(FLAGS.workdir).absolute()
@@ -55,7 +61,9 @@ def _sweep(FLAGS, *, config_arg: str, overrides, workdir: pathlib.Path) -> None:
     from deft_jax.evaluation import evaluator as evaluate
     from deft_jax.sweeping import (
         SweepError,
+        base_row,
         check_same_config,
+        evaluate_base,
         evaluate_finished,
         join_hosts,
         override_flags,
@@ -103,8 +111,11 @@ def _sweep(FLAGS, *, config_arg: str, overrides, workdir: pathlib.Path) -> None:
                                    generate=FLAGS.generate)
     results = evaluate_finished(runs, options=options, include_unmarked=FLAGS.summarize_only, log=say,
                                 hosts=hosts)
+    base = evaluate_base(runs[0], workdir=workdir, options=options, log=say, hosts=hosts) if FLAGS.base else None
     if hosts.writer:
         rows = summary_rows(runs, results=results, statuses=statuses)
+        if base is not None:
+            rows.insert(0, base_row(base, swept=list(runs[0].point)))
         paths = write_summary(rows, workdir=workdir, title=f"{config_arg} {override_flags(overrides)}".strip())
         print(reporting.markdown_table(rows))
         for path in paths:

@@ -49,6 +49,7 @@ from jax.experimental import multihost_utils
 
 from deft_jax import errors, plots, reporting
 from deft_jax import sharding as sharding_lib
+from deft_jax.evaluation import before_after
 from deft_jax.evaluation import evaluator as evaluate
 from deft_jax.training import checkpointing
 from deft_jax.training import config as config_lib
@@ -422,10 +423,52 @@ def summary_rows(runs: Sequence[SweepRun], *, results: Mapping[str, Mapping[str,
         row["step"] = result.get("step")
         row["score"] = generation.get("score")
         row["scoring_task"] = generation.get("scoring_task")
+        row.update(task_figures(result))
         for metric in step_lib.TEACHER_FORCED_METRICS:
             row[metric] = teacher.get(metric)
         rows.append(row)
     return rows
+
+
+FIGURE_COLUMNS = ("exact_match", "case_insensitive", "jaro_winkler")
+
+
+def task_figures(result: Mapping[str, Any]) -> dict[str, float]:
+    """The task's generation figures beyond its score (FigFont: exact_match, case_insensitive,
+    jaro_winkler), recomputed from the evaluation's saved generations; {} without generations."""
+    generation = result.get("generation") or {}
+    if not result.get("predictions") or "scoring_task" not in generation:
+        return {}
+    figures = before_after.figures_from_generations(result["predictions"], scoring_task=generation["scoring_task"])
+    return {} if list(figures) == ["score"] else figures
+
+
+def evaluate_base(run: SweepRun, *, workdir: pathlib.Path, options, log=print,
+                  hosts: Hosts = SINGLE_HOST) -> dict[str, Any]:
+    """The base model (the runs' shared step-0 weights) evaluated once, with `run`'s config; the report
+    goes to <workdir>/base/ and is reused when already there."""
+    out_dir = workdir / "base"
+    cached = out_dir / f"{reporting.report_name(None)}.json"
+    if hosts.agree(cached.is_file()):
+        log(f"base model: evaluation already in {cached}")
+        return json.loads(cached.read_text()) if hosts.writer else {}
+    log("base model: evaluating")
+    result = evaluate.evaluate_run(config=run.config, base=True, out_dir=out_dir, options=options,
+                                   write=hosts.writer)[0]
+    hosts.barrier("sweep: base model evaluated")
+    return result
+
+
+def base_row(result: Mapping[str, Any], *, swept: Sequence[str]) -> dict[str, Any]:
+    """The summary row of the base model (its swept fields empty)."""
+    teacher = result.get("teacher_forced") or {}
+    generation = result.get("generation") or {}
+    row: dict[str, Any] = {"run": "base (no fine-tuning)", "status": "base", **{key: None for key in swept},
+                           "step": 0, "score": generation.get("score"), "scoring_task": generation.get("scoring_task")}
+    row.update(task_figures(result))
+    for metric in step_lib.TEACHER_FORCED_METRICS:
+        row[metric] = teacher.get(metric)
+    return row
 
 
 def _csv_cell(value: Any) -> str:
@@ -445,6 +488,6 @@ def write_summary(rows: Sequence[Mapping[str, Any]], *, workdir: pathlib.Path, t
     reporting.write_text(workdir / "summary.md", f"# Sweep: {title}\n\n{reporting.markdown_table(rows)}\n")
     paths = [workdir / "summary.md", workdir / "summary.csv"]
     swept = [key for key in rows[0] if key not in ("run", "status", "step", "score", "scoring_task")
-             and key not in step_lib.TEACHER_FORCED_METRICS] if rows else []
+             and key not in step_lib.TEACHER_FORCED_METRICS and key not in FIGURE_COLUMNS] if rows else []
     plot = plots.sweep_summary(rows, swept=swept, path=workdir / "summary.png", title=title)
     return paths + ([plot] if plot else [])

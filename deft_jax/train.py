@@ -19,6 +19,9 @@ def main(argv: Sequence[str]) -> None:
     from absl import flags
     from absl import logging as absl_logging
 
+    import jax
+
+    from deft_jax.evaluation import before_after
     from deft_jax.training import config as config_lib
     from deft_jax.training.loop import EXIT_PREEMPTED, train_and_evaluate
 
@@ -33,6 +36,12 @@ def main(argv: Sequence[str]) -> None:
         final = train_and_evaluate(FLAGS.config, FLAGS.workdir)
     if final["preempted"]:
         sys.exit(EXIT_PREEMPTED)
+    if FLAGS.config.eval.report_prompts:
+        del final  # frees the training state before two models are evaluated
+        report = before_after.compare(FLAGS.config, workdir=FLAGS.workdir,
+                                      num_prompts=FLAGS.config.eval.report_prompts)
+        if jax.process_index() == 0:
+            print(before_after.markdown(report), flush=True)
 
 
 def _define_flags() -> None:

@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 import pytest
-from deft_jax.inference import generation as generate
+from deft_jax.inference import sampler
 
 from deft_jax import cli
 from deft_jax import generate as generate_cli
@@ -65,7 +65,7 @@ def test_user_errors_print_one_line_and_exit_2(capsys):
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == "tool: error: data.jsonl:3: bad; second line\n"
     with pytest.raises(SystemExit):  # a plain ValueError raised by the project's own checks
-        cli.run("tool", lambda argv: generate.SamplingConfig(top_p=2.0), [])
+        cli.run("tool", lambda argv: sampler.SamplingConfig(top_p=2.0), [])
     assert capsys.readouterr().err == "tool: error: top_p must be in (0, 1], got 2.0\n"
     with pytest.raises(SystemExit):
         cli.run("tool", lambda argv: cli.ArgumentParser(prog="tool").parse_args(["--x"]), [])

@@ -72,16 +72,15 @@ def smoke_study(tmp_path_factory):
 
 def test_smoke_dial_moves_the_prior_and_sft_starts_from_the_pretrained_model(smoke_study):
     from configs import continuum as grid
-    from deft_jax.evaluation import evaluator as evaluate
 
     bases = [json.loads((smoke_study / "pretrain" / f"level{i}" / "base.json").read_text()) for i in (0, 1)]
     p = [b["sft_data"]["mean_p"] for b in bases]
     assert p[1] > p[0] + 0.05, p  # more target-map pretraining, a stronger prior on the SFT task
     # model.init_from: the SFT run's starting params are the level's pretrained params.
     config = grid.get_config(f"stage=sft,level=1,root={smoke_study},smoke")
-    setup = build.model_setup(config)
-    start = evaluate.base_params(setup)
-    pretrained = evaluate.restore_params(setup, workdir=smoke_study / "pretrain" / "level1",
+    setup = build.setup(config, mesh_fallback=True)
+    start = setup.initial_params()
+    pretrained = setup.restore_params(workdir=smoke_study / "pretrain" / "level1",
                                          step=checkpointing.available_steps(smoke_study / "pretrain" / "level1")[-1])
     start, pretrained = jax_leaves(start), jax_leaves(pretrained)
     assert len(start) == len(pretrained) > 0

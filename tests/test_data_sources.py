@@ -245,6 +245,46 @@ def test_math_boxed_fallback():
     assert last_boxed("no box") is None
 
 
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("so $\\boxed{\\frac{1}{2}}$.", "\\frac{1}{2}"),
+        ("\\boxed{1} then \\boxed{\\{x \\mid x>0\\}}", "\\{x \\mid x>0\\}"),  # last, escaped braces
+        ("\\boxed{a_{1}^{2}}", "a_{1}^{2}"),  # nested braces
+        ("\\fbox{7}", "7"),
+        ("$\\boxed 5$", "5"),
+        ("\\boxed {3}", "3"),
+        ("answer \\boxed{\\frac{1}{2", None),  # cut off inside the box
+        ("no box here", None),
+        ("\\boxedx{3}", None),  # a different command
+        # Where the two extractors this one replaces disagreed:
+        ("first \\boxed{3}, then $\\boxed 5$.", "5"),  # \boxed 5 is a box (the data side skipped it for 3)
+        ("$\\boxed 12$", "12"),  # no brace: up to the next $
+        ("\\boxed5", "5"),
+        ("x \\boxed{x \\right\\}} y", "x \\right\\"),  # escaped braces count, as the graders count them
+        ("\\boxed{\\left\\{ 1 \\right.}", None),  # so an unmatched \{ leaves the box open
+        ("\\boxed{}", ""),
+        ("\\boxed $", None),
+    ],
+)
+def test_last_boxed(text, expected):
+    from deft_jax.data.tasks import last_boxed
+
+    assert last_boxed(text) == expected
+
+
+@pytest.mark.parametrize("text", [
+    "so $\\boxed{\\frac{1}{2}}$.", "\\boxed{a_{1}^{2}}", "\\fbox{7}", "\\boxed {3}",
+    "\\boxed{\\{1, 2\\} \\cup \\{3\\}}", "x \\boxed{x \\right\\}} y", "\\boxed{\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}}",
+])
+def test_last_boxed_reads_a_braced_box_as_math_verify_does(text):
+    from latex2sympy2_extended.math_normalization import extract_boxed_content
+
+    from deft_jax.data.tasks import last_boxed
+
+    assert last_boxed(text) == extract_boxed_content(text, mode="last")
+
+
 # ------------------------------------------------------------------------------------------ TFDS
 
 

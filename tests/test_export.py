@@ -10,7 +10,6 @@ import pytest
 
 from deft_jax.training import setup as build
 from deft_jax.training import checkpointing
-from deft_jax.evaluation import evaluator as evaluate
 from deft_jax import export
 from deft_jax.model import decoder as model_lib
 from test_train_utils import run_module, subprocess_env, trained_smoke_run
@@ -35,8 +34,8 @@ def test_exported_run_loads_in_transformers_with_equal_logits(smoke_run, tmp_pat
     assert "exported step 2" in done.stderr
 
     config = build.load_run_config(smoke_run)
-    setup = build.model_setup(config, devices=jax.devices()[:1])
-    params = evaluate.restore_params(setup, workdir=smoke_run, step=2)
+    setup = build.setup(config, devices=jax.devices()[:1], mesh_fallback=True)
+    params = setup.restore_params(workdir=smoke_run, step=2)
     text = setup.tokenizer.apply_chat_template([{"role": "user", "content": "What is 12 + 30?"}]) + "42"
     ids = setup.tokenizer.encode(text)
 

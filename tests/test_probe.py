@@ -34,10 +34,10 @@ def test_probe_agrees_with_evaluation_and_writes_reports(tmp_path):
 
     config = nll.get_config("smoke")
     summary = probe.probe_config(config, num=6, out_dir=tmp_path)
-    setup = build.model_setup(config)
+    setup = build.setup(config, mesh_fallback=True)
     examples = data_lib.load_examples(config.data, split="train")[:6]
     tokenized, _ = data_lib.tokenize_examples(list(examples), tokenizer=setup.tokenizer, cfg=config.data)
-    reference = evaluate.teacher_forced_metrics(setup, evaluate.base_params(setup), tokenized)
+    reference = evaluate.teacher_forced_metrics(setup, setup.initial_params(), tokenized)
     assert summary["p"]["mean"] == pytest.approx(reference["mean_p"], rel=1e-4)
     assert summary["entropy"]["mean"] == pytest.approx(reference["mean_entropy"], rel=1e-4)
     assert summary["tokens"] == reference["supervised_tokens"]

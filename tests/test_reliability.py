@@ -125,17 +125,16 @@ def test_a_damaged_step_is_named_and_resume_falls_back_to_the_previous_one(saved
 def test_evaluate_refuses_a_damaged_step_naming_it(saved, corruption):
     """evaluate.restore_params (used by evaluate and export): the intact step 2 restores bit-equal, the
     damaged step 4 is refused with CheckpointCorruptError (before: NaN metrics, or AttributeError)."""
-    from deft_jax.evaluation import evaluator as evaluate
 
     directory, states = saved
     abstract = {name: jax.ShapeDtypeStruct(value.shape, value.dtype) for name, value in states[2]["params"].items()}
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     setup = types.SimpleNamespace(abstract_params=abstract, param_shardings=jax.tree.map(lambda _: sharding, abstract))
     workdir = directory.parent
-    _assert_equal_trees(evaluate.restore_params(setup, workdir=workdir, step=2), states[2]["params"])
+    _assert_equal_trees(setup.restore_params(workdir=workdir, step=2), states[2]["params"])
     CORRUPTIONS[corruption](directory)
     with pytest.raises(checkpointing.CheckpointCorruptError, match=r"^checkpoint 4 is corrupt \("):
-        evaluate.restore_params(setup, workdir=workdir, step=4)
+        setup.restore_params(workdir=workdir, step=4)
 
 
 def test_a_restore_cast_to_another_dtype_is_not_called_corrupt(saved):

@@ -5,6 +5,7 @@ import random
 
 import pytest
 
+from deft_jax.data.tasks import last_boxed
 from deft_jax.evaluation import scoring
 
 # ----------------------------------------------------------------------------------------------------
@@ -233,24 +234,6 @@ def test_gsm8k_last_number_fallback_on_real_solutions(shared_data_dir):
 
 
 @pytest.mark.parametrize(
-    "text, expected",
-    [
-        ("so $\\boxed{\\frac{1}{2}}$.", "\\frac{1}{2}"),
-        ("\\boxed{1} then \\boxed{\\{x \\mid x>0\\}}", "\\{x \\mid x>0\\}"),  # last, escaped braces
-        ("\\boxed{a_{1}^{2}}", "a_{1}^{2}"),  # nested braces
-        ("\\fbox{7}", "7"),
-        ("$\\boxed 5$", "5"),
-        ("\\boxed {3}", "3"),
-        ("answer \\boxed{\\frac{1}{2", None),  # cut off inside the box
-        ("no box here", None),
-        ("\\boxedx{3}", None),  # a different command
-    ],
-)
-def test_extract_boxed(text, expected):
-    assert scoring.extract_boxed(text) == expected
-
-
-@pytest.mark.parametrize(
     "prediction, reference",
     [
         ("The answer is $\\boxed{0.5}$", "\\frac{1}{2}"),
@@ -289,8 +272,8 @@ def test_math_score_not_equivalent(prediction, reference):
 def test_math500_solutions_score_against_their_answers(shared_data_dir):
     rows = _read_jsonl(shared_data_dir / "math500_test.jsonl")
     assert len(rows) == 500
-    # Independent check of extract_boxed: the dataset's `answer` is the last box of its `solution`.
-    boxed_mismatch = [i for i, r in enumerate(rows) if scoring.extract_boxed(r["solution"]) != r["answer"]]
+    # Independent check of last_boxed: the dataset's `answer` is the last box of its `solution`.
+    boxed_mismatch = [i for i, r in enumerate(rows) if last_boxed(r["solution"]) != r["answer"]]
     assert not boxed_mismatch, boxed_mismatch
     failures = [
         (i, r["answer"])

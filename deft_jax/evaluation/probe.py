@@ -37,9 +37,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from deft_jax import data as data_lib
-from deft_jax.evaluation import evaluator as evaluate
 from deft_jax.model import decoder as model_lib
 from deft_jax.training import setup as build
+from deft_jax.training import teacher_forced
 
 REGIME_MEAN_P = {"strong": 0.84, "intermediate": 0.73, "weak": 0.0}
 STRONG_THRESHOLD = (REGIME_MEAN_P["strong"] + REGIME_MEAN_P["intermediate"]) / 2    # 0.785
@@ -107,7 +107,7 @@ def measure(setup, params, tokenized: Sequence[Any], *, batch_size: int = 8) -> 
         logits = model_lib.forward(params, setup.model_config, inputs, positions=positions, segment_ids=segment_ids)
         return token_statistics(logits, targets)
 
-    batches = evaluate.eval_token_batches(setup, tokenized, batch_size=batch_size)
+    batches = teacher_forced.local_batches(setup, tokenized, rows=batch_size)
     collected = {"p": [], "alpha": [], "entropy": []}
     for batch in batches:
         stats = jax.device_get(batch_statistics(params, batch["inputs"], batch["positions"], batch["segment_ids"],
@@ -161,13 +161,13 @@ def probe_config(config, *, num: int, out_dir: str | pathlib.Path, devices=None,
     """Probe the base model of `config` on the first `num` training examples; writes the reports."""
     if num < 1:
         raise ValueError(f"--num={num}: must be >= 1")
-    setup = build.model_setup(config, devices=devices)
-    params = evaluate.base_params(setup)
+    setup = build.setup(config, devices=devices, mesh_fallback=True)
+    params = setup.initial_params()
     examples = data_lib.load_examples(config.data, split="train")[:num]
     tokenized, report = data_lib.tokenize_examples(list(examples), tokenizer=setup.tokenizer, cfg=config.data)
     if not tokenized:
         raise ValueError(f"no example of data.task={config.data.task!r} survived tokenization ({report.summary()})")
-    probe = measure(setup, params, tokenized, batch_size=evaluate.eval_batch_size(8, mesh=setup.mesh))
+    probe = measure(setup, params, tokenized, batch_size=teacher_forced.global_rows(setup, requested=8))
     title = title or f"{config.model.name} on {config.data.task}"
     summary = {"title": title, "model": config.model.name, "task": config.data.task, **probe.summary()}
     out_dir = pathlib.Path(out_dir)

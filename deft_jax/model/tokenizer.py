@@ -363,6 +363,19 @@ class Tokenizer:
 # ------------------------------------------------------------------------------------------------ builders
 
 
+def format_prompt(tokenizer, text: str, *, chat: bool, system: str | None = None) -> str:
+    """The text fed to the model: the tokenizer's chat template around `text` when chat, else `text`."""
+    if not chat:
+        return text
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+
+
+def chat_by_default(tokenizer) -> bool:
+    """Instruct checkpoints carry a chat template; base models (and the ChatML fallback) get raw text."""
+    return getattr(tokenizer, "chat_template_source", None) == "checkpoint"
+
+
 def gguf_pre_tokenizer(pre: str, *, source: str = "<gguf>") -> pre_tokenizers.PreTokenizer:
     """Pre-tokenizer for a GGUF `tokenizer.ggml.pre` value (only the byte-level ones verified exact)."""
     if pre == "smollm":

@@ -192,6 +192,9 @@ FIELDS: dict[str, Field] = {
     "eval.every_steps": Field(0, integer(0), "steps between evals; 0 = only at the end (if at_end)"),
     "eval.at_end": Field(True, boolean, "evaluate after the last step"),
     "eval.batch_size": Field(64, integer(1), "global rows per eval batch"),
+    "eval.report_prompts": Field(0, integer(0), "after training, the train command scores the base and the "
+                                 "fine-tuned model on the first N held-out prompts and prints the table "
+                                 "(0 = off; at most data.num_eval)"),
     "log_every": Field(10, integer(1), "steps between metric writes"),
     "progress": Field("auto", one_of(*PROGRESS_MODES),
                       "'auto' (bar on a terminal, lines otherwise) | 'bar' | 'lines' | 'off'"),
@@ -269,6 +272,10 @@ def validate(config, *, num_devices: int | None = None) -> None:
     if config.batch_size % micro:
         raise ConfigError(f"config.batch_size={config.batch_size} is not a multiple of "
                           f"config.micro_batch_size={config.micro_batch_size}.")
+    if config.eval.report_prompts and config.data.num_eval is not None and \
+            config.eval.report_prompts > config.data.num_eval:
+        raise ConfigError(f"config.eval.report_prompts={config.eval.report_prompts} is more than the eval split "
+                          f"(config.data.num_eval={config.data.num_eval}); raise data.num_eval or lower it.")
     if config.model.name == TINY_MODEL and config.model.init != "random":
         raise ConfigError("config.model.init must be 'random' for model.name='tiny' (it has no weights).")
     if config.model.name == TINY_MODEL and not config.tokenizer:

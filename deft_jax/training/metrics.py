@@ -6,11 +6,13 @@ JSON line as a list.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import pathlib
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -199,3 +201,41 @@ _SHOWN = ("train/loss", "train/nll", "train/mean_p", "train/mean_alpha", "perf/t
 
 def _shown(scalars: Mapping[str, Any]) -> dict[str, float]:
     return {k: float(scalars[k]) for k in _SHOWN if k in scalars and not isinstance(scalars[k], list)}
+
+
+# ====================================================================================================
+# Compilations, through JAX's public monitoring events.
+
+LOWERING_EVENT = "/jax/core/compile/jaxpr_to_mlir_module_duration"  # one per program JAX lowers (a jit miss)
+
+
+class ProgramCounter:
+    """How many programs one jitted function has had lowered (one per new signature, whether or not the
+    persistent compilation cache then holds the compiled code): jax.monitoring reports each lowering as
+    LOWERING_EVENT with fun_name 'jit(<name>)'; those reported while `counting()` is active are counted."""
+
+    _active = threading.local()
+    _registered = False
+
+    def __init__(self, *, fun_name: str):
+        self.fun_name = f"jit({fun_name})"
+        self.count = 0
+        if not ProgramCounter._registered:
+            jax.monitoring.register_event_duration_secs_listener(ProgramCounter._listen)
+            ProgramCounter._registered = True
+
+    @staticmethod
+    def _listen(event: str, duration: float, **kwargs) -> None:
+        del duration
+        counter = getattr(ProgramCounter._active, "counter", None)
+        if event == LOWERING_EVENT and counter is not None and kwargs.get("fun_name") == counter.fun_name:
+            counter.count += 1
+
+    @contextlib.contextmanager
+    def counting(self):
+        previous = getattr(ProgramCounter._active, "counter", None)
+        ProgramCounter._active.counter = self
+        try:
+            yield self
+        finally:
+            ProgramCounter._active.counter = previous
