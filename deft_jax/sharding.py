@@ -9,6 +9,7 @@ The global batch is split over ('data', 'fsdp'); parameters are placed by logica
 """
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -17,6 +18,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -213,7 +215,31 @@ def maybe_initialize_distributed(dist_config: Mapping[str, Any] | None) -> bool:
         jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
     jax.distributed.initialize(**{k: v for k, v in settings.items() if v is not None},
                                **distributed_timeouts(dist_config))
+    timeout = int((dist_config or {}).get("initialization_timeout_seconds") or DEFAULT_INITIALIZATION_TIMEOUT)
+    meet("initialized", timeout_seconds=timeout)
+    # The communicator of all devices is created (its rendezvous gives up after 30 s) while the processes
+    # are in step; a later collective over them waits for a slower process as long as it takes.
+    multihost_utils.sync_global_devices("deft_jax: communicators")
     return True
+
+
+DEFAULT_INITIALIZATION_TIMEOUT = 300  # seconds (config.distributed.initialization_timeout_seconds)
+_meetings = itertools.count()
+
+
+def meet(name: str, *, timeout_seconds: int) -> None:
+    """Wait until every process of the job has reached `name` (nothing on one process).
+
+    The coordination service's barrier, not a device collective: it waits `timeout_seconds`, where the
+    first collective of a new group of devices gives up when another process is more than 30 s late (a
+    gloo rendezvous). Every process must call it the same number of times, in the same order.
+    """
+    if jax.process_count() == 1:
+        return
+    from orbax.checkpoint import multihost as ocp_multihost
+
+    ocp_multihost.get_jax_distributed_client().wait_at_barrier(
+        f"deft_jax/{next(_meetings)}/{name}", timeout_in_ms=int(timeout_seconds) * 1000)
 
 
 # config.distributed field -> jax.distributed.initialize argument (JAX's own defaults when a field is absent).

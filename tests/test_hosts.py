@@ -106,6 +106,11 @@ if mode == "abort":  # what the coordination service does to a survivor
     sys.stderr.write({abort!r})
     sys.stderr.flush()
     os.abort()
+if mode == "other_abort":  # a fatal error of the distributed runtime that names no lost process
+    sys.stderr.write("F1203 client.h:80] Terminating process because the JAX distributed service detected "
+                     "fatal errors. absl::Status: INTERNAL: something else\\n")
+    sys.stderr.flush()
+    os.abort()
 if mode == "fails":
     print("some output", flush=True)
     sys.stderr.write("fake: error: a bad value\\n")
@@ -147,6 +152,32 @@ def test_a_survivor_aborted_by_the_coordination_service_prints_one_line_and_exit
 
 def test_a_worker_error_and_its_status_pass_through_unchanged(tmp_path):
     assert _run_fake(tmp_path, "fails") == (2, "some output\n", "fake: error: a bad value\n")
+
+
+def test_an_abort_that_names_no_lost_process_is_not_reported_as_one(tmp_path):
+    code, _, err = _run_fake(tmp_path, "other_abort")
+    assert code == 128 + signal.SIGABRT
+    assert "stopped answering" not in err
+    assert "INTERNAL: something else" in err  # JAX's own message, shown
+
+
+def test_a_collective_that_fails_without_a_lost_peer_keeps_its_error(monkeypatch):
+    """A gloo rendezvous that timed out because another process was late (no verdict of the coordination
+    service follows) is raised as it was: not turned into a lost host."""
+    import jax
+
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(hosts, "VERDICT_GRACE_SECONDS", 0.1)
+    late = RuntimeError("Gloo context initialization failed: DEADLINE_EXCEEDED: GetKeyValue() timed out with key: "
+                        "gloo/0,1,2,3/rank_1 and duration: 29.99s")
+    started = time.monotonic()
+    with pytest.raises(RuntimeError) as raised:
+        with hosts.waiting_for_verdict(heartbeat_timeout_seconds=0):
+            raise late
+    assert raised.value is late and time.monotonic() - started >= 0.1
+    with pytest.raises(ValueError, match="a bad value"):  # not a collective: raised at once
+        with hosts.waiting_for_verdict(heartbeat_timeout_seconds=100):
+            raise ValueError("a bad value")
 
 
 def test_sigterm_reaches_the_worker(tmp_path):

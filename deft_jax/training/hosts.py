@@ -17,7 +17,9 @@ scheduler restarts the job. Single-process commands are not supervised.
 
 Worker side: `announce_checkpoints(directory)` tells the supervisor where the current run checkpoints;
 `waiting_for_verdict()` turns a collective that failed because a peer vanished into a wait for the
-service's verdict (no Python traceback), bounded by the heartbeat timeout.
+service's verdict (no Python traceback), bounded by the heartbeat timeout; without a verdict the error
+stands. Anything else the worker does (an error, a late process, an abort that names no lost process)
+comes through unchanged, with the worker's exit status.
 
 Imports nothing heavy (the supervisor never loads JAX).
 """
@@ -37,6 +39,7 @@ import time
 from collections.abc import Iterator, Mapping
 
 EXIT_HOST_LOST = 75  # EX_TEMPFAIL: relaunch the same command to resume (the preemption status too)
+VERDICT_GRACE_SECONDS = 5  # waited beyond twice the heartbeat timeout for the coordination service's verdict
 
 WORKER_ENV = "DEFT_SUPERVISED_WORKER"  # set in the worker: do not supervise again
 STATUS_ENV = "DEFT_HOST_STATUS_FILE"  # where the worker names its checkpoint directory
@@ -135,26 +138,21 @@ def is_peer_failure(error: BaseException) -> bool:
 
 @contextlib.contextmanager
 def waiting_for_verdict(*, heartbeat_timeout_seconds: int) -> Iterator[None]:
-    """A peer failure raised inside becomes a wait for the coordination service, which ends this process
-    within the heartbeat timeout (and names the lost process); should it not, the worker records the
-    failure for its supervisor and exits EXIT_HOST_LOST. Other errors pass unchanged."""
+    """A collective that failed inside as a lost peer would make it fail (a broken connection, a timed-out
+    rendezvous) becomes a wait for the coordination service: if a peer was lost, the service ends this
+    process within the heartbeat timeout and names it (the supervisor's one line). If the service gives
+    no verdict, no peer was lost (e.g. another process was merely late) and the error is raised as it
+    was. Other errors pass unchanged."""
     try:
         yield
-    except Exception as error:  # noqa: BLE001 (re-raised unless it is a peer failure)
+    except Exception as error:  # noqa: BLE001 (re-raised unless the service ends the process first)
         import jax  # (the worker has it loaded already)
 
-        num_processes = jax.process_count()
-        if num_processes < 2 or not is_peer_failure(error):
+        if jax.process_count() < 2 or not is_peer_failure(error):
             raise
         _write_status(peer_failure=str(error).splitlines()[0][:300])
-        deadline = time.monotonic() + 2 * heartbeat_timeout_seconds + 5
-        while time.monotonic() < deadline:
-            time.sleep(0.2)
-        if not os.environ.get(WORKER_ENV):
-            print(host_lost_line(tool=pathlib.Path(sys.argv[0]).stem, lost=None, num_processes=num_processes,
-                                 checkpoints=read_status(os.environ.get(STATUS_ENV, "")).get("checkpoints")),
-                  file=sys.stderr, flush=True)
-        os._exit(EXIT_HOST_LOST)  # the distributed runtime cannot shut down cleanly without the peer
+        time.sleep(2 * heartbeat_timeout_seconds + VERDICT_GRACE_SECONDS)  # the service's verdict ends the process meanwhile
+        raise
 
 
 # ====================================================================================================
@@ -240,7 +238,7 @@ def supervise(tool: str, *, environ: Mapping[str, str] | None = None) -> None:
     status = read_status(status_path)
     os.unlink(status_path)
     lost = lost_processes(held)
-    if _FATAL in held or (code == EXIT_HOST_LOST and status.get("peer_failure")):
+    if _FATAL in held and lost is not None:  # the coordination service ended the worker: a peer was lost
         count = environ.get(NUM_PROCESSES_ENV)
         report = pathlib.Path(status_path).with_suffix(".log")  # JAX's own report, for the curious
         report.write_text(held + "".join(f"\n{key}: {value}" for key, value in status.items()))

@@ -243,6 +243,11 @@ def train_and_evaluate(config, workdir, *, devices: Sequence[Any] | None = None,
             while step < total_steps:
                 batch = sharding_lib.put_batch(next(iterator), mesh=mesh, global_rows=config.batch_size,
                                                keys=data_lib.BATCH_KEYS)
+                if steps_this_call == 0 and jax.process_count() > 1:
+                    # Compile first (it takes longer on some hosts), then meet: the first step starts together.
+                    compiled_step.compile(state, batch, schedule)
+                    sharding_lib.meet("train: first step", timeout_seconds=config.distributed.get(
+                        "initialization_timeout_seconds", sharding_lib.DEFAULT_INITIALIZATION_TIMEOUT))
                 started = time.perf_counter()
                 state, step_metrics = compiled_step(state, batch, schedule)
                 step += 1
