@@ -344,7 +344,8 @@ def get_config(arg=None):
 
 
 def sweep():
-    return [{{"batch_size": 6}}, {{"seed": 1}}]  # 6 rows do not split over the 4 devices: fails on every host
+    # 6 rows do not split over the 4 devices: valid as a config, it fails on every host when the run starts
+    return [{{"batch_size": 6, "micro_batch_size": 6}}, {{"seed": 1}}]
 """
 
 
@@ -359,10 +360,11 @@ def test_a_sweep_on_two_hosts_records_a_run_that_fails_on_every_host_and_goes_on
     results = _finish(_launch(command, logs=tmp_path, cache_root=cache_root, tag="sweep"))
     assert [code for code, _ in results] == [0, 0], results
     log = (tmp_path / "sweep.process0.log").read_text()
-    assert "[1/2] batch_size=6: failed: config.batch_size" in log, log
+    failed = "batch_size=6,micro_batch_size=6"
+    assert f"[1/2] {failed}: failed: config.micro_batch_size=6 (rows per micro-batch) is not divisible" in log, log
     assert "[2/2] seed=1: finished at step 4" in log, log
-    assert "Traceback" in (workdir / "batch_size=6" / "error.txt").read_text()
-    assert not (workdir / "batch_size=6" / "SWEEP_DONE.json").exists()
+    assert "Traceback" in (workdir / failed / "error.txt").read_text()
+    assert not (workdir / failed / "SWEEP_DONE.json").exists()
     assert (workdir / "seed=1" / "SWEEP_DONE.json").is_file()
     assert all("Traceback" not in err for _, err in results), results
 
