@@ -26,6 +26,7 @@ import pathlib
 import ml_collections
 
 from configs import base
+from deft_jax.training import config as config_lib
 
 STAGES = ("pretrain", "sft")
 OBJECTIVES = ("nll", "prob", "dft", "deformed_log", "eaft", "cayley", "deft")
@@ -88,21 +89,21 @@ def paths(*, root: str, level: int, seed: int, noise: float) -> dict:
 def objective_params(name: str, *, alpha: float, epsilon: float) -> dict:
     """config.objective's parameters for `name` (the objectives' own defaults otherwise)."""
     if name not in OBJECTIVES:
-        raise ValueError(f"config argument objective={name!r} is not one of {OBJECTIVES}")
+        raise config_lib.ConfigError(f"config argument objective={name!r} is not one of {OBJECTIVES}")
     return {"deformed_log": {"alpha": alpha}, "deft": {"epsilon": epsilon}}.get(name, {})
 
 
 def get_config(arg=None):
     parsed = base.parse_arg(arg, **_spec())
     if parsed.stage not in STAGES:
-        raise ValueError(f"config argument stage={parsed.stage!r} is not one of {STAGES}")
+        raise config_lib.ConfigError(f"config argument stage={parsed.stage!r} is not one of {STAGES}")
     if parsed.runlocal:
-        raise ValueError("configs/continuum.py has its own budget; use `smoke` or the defaults, not `runlocal`.")
+        raise config_lib.ConfigError("configs/continuum.py has its own budget; use `smoke` or the defaults, not `runlocal`.")
     steps = level_steps(smoke=parsed.smoke)
     if not 0 <= parsed.level < len(steps):
-        raise ValueError(f"config argument level={parsed.level} must lie in [0, {len(steps) - 1}]")
+        raise config_lib.ConfigError(f"config argument level={parsed.level} must lie in [0, {len(steps) - 1}]")
     if not 0.0 <= parsed.noise < 1.0:
-        raise ValueError(f"config argument noise={parsed.noise} must lie in [0, 1)")
+        raise config_lib.ConfigError(f"config argument noise={parsed.noise} must lie in [0, 1)")
     config = base.get_base_config(ml_collections.ConfigDict({**base.COMMON_ARGS, "smoke": True}))
     pretrain = parsed.stage == "pretrain"
     where = paths(root=parsed.root, level=parsed.level, seed=parsed.seed, noise=parsed.noise)

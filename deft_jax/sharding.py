@@ -21,6 +21,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from deft_jax import errors
+
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")  # the mesh axes a batch dimension is split over
 
@@ -38,20 +40,20 @@ def resolve_mesh_shape(*, data: int, fsdp: int, tensor: int, num_devices: int) -
     sizes = {"data": int(data), "fsdp": int(fsdp), "tensor": int(tensor)}
     for name, size in sizes.items():
         if size == 0 or size < -1:
-            raise ValueError(f"config.mesh.{name}={size}: mesh axis sizes must be positive or -1 (fill).")
+            raise errors.UserError(f"config.mesh.{name}={size}: mesh axis sizes must be positive or -1 (fill).")
     fill = [name for name, size in sizes.items() if size == -1]
     if len(fill) > 1:
-        raise ValueError(f"config.mesh: only one axis may be -1 (fill), got {fill}.")
+        raise errors.UserError(f"config.mesh: only one axis may be -1 (fill), got {fill}.")
     fixed = math.prod(size for size in sizes.values() if size != -1)
     if fill:
         if num_devices % fixed:
-            raise ValueError(
+            raise errors.UserError(
                 f"config.mesh: the fixed axes {sizes} multiply to {fixed}, which does not divide the "
                 f"{num_devices} available devices; choose sizes whose product divides {num_devices}.")
         sizes[fill[0]] = num_devices // fixed
     product = math.prod(sizes.values())
     if product != num_devices:
-        raise ValueError(
+        raise errors.UserError(
             f"config.mesh: data={sizes['data']} x fsdp={sizes['fsdp']} x tensor={sizes['tensor']} = "
             f"{product} devices, but JAX sees {num_devices} device(s) ({jax.default_backend()}). Set the "
             f"sizes so that their product is {num_devices} (or set one of them to -1 to fill).")
@@ -91,12 +93,12 @@ def logical_rules(*, base_rules: Sequence[tuple[str, Any]],
     rules = {name: target for name, target in base_rules}
     for item in overrides or ():
         if len(item) != 2:
-            raise ValueError(f"config.mesh.rules: each rule must be (logical_name, mesh_axes), got {item!r}.")
+            raise errors.UserError(f"config.mesh.rules: each rule must be (logical_name, mesh_axes), got {item!r}.")
         name, target = item
         targets = (target,) if isinstance(target, str) else tuple(target or ())
         unknown = [axis for axis in targets if axis not in MESH_AXES]
         if unknown:
-            raise ValueError(f"config.mesh.rules: rule {name!r} -> {target!r} names unknown mesh axes "
+            raise errors.UserError(f"config.mesh.rules: rule {name!r} -> {target!r} names unknown mesh axes "
                              f"{unknown}; mesh axes are {MESH_AXES}.")
         rules[name] = None if not targets else (targets[0] if len(targets) == 1 else targets)
     return tuple(rules.items())
@@ -129,7 +131,7 @@ def check_divisible(*, abstract_tree: Any, shardings: Any, what: str = "paramete
     leaves, _ = jax.tree_util.tree_flatten_with_path(abstract_tree)
     sharding_leaves = jax.tree.leaves(shardings, is_leaf=lambda x: isinstance(x, NamedSharding))
     if len(leaves) != len(sharding_leaves):
-        raise ValueError(f"{what} tree and sharding tree differ: {len(leaves)} vs {len(sharding_leaves)} leaves.")
+        raise errors.UserError(f"{what} tree and sharding tree differ: {len(leaves)} vs {len(sharding_leaves)} leaves.")
     for (path, leaf), sharding in zip(leaves, sharding_leaves):
         spec = tuple(sharding.spec) + (None,) * (len(leaf.shape) - len(sharding.spec))
         for dim, (size, axes) in enumerate(zip(leaf.shape, spec)):
@@ -138,7 +140,7 @@ def check_divisible(*, abstract_tree: Any, shardings: Any, what: str = "paramete
             axes = (axes,) if isinstance(axes, str) else tuple(axes)
             shards = math.prod(sharding.mesh.shape[a] for a in axes)
             if size % shards:
-                raise ValueError(
+                raise errors.UserError(
                     f"{what} {jax.tree_util.keystr(path)} has shape {tuple(leaf.shape)}: dimension {dim} "
                     f"(size {size}) is split over mesh axes {axes} of total size {shards}, which does not "
                     f"divide it. Change config.mesh sizes or map that logical axis to None in "
@@ -194,7 +196,7 @@ def distributed_settings(dist_config: Mapping[str, Any] | None,
                 "num_processes": None if num_processes in (None, "", -1) else int(num_processes),
                 "process_id": None if process_id in (None, "", -1) else int(process_id)}
     if address and (settings["num_processes"] is None or settings["process_id"] is None):
-        raise ValueError(
+        raise errors.UserError(
             f"distributed: coordinator_address={address!r} also needs num_processes and process_id "
             f"(config.distributed.* or ${NUM_PROCESSES_ENV} / ${PROCESS_ID_ENV}).")
     return settings

@@ -14,6 +14,7 @@ import optax
 import pytest
 
 from deft_jax.training import checkpointing
+from deft_jax.training import setup as build
 from deft_jax import cli
 from deft_jax import sharding as sharding_lib
 
@@ -123,7 +124,7 @@ def test_a_damaged_step_is_named_and_resume_falls_back_to_the_previous_one(saved
 
 @pytest.mark.parametrize("corruption", ["data_file_bit_flip", "manifest_damaged", "metadata_deleted"])
 def test_evaluate_refuses_a_damaged_step_naming_it(saved, corruption):
-    """evaluate.restore_params (used by evaluate and export): the intact step 2 restores bit-equal, the
+    """Setup.restore_params (used by evaluate and export): the intact step 2 restores bit-equal, the
     damaged step 4 is refused with CheckpointCorruptError (before: NaN metrics, or AttributeError)."""
 
     directory, states = saved
@@ -131,10 +132,10 @@ def test_evaluate_refuses_a_damaged_step_naming_it(saved, corruption):
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     setup = types.SimpleNamespace(abstract_params=abstract, param_shardings=jax.tree.map(lambda _: sharding, abstract))
     workdir = directory.parent
-    _assert_equal_trees(setup.restore_params(workdir=workdir, step=2), states[2]["params"])
+    _assert_equal_trees(build.Setup.restore_params(setup, workdir=workdir, step=2), states[2]["params"])
     CORRUPTIONS[corruption](directory)
     with pytest.raises(checkpointing.CheckpointCorruptError, match=r"^checkpoint 4 is corrupt \("):
-        setup.restore_params(workdir=workdir, step=4)
+        build.Setup.restore_params(setup, workdir=workdir, step=4)
 
 
 def test_a_restore_cast_to_another_dtype_is_not_called_corrupt(saved):

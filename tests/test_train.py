@@ -273,3 +273,23 @@ def test_resume_falls_back_from_a_corrupt_latest_checkpoint_and_ends_as_an_unint
     assert final["step"] == 4
     for got, want in zip(params_leaves(final["state"]), params_leaves(reference["state"])):
         assert np.array_equal(got, want)
+
+
+def test_program_counter_counts_the_lowerings_of_its_function_only():
+    """jax.monitoring's lowering events, attributed by function name while counting: one per new shape."""
+    from deft_jax.training import metrics as metrics_lib
+
+    counter = metrics_lib.ProgramCounter(fun_name="train_step")
+
+    def train_step(x):
+        return x * 2
+
+    def other(x):
+        return x + 1
+
+    step, other_step = jax.jit(train_step), jax.jit(other)
+    with counter.counting():
+        step(np.ones(3)), step(np.ones(3)), other_step(np.ones(3)), step(np.ones(4))
+    step(np.ones(5))  # not counted: outside counting()
+    assert counter.count == 2
+    assert step._cache_size() == 3  # JAX's own (private) count of the three programs, as a cross-check

@@ -10,10 +10,12 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from deft_jax import errors
+
 ROLES = ("system", "user", "assistant")
 
 
-class DataError(ValueError):
+class DataError(errors.UserError):
     """Bad input data or data config; the message says what, where (file:line, field) and what to do."""
 
 

@@ -20,6 +20,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from deft_jax import errors
 from deft_jax.data.records import DataError, Example, validate_messages
 
 # Detection order for records without configured field names: (prompt field, response field).
@@ -56,7 +57,7 @@ class Layout:
 
 def _check_file(path: pathlib.Path) -> None:
     if not path.exists():
-        raise FileNotFoundError(f"data file {path} does not exist (check data.path / data.eval_path)")
+        raise errors.MissingPathError(f"data file {path} does not exist (check data.path / data.eval_path)")
     if not path.is_file():
         raise DataError(f"{path} is not a file")
 

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from deft_jax import data as data_lib
+from deft_jax import errors
 from deft_jax.model import decoder as model_lib
 from deft_jax.training import setup as build
 from deft_jax.training import teacher_forced
@@ -44,6 +45,10 @@ from deft_jax.training import teacher_forced
 REGIME_MEAN_P = {"strong": 0.84, "intermediate": 0.73, "weak": 0.0}
 STRONG_THRESHOLD = (REGIME_MEAN_P["strong"] + REGIME_MEAN_P["intermediate"]) / 2    # 0.785
 WEAK_THRESHOLD = (REGIME_MEAN_P["intermediate"] + REGIME_MEAN_P["weak"]) / 2        # 0.365
+
+
+class ProbeError(errors.UserError):
+    """Bad input to the probe (--num, data that tokenizes to nothing)."""
 
 RECOMMENDATIONS = {
     "strong": ("deft", "a strong prior: probability-weighted objectives help (paper, math: −p 10.03 and DEFT "
@@ -160,13 +165,13 @@ def probe_config(config, *, num: int, out_dir: str | pathlib.Path, devices=None,
                  plot: bool = True) -> dict[str, Any]:
     """Probe the base model of `config` on the first `num` training examples; writes the reports."""
     if num < 1:
-        raise ValueError(f"--num={num}: must be >= 1")
+        raise ProbeError(f"--num={num}: must be >= 1")
     setup = build.setup(config, devices=devices, mesh_fallback=True)
     params = setup.initial_params()
     examples = data_lib.load_examples(config.data, split="train")[:num]
     tokenized, report = data_lib.tokenize_examples(list(examples), tokenizer=setup.tokenizer, cfg=config.data)
     if not tokenized:
-        raise ValueError(f"no example of data.task={config.data.task!r} survived tokenization ({report.summary()})")
+        raise ProbeError(f"no example of data.task={config.data.task!r} survived tokenization ({report.summary()})")
     probe = measure(setup, params, tokenized, batch_size=teacher_forced.global_rows(setup, requested=8))
     title = title or f"{config.model.name} on {config.data.task}"
     summary = {"title": title, "model": config.model.name, "task": config.data.task, **probe.summary()}

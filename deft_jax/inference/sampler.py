@@ -34,8 +34,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from deft_jax import errors
 from deft_jax.model import decoder as model_lib
 from deft_jax.model.decoder import ModelConfig
+
+
+class SamplingError(errors.UserError):
+    """A sampling setting or prompt out of range (max_new_tokens, temperature, top_p, n, chunk sizes, empty prompts)."""
+
 
 PROMPT_BUCKET = 32  # prompt lengths are padded up to a multiple of this, to limit recompilation
 
@@ -103,11 +109,11 @@ class SamplingConfig:
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+            raise SamplingError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+            raise SamplingError(f"temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise SamplingError(f"top_p must be in (0, 1], got {self.top_p}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,12 +132,12 @@ class SamplerOptions:
 
     def __post_init__(self):
         if self.n < 1:
-            raise ValueError(f"n={self.n}: the number of samples per prompt must be >= 1")
+            raise SamplingError(f"n={self.n}: the number of samples per prompt must be >= 1")
         for name in ("max_rows", "chunk_steps", "kv_bucket", "prompt_bucket"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+                raise SamplingError(f"{name}={getattr(self, name)} must be >= 1")
         if self.prefill_chunk is not None and self.prefill_chunk < 1:
-            raise ValueError(f"prefill_chunk={self.prefill_chunk} must be >= 1 (or None: one pass)")
+            raise SamplingError(f"prefill_chunk={self.prefill_chunk} must be >= 1 (or None: one pass)")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -145,7 +151,7 @@ def length_batches(requests: Sequence[Request], *, n: int, max_rows: int, bucket
     by_bucket: dict[int, list[Request]] = {}
     for request in sorted(requests, key=lambda r: (len(r.tokens), r.prompt_id)):
         if not request.tokens:
-            raise ValueError(f"prompt {request.prompt_id} is empty: every prompt needs at least one token")
+            raise SamplingError(f"prompt {request.prompt_id} is empty: every prompt needs at least one token")
         by_bucket.setdefault(-(-len(request.tokens) // bucket), []).append(request)
     return [group[i:i + per_batch] for _, group in sorted(by_bucket.items()) for i in range(0, len(group), per_batch)]
 
@@ -154,7 +160,7 @@ def left_pad(prompts: Sequence[Sequence[int]], *, pad_id: int, bucket: int = PRO
     """(tokens, positions, segment_ids) int32 [B, P]: prompts right-aligned, P a multiple of `bucket`;
     positions count from 0 at each prompt's first token; padding has segment 0 (never attended to)."""
     if not prompts or any(len(p) == 0 for p in prompts):
-        raise ValueError("every prompt needs at least one token")
+        raise SamplingError("every prompt needs at least one token")
     longest = max(len(p) for p in prompts)
     length = -(-longest // bucket) * bucket
     tokens = np.full((len(prompts), length), pad_id, np.int32)

@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from deft_jax import sharding as sharding_lib
+from deft_jax.model import ModelError
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 LLAMA3_ROPE_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
@@ -98,27 +99,27 @@ class ModelConfig:
 
     def __post_init__(self):
         if self.model_type not in SUPPORTED_MODEL_TYPES:
-            raise ValueError(f"model_type {self.model_type!r} is not supported; expected one of {SUPPORTED_MODEL_TYPES}")
+            raise ModelError(f"model_type {self.model_type!r} is not supported; expected one of {SUPPORTED_MODEL_TYPES}")
         if self.scan_unroll < 1:
-            raise ValueError(f"scan_unroll={self.scan_unroll} must be >= 1 (layers per scan iteration)")
+            raise ModelError(f"scan_unroll={self.scan_unroll} must be >= 1 (layers per scan iteration)")
         if self.n_heads % self.n_kv_heads:
-            raise ValueError(f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.n_kv_heads}")
+            raise ModelError(f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.n_kv_heads}")
         if self.rope_scaling is not None:
             scaling = dict(self.rope_scaling)
             kind = scaling.get("rope_type", scaling.get("type"))
             if kind not in ("llama3", "default"):
-                raise ValueError(f"rope_scaling type {kind!r} is not supported (only 'llama3'): {self.rope_scaling}")
+                raise ModelError(f"rope_scaling type {kind!r} is not supported (only 'llama3'): {self.rope_scaling}")
             kept = {"rope_type": kind}
             if kind == "llama3":
                 missing = [k for k in LLAMA3_ROPE_KEYS if k not in scaling]
                 if missing:
-                    raise ValueError(f"llama3 rope_scaling {scaling} lacks {missing}")
+                    raise ModelError(f"llama3 rope_scaling {scaling} lacks {missing}")
                 kept.update({k: scaling[k] for k in LLAMA3_ROPE_KEYS})
             # A sorted tuple of the relevant keys: hashable (jit static argument) and comparable.
             object.__setattr__(self, "rope_scaling", None if kind == "default" else tuple(sorted(kept.items())))
         for name in ("param_dtype", "dtype"):
             if getattr(self, name) not in ("float32", "bfloat16", "float16"):
-                raise ValueError(f"{name}={getattr(self, name)!r}: expected 'float32', 'bfloat16' or 'float16'")
+                raise ModelError(f"{name}={getattr(self, name)!r}: expected 'float32', 'bfloat16' or 'float16'")
 
     @classmethod
     def tiny(cls, **overrides) -> "ModelConfig":

@@ -12,6 +12,7 @@ Names are lower case, with or without the hub organisation: 'llama-3.1-8b', 'met
 from __future__ import annotations
 
 from deft_jax.model.decoder import ModelConfig
+from deft_jax.model import ModelError
 
 _LLAMA3_SCALING = {"rope_type": "llama3", "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                    "original_max_position_embeddings": 8192}
@@ -117,5 +118,5 @@ def model_config(name: str, **overrides) -> ModelConfig:
 def _require(name: str) -> str:
     key = canonical_name(name)
     if key is None:
-        raise ValueError(f"{name!r} is not an architecture preset; presets: {', '.join(names())}")
+        raise ModelError(f"{name!r} is not an architecture preset; presets: {', '.join(names())}")
     return key

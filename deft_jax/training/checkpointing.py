@@ -321,8 +321,18 @@ def check_tensor_index(state_dir: str | pathlib.Path | epath.Path, *, step: int)
         raise corrupt from None
 
 
-_READ_ERROR = re.compile(r"DATA_LOSS|OUT_OF_RANGE|NOT_FOUND|FAILED_PRECONDITION|Error reading|Error decoding|"
-                         r"Encountered error while reading")
+# Neither orbax nor TensorStore has an exception type for a damaged file: TensorStore raises a plain
+# ValueError whose message starts with the absl status code of the read ("DATA_LOSS: Error reading ...").
+# So a ValueError is classified by that leading code (the only place the status survives); JSON and UTF-8
+# decoding errors by their types; anything else (a TypeError, a target that does not fit) is not corruption.
+_READ_STATUS = re.compile(r"^(DATA_LOSS|OUT_OF_RANGE|NOT_FOUND|FAILED_PRECONDITION): ")
+
+
+def _is_read_error(error: BaseException) -> bool:
+    """A decoding error, or TensorStore's ValueError for a read that failed on the data itself."""
+    if isinstance(error, (json.JSONDecodeError, UnicodeDecodeError)):
+        return True
+    return type(error) is ValueError and bool(_READ_STATUS.match(str(error)))
 
 
 def _unreadable(error: BaseException, *, step: int, step_dir: epath.Path) -> CheckpointCorruptError | None:
@@ -334,8 +344,7 @@ def _unreadable(error: BaseException, *, step: int, step_dir: epath.Path) -> Che
         seen.add(id(error))
         chain.append(error)
         error = error.__cause__ or error.__context__
-    messages = [str(e) for e in chain
-                if isinstance(e, (json.JSONDecodeError, UnicodeDecodeError)) or _READ_ERROR.search(str(e))]
+    messages = [str(e) for e in chain if _is_read_error(e)]
     if not messages:
         return None
     message = messages[-1].split(" [tensorstore_spec")[0].split(". See full TensorStore details")[0]
@@ -363,7 +372,7 @@ def restore(manager: ocp.CheckpointManager, *, target: Any, step: int | None = N
     if step is None:
         step = manager.latest_step()
     if step is None:
-        raise FileNotFoundError(f"no complete checkpoint under {manager.directory}.")
+        raise errors.MissingPathError(f"no complete checkpoint under {manager.directory}.")
     state_args = ocp.args.PyTreeRestore(target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
                                         partial_restore=partial)
     state, data_state, record = _restore_items(manager, step=int(step), state_args=state_args, verify=verify)
@@ -423,7 +432,7 @@ def verify_step(directory: str | pathlib.Path, step: int, *, target: Any = None)
     manager = make_manager(directory=directory, read_only=True, async_save=False)
     try:
         if int(step) not in manager.all_steps():
-            raise FileNotFoundError(f"no complete checkpoint for step {step} under {manager.directory} "
+            raise errors.MissingPathError(f"no complete checkpoint for step {step} under {manager.directory} "
                                     f"(steps: {sorted(manager.all_steps())}).")
         if target is None:
             tree = state_metadata(manager.directory, step)
@@ -455,13 +464,13 @@ def restore_latest_intact(manager_or_dir: ocp.CheckpointManager | str | pathlib.
         manager.reload()
         steps = sorted(manager.all_steps(), reverse=True)
         if not steps:
-            raise FileNotFoundError(f"no complete checkpoint under {manager.directory}.")
-        skipped, errors = [], []
+            raise errors.MissingPathError(f"no complete checkpoint under {manager.directory}.")
+        skipped, corrupt = [], []
         for position, step in enumerate(steps):
             try:
                 state, data_state, step = restore(manager, target=target, step=step)
             except CheckpointCorruptError as error:
-                errors.append(error)
+                corrupt.append(error)
                 if position + 1 < len(steps):
                     line = f"{error}; falling back to step {steps[position + 1]}"
                     skipped.append(line)
@@ -469,7 +478,7 @@ def restore_latest_intact(manager_or_dir: ocp.CheckpointManager | str | pathlib.
                         log(line)
                 continue
             return state, data_state, step, skipped
-        raise NoIntactCheckpointError(directory=str(manager.directory), errors=errors)
+        raise NoIntactCheckpointError(directory=str(manager.directory), errors=corrupt)
     finally:
         if manager is not manager_or_dir:
             manager.close()

@@ -31,6 +31,7 @@ import jax
 import numpy as np
 
 from deft_jax import data as data_lib
+from deft_jax import errors
 from deft_jax import reporting
 from deft_jax import sharding as sharding_lib
 from deft_jax.model import decoder as model_lib
@@ -61,7 +62,7 @@ def prepare_workdir(workdir: str | os.PathLike) -> pathlib.Path:
         probe.write_text("ok")
         probe.unlink()
     except OSError as error:
-        raise PermissionError(f"workdir {str(path)!r} is not writable ({error.strerror or error}); choose "
+        raise errors.NotWritableError(f"workdir {str(path)!r} is not writable ({error.strerror or error}); choose "
                               f"another --workdir.") from None
     return path
 

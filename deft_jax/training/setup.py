@@ -27,6 +27,7 @@ import ml_collections
 from jax.sharding import Mesh
 
 from deft_jax import sharding as sharding_lib
+from deft_jax import errors
 from deft_jax.model import decoder as model_lib
 from deft_jax.model import presets, weights
 from deft_jax.model import tokenizer as tokenizer_lib
@@ -235,10 +236,10 @@ def load_run_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
     """The resolved config the trainer saved as <workdir>/config.json, validated (not device-checked)."""
     workdir = pathlib.Path(workdir)
     if not workdir.is_dir():
-        raise FileNotFoundError(f"workdir {str(workdir)!r} does not exist; pass the --workdir of a training run.")
+        raise errors.MissingPathError(f"workdir {str(workdir)!r} does not exist; pass the --workdir of a training run.")
     path = workdir / "config.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: {workdir} is not a training run's workdir (the trainer "
+        raise errors.MissingPathError(f"{path} not found: {workdir} is not a training run's workdir (the trainer "
                                 f"writes config.json there once it has started).")
     try:
         config = ml_collections.ConfigDict(json.loads(path.read_text()))
