@@ -11,6 +11,7 @@ CORE = [
     "flax==0.12.8",
     "optax==0.2.8",
     "orbax-checkpoint==0.12.8",
+    "tensorstore>=0.1.60",  # orbax's storage layer; read directly to check a checkpoint's index
     "ml-collections>=1.0",
     "absl-py>=2.0",
     "numpy>=1.26",

@@ -9,6 +9,7 @@ The global batch is split over ('data', 'fsdp'); parameters are placed by logica
 """
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -18,6 +19,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from deft_jax import errors
@@ -208,8 +210,51 @@ def maybe_initialize_distributed(dist_config: Mapping[str, Any] | None) -> bool:
     cpu_collectives = (dist_config or {}).get("cpu_collectives", "gloo")
     if cpu_collectives:  # only used by the CPU backend (harmless on TPU/GPU)
         jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
-    jax.distributed.initialize(**{k: v for k, v in settings.items() if v is not None})
+    jax.distributed.initialize(**{k: v for k, v in settings.items() if v is not None},
+                               **distributed_timeouts(dist_config))
+    timeout = int((dist_config or {}).get("initialization_timeout_seconds") or DEFAULT_INITIALIZATION_TIMEOUT)
+    meet("initialized", timeout_seconds=timeout)
+    # The communicator of all devices is created (its rendezvous gives up after 30 s) while the processes
+    # are in step; a later collective over them waits for a slower process as long as it takes.
+    multihost_utils.sync_global_devices("deft_jax: communicators")
     return True
+
+
+DEFAULT_INITIALIZATION_TIMEOUT = 300  # seconds (config.distributed.initialization_timeout_seconds)
+_meetings = itertools.count()
+
+
+def meet(name: str, *, timeout_seconds: int) -> None:
+    """Wait until every process of the job has reached `name` (nothing on one process).
+
+    The coordination service's barrier, not a device collective: it waits `timeout_seconds`, where the
+    first collective of a new group of devices gives up when another process is more than 30 s late (a
+    gloo rendezvous). Every process must call it the same number of times, in the same order.
+    """
+    if jax.process_count() == 1:
+        return
+    from orbax.checkpoint import multihost as ocp_multihost
+
+    ocp_multihost.get_jax_distributed_client().wait_at_barrier(
+        f"deft_jax/{next(_meetings)}/{name}", timeout_in_ms=int(timeout_seconds) * 1000)
+
+
+# config.distributed field -> jax.distributed.initialize argument (JAX's own defaults when a field is absent).
+TIMEOUT_ARGUMENTS = {"heartbeat_timeout_seconds": "heartbeat_timeout_seconds",
+                     "initialization_timeout_seconds": "initialization_timeout",
+                     "shutdown_timeout_seconds": "shutdown_timeout_seconds"}
+
+
+def distributed_timeouts(dist_config: Mapping[str, Any] | None) -> dict[str, int]:
+    """The timeouts of `jax.distributed.initialize` that config.distributed sets.
+
+    heartbeat: a process whose heartbeats stop this long counts as lost, and the coordination service
+    then ends every other process (a lost coordinator ends them at once); initialization: how long the
+    processes wait for each other at start; shutdown: how long a finished process waits at exit.
+    """
+    dist_config = dict(dist_config or {})
+    return {argument: int(dist_config[field]) for field, argument in TIMEOUT_ARGUMENTS.items()
+            if dist_config.get(field)}
 
 
 def global_batch(local_batch: Mapping[str, np.ndarray], *, mesh: Mesh,

@@ -39,6 +39,7 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -52,12 +53,14 @@ from deft_jax.evaluation import before_after
 from deft_jax.evaluation import evaluator as evaluate
 from deft_jax.training import checkpointing
 from deft_jax.training import config as config_lib
+from deft_jax.training import hosts as hosts_lib
 from deft_jax.training import loop as train
 from deft_jax.training import step as step_lib
 
 DONE_MARKER = "SWEEP_DONE.json"
 POINT_FILE = "sweep_point.json"
 TRAIN_LOG = "train.log"
+ERROR_FILE = "error.txt"  # the traceback of a run that failed in-process
 
 
 class SweepError(errors.UserError):
@@ -305,6 +308,17 @@ def train_in_process(run: SweepRun) -> tuple[bool, str]:
     return True, f"finished at step {final.get('step')}"
 
 
+def record_failure(run: SweepRun, *, error: BaseException, write: bool) -> str:
+    """The one-line status of a run whose in-process training raised `error`; the traceback goes to
+    <run>/error.txt (written by process 0 when `write`)."""
+    path = run.workdir / ERROR_FILE
+    if write:
+        run.workdir.mkdir(parents=True, exist_ok=True)
+        reporting.write_text(path, "".join(traceback.format_exception(error)))
+    kind = "" if isinstance(error, errors.UserError) else f"{type(error).__name__}: "
+    return f"{kind}{errors.one_line(str(error))} (traceback in {path})"
+
+
 def mark_done(run: SweepRun, *, message: str, steps: Sequence[int] | None = None) -> None:
     """Write the run's done marker (`steps`: its checkpoint steps, read here when not given)."""
     steps = checkpointing.available_steps(run.workdir) if steps is None else steps
@@ -340,7 +354,14 @@ def run_all(runs: Sequence[SweepRun], *, in_process: bool = False, log=print,
             log(f"{prefix}: {'resuming' if resuming else 'training'} in {run.workdir}")
             hosts.barrier(f"sweep: {run.workdir} start")  # the hosts' first collectives then meet in time
             started = time.perf_counter()
-            finished, message = train_in_process(run) if in_process else train_subprocess(run, forwarder=forwarder)
+            try:
+                finished, message = (train_in_process(run) if in_process
+                                     else train_subprocess(run, forwarder=forwarder))
+            except Exception as error:  # noqa: BLE001 (a failed run is recorded; a lost host ends the sweep)
+                if not in_process or hosts_lib.is_peer_failure(error):
+                    raise
+                finished, message = False, record_failure(run, error=error, write=hosts.writer)
+                hosts.barrier(f"sweep: {run.workdir} failed")  # every host goes on to the next run together
             elapsed = time.perf_counter() - started
             if finished:
                 steps = checkpointing.available_steps(run.workdir)  # every host: orbax synchronises the hosts

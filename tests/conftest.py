@@ -26,3 +26,7 @@ def shared_data_dir():
 def tiny_tokenizer():
     """A shared TinyChatTokenizer (ChatML, byte-level BPE; <pad>=0, <|im_end|>=2 is EOS)."""
     return TinyChatTokenizer()
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: multi-process or long tests (deselect with -m 'not slow')")

@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+import tensorstore as ts
 from etils import epath
 
 from deft_jax import errors
@@ -298,6 +299,27 @@ def check_step_files(directory: str | pathlib.Path | epath.Path, step: int) -> N
         raise CheckpointCorruptError(step=step, where=str(metadata), reason=f"not valid JSON ({error})") from None
     if not isinstance(parsed, dict) or "tree_metadata" not in parsed:
         raise CheckpointCorruptError(step=step, where=str(metadata), reason="no 'tree_metadata' entry")
+    check_tensor_index(state_dir, step=step)
+
+
+def check_tensor_index(state_dir: str | pathlib.Path | epath.Path, *, step: int) -> None:
+    """Walk the step's OCDBT b-tree (every node is CRC-32C checked) synchronously, before orbax reads.
+
+    A damaged node met inside orbax's asynchronous restore fails one read while others are in flight;
+    those complete into an event loop orbax has closed, and print a stray 'Event loop is closed'
+    traceback after the one-line error. Found here, the error is raised before any read starts.
+    """
+    if not (epath.Path(state_dir) / "manifest.ocdbt").exists():
+        return  # not an OCDBT checkpoint: orbax reports what it finds
+    try:
+        base = str(state_dir) if "://" in str(state_dir) else f"file://{state_dir}"
+        store = ts.KvStore.open({"driver": "ocdbt", "base": base.rstrip("/") + "/"}).result()
+        store.list().result()
+    except Exception as error:  # noqa: BLE001 (classified: a damaged step, or re-raised untouched)
+        corrupt = _unreadable(error, step=int(step), step_dir=epath.Path(state_dir).parent)
+        if corrupt is None:
+            raise
+        raise corrupt from None
 
 
 # Neither orbax nor TensorStore has an exception type for a damaged file: TensorStore raises a plain

@@ -178,6 +178,12 @@ FIELDS: dict[str, Field] = {
     "distributed.num_processes": Field(0, integer(0), "0 = from the environment"),
     "distributed.process_id": Field(-1, integer(-1), "-1 = from the environment"),
     "distributed.cpu_collectives": Field("gloo", one_of("gloo", "mpi", ""), "CPU collectives implementation"),
+    "distributed.heartbeat_timeout_seconds": Field(
+        60, integer(1), "a process silent this long counts as lost: every process then ends, exit 75"),
+    "distributed.initialization_timeout_seconds": Field(
+        300, integer(1), "how long the processes wait for each other at start"),
+    "distributed.shutdown_timeout_seconds": Field(
+        60, integer(1), "how long a finished process waits for the others at exit"),
     "checkpoint.every_steps": Field(500, integer(1), "steps between checkpoints"),
     "checkpoint.keep": Field(3, integer(1), "checkpoints kept"),
     "checkpoint.async_save": Field(True, boolean, "write checkpoints in the background"),

@@ -37,6 +37,7 @@ from deft_jax import sharding as sharding_lib
 from deft_jax.model import decoder as model_lib
 from deft_jax.training import checkpointing
 from deft_jax.training import config as config_lib
+from deft_jax.training import hosts
 from deft_jax.training import metrics as metrics_lib
 from deft_jax.training import setup as build
 from deft_jax.training import step as step_lib
@@ -211,6 +212,7 @@ def train_and_evaluate(config, workdir, *, devices: Sequence[Any] | None = None,
     manager = checkpointing.make_manager(directory=checkpointing.checkpoint_dir(workdir),
                                          max_to_keep=config.checkpoint.keep,
                                          async_save=config.checkpoint.async_save)
+    hosts.announce_checkpoints(manager.directory)  # a supervisor names its last complete step if a host is lost
     preemption = PreemptionFlag()
     writer = None
     try:
@@ -242,6 +244,11 @@ def train_and_evaluate(config, workdir, *, devices: Sequence[Any] | None = None,
             while step < total_steps:
                 batch = sharding_lib.put_batch(next(iterator), mesh=mesh, global_rows=config.batch_size,
                                                keys=data_lib.BATCH_KEYS)
+                if steps_this_call == 0 and jax.process_count() > 1:
+                    # Compile first (it takes longer on some hosts), then meet: the first step starts together.
+                    compiled_step.compile(state, batch, schedule)
+                    sharding_lib.meet("train: first step", timeout_seconds=config.distributed.get(
+                        "initialization_timeout_seconds", sharding_lib.DEFAULT_INITIALIZATION_TIMEOUT))
                 started = time.perf_counter()
                 state, step_metrics = compiled_step(state, batch, schedule)
                 step += 1

@@ -166,6 +166,11 @@ class CountedStep:
     def lower(self, *args, **kwargs):
         return self.jitted.lower(*args, **kwargs)
 
+    def compile(self, state, batch, schedule) -> None:
+        """Compile the program for these arguments now (counted); the next call runs it."""
+        with self.counter.counting():
+            self.jitted.lower(state, batch, schedule).compile()
+
     @property
     def compilations(self) -> int:
         return self.counter.count
