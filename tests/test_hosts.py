@@ -6,13 +6,11 @@ devices each) with a 5 s heartbeat timeout."""
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 
 import pytest
