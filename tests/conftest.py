@@ -52,6 +52,29 @@ def pytest_configure(config):
         config.stash[_OWNED] = directory
     config.stash[_CACHE] = directory
     use_compilation_cache(directory)
+    if not _is_xdist_controller(config):  # the processes that run tests
+        count_cache_events(config)
+
+
+def _is_xdist_controller(config) -> bool:
+    return not hasattr(config, "workerinput") and bool(getattr(config.option, "numprocesses", None))
+
+
+CACHE_EVENTS = {"/jax/compilation_cache/compile_requests_use_cache": "requests",
+                "/jax/compilation_cache/cache_hits": "hits"}
+_COUNTS = pytest.StashKey[dict]()
+
+
+def count_cache_events(config) -> None:
+    """Count this process's compilation-cache requests and hits (JAX's monitoring events)."""
+    import jax
+
+    counts = config.stash[_COUNTS] = {"requests": 0, "hits": 0}
+
+    def listener(event, **kwargs):
+        if event in CACHE_EVENTS:
+            counts[CACHE_EVENTS[event]] += 1
+    jax.monitoring.register_event_listener(listener)
 
 
 def use_compilation_cache(directory: str) -> None:
@@ -71,6 +94,30 @@ def use_compilation_cache(directory: str) -> None:
 def pytest_configure_node(node):
     """xdist (controller side): every worker shares the controller's cache directory."""
     node.workerinput[_WORKER_KEY] = node.config.stash[_CACHE]
+
+
+def pytest_sessionfinish(session):
+    """xdist worker: send its counts to the controller."""
+    if hasattr(session.config, "workeroutput") and _COUNTS in session.config.stash:
+        session.config.workeroutput[_WORKER_KEY] = dict(session.config.stash[_COUNTS])
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """xdist controller: add up the workers' counts."""
+    counts = getattr(node, "workeroutput", {}).get(_WORKER_KEY)
+    if counts:
+        total = node.config.stash.setdefault(_COUNTS, {"requests": 0, "hits": 0})
+        for key in total:
+            total[key] += counts[key]
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    counts = config.stash.get(_COUNTS, None)
+    if counts and counts["requests"]:
+        terminalreporter.write_line(
+            f"compilation cache {config.stash[_CACHE]}: {counts['hits']} of {counts['requests']} compilations in "
+            "the test processes read back (subprocesses not counted)")
 
 
 def pytest_unconfigure(config):

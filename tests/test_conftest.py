@@ -1,6 +1,7 @@
 """tests/conftest.py itself: under CI=true a skip (a missing test dependency above all) fails; the slow
 marker is registered; the session's compilation cache reaches subprocesses and is really hit."""
 import os
+import pathlib
 import secrets
 import subprocess
 import sys
@@ -76,6 +77,14 @@ def test_in_ci_every_skip_inside_a_test_fails_but_xfail_and_passes_stand(pyteste
 
 def test_the_slow_marker_is_registered(pytestconfig):
     assert any(line.startswith("slow:") for line in pytestconfig.getini("markers"))
+
+
+def test_this_process_uses_the_sessions_compilation_cache():
+    import jax
+
+    assert jax.config.jax_compilation_cache_dir == os.environ["JAX_COMPILATION_CACHE_DIR"]
+    assert jax.config.jax_persistent_cache_min_compile_time_secs == 0
+    assert pathlib.Path(jax.config.jax_compilation_cache_dir).is_dir()
 
 
 @pytest.mark.slow
