@@ -42,6 +42,7 @@ TPU = ["libtpu==0.0.42.1"]
 TEST = TPU + [
     "pytest>=8",
     "pytest-xdist>=3.5",
+    "filelock>=3.12",  # JAX's compilation-cache lock and the shared smoke run (tests/conftest.py)
     "jellyfish>=1.0",  # independent Jaro-Winkler reference for the scoring tests
     # Independent reference implementation for logits parity (torch 2.13.0 CPU lies on these machines).
     "torch==2.13.0",

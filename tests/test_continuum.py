@@ -70,6 +70,7 @@ def smoke_study(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_smoke_dial_moves_the_prior_and_sft_starts_from_the_pretrained_model(smoke_study):
     from configs import continuum as grid
 
@@ -93,6 +94,7 @@ def jax_leaves(tree):
     return [np.asarray(x) for x in jax.tree.leaves(tree)]
 
 
+@pytest.mark.slow
 def test_smoke_tables_match_the_per_run_reports(smoke_study):
     from experiments.continuum import analyze
 

@@ -95,10 +95,10 @@ def test_teacher_forced_equals_trainer_eval_and_numpy_reference(smoke_run, eight
     assert teacher["mean_alpha"] == pytest.approx(ALPHA)
 
 
-def test_one_device_in_a_subprocess_gives_the_same_numbers(smoke_run, eight_device_result, tmp_path,
-                                                           tmp_path_factory):
+@pytest.mark.slow
+def test_one_device_in_a_subprocess_gives_the_same_numbers(smoke_run, eight_device_result, tmp_path):
     done = run_module("deft_jax.evaluate", f"--workdir={smoke_run}", f"--out_dir={tmp_path}", "--max_new_tokens=4",
-                      "--generation_batch_size=3", env=subprocess_env(cache_root=tmp_path_factory.getbasetemp(), devices=1))
+                      "--generation_batch_size=3", env=subprocess_env(devices=1))
     assert done.returncode == 0, done.stderr[-3000:]
     one = json.loads((tmp_path / f"step_{eight_device_result['step']}.json").read_text())
     assert one["devices"] == "1 x cpu" and eight_device_result["devices"] == "8 x cpu"
@@ -278,8 +278,9 @@ def test_bad_input_errors(smoke_run, tmp_path):
     assert "embedding" not in message  # only the tensors that differ are listed
 
 
-def test_cli_errors_are_messages_not_tracebacks(smoke_run, tmp_path, tmp_path_factory):
-    env = subprocess_env(cache_root=tmp_path_factory.getbasetemp(), devices=1)
+@pytest.mark.slow
+def test_cli_errors_are_messages_not_tracebacks(smoke_run, tmp_path):
+    env = subprocess_env(devices=1)
     missing_step = run_module("deft_jax.evaluate", f"--workdir={smoke_run}", "--step=999", env=env)
     empty = run_module("deft_jax.evaluate", f"--workdir={tmp_path}", env=env)
     for done, expected in ((missing_step, "available steps: ["), (empty, "not a training run's workdir")):

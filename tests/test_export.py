@@ -23,13 +23,14 @@ def smoke_run(tmp_path_factory) -> pathlib.Path:
     return trained_smoke_run(tmp_path_factory)
 
 
-def test_exported_run_loads_in_transformers_with_equal_logits(smoke_run, tmp_path, tmp_path_factory):
+@pytest.mark.slow
+def test_exported_run_loads_in_transformers_with_equal_logits(smoke_run, tmp_path):
     import torch
     import transformers
 
     out = tmp_path / "hf"
     done = run_module("deft_jax.export", f"--workdir={smoke_run}", f"--out={out}",
-                      env=subprocess_env(cache_root=tmp_path_factory.getbasetemp()))
+                      env=subprocess_env())
     assert done.returncode == 0, done.stderr[-3000:]
     assert "exported step 2" in done.stderr
 
@@ -51,7 +52,8 @@ def test_exported_run_loads_in_transformers_with_equal_logits(smoke_run, tmp_pat
     assert np.std(ours) > 1e-3  # not a degenerate model whose logits would match anything
 
 
-def test_export_bad_input(smoke_run, tmp_path, tmp_path_factory):
+@pytest.mark.slow
+def test_export_bad_input(smoke_run, tmp_path):
     with pytest.raises(checkpointing.CheckpointError, match=r"available steps: \[2\]"):
         export.export_run(workdir=smoke_run, out_dir=tmp_path / "a", step=5)
     with pytest.raises(ValueError, match="looks like a training workdir"):
@@ -59,6 +61,6 @@ def test_export_bad_input(smoke_run, tmp_path, tmp_path_factory):
     with pytest.raises(ValueError, match="--dtype='int8'"):
         export.export_run(workdir=smoke_run, out_dir=tmp_path / "b", dtype="int8")
     done = run_module("deft_jax.export", f"--workdir={tmp_path / 'nothing'}", f"--out={tmp_path / 'c'}",
-                      env=subprocess_env(cache_root=tmp_path_factory.getbasetemp()))
+                      env=subprocess_env())
     assert done.returncode != 0
     assert "export: error:" in done.stderr and "does not exist" in done.stderr and "Traceback" not in done.stderr

@@ -164,6 +164,7 @@ def test_cli_suite_on_the_smoke_base_model_then_rescore(tmp_path):
     assert rescored == report and (tmp_path / "base" / "figfont" / "report.json").read_bytes() == written
 
 
+@pytest.mark.slow
 def test_cli_bad_suite_is_one_line_exit_2(tmp_path):
     from test_train_utils import run_module, subprocess_env
 

@@ -1,6 +1,7 @@
 """The train step and loop: accumulation, schedule, non-finite skipping, bad input, kill/resume, SIGTERM, CLI."""
 import json
 import math
+import os
 import signal
 
 import jax
@@ -171,8 +172,9 @@ LONG_FLAGS = ["--config.total_steps=40", "--config.checkpoint.every_steps=4"]
 
 
 @pytest.fixture(scope="module")
-def compilation_cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("xla_cache")
+def compilation_cache():
+    """The session's cache (conftest.py), passed again through the config field the trainer reads."""
+    return os.environ["JAX_COMPILATION_CACHE_DIR"]
 
 
 @pytest.fixture(scope="module")
@@ -199,6 +201,7 @@ def _kill_during_a_checkpoint_write(process, workdir, *, give_up_at_step):
     raise AssertionError(f"the run ended (rc {process.returncode}) before it could be killed")
 
 
+@pytest.mark.slow
 def test_sigterm_resume_and_sigkill_mid_write_end_exactly_as_an_uninterrupted_run(
         tmp_path, uninterrupted, compilation_cache):
     workdir = tmp_path / "run"

@@ -4,11 +4,14 @@ import socket
 
 import jax
 import numpy as np
+import pytest
 
 from deft_jax.training import checkpointing
 from deft_jax.training import setup as build
 from test_train_utils import (CONFIGS, REPO_ROOT, cli_command, losses_by_step, params_leaves, read_metrics,
                               run_in_process, smoke_config, subprocess_env)
+
+pytestmark = pytest.mark.slow  # processes
 
 STEPS = 3  # as test_sharding's one-device reference (the compiled step is shared in one session)
 
