@@ -117,7 +117,7 @@ def prepare_data(root: pathlib.Path, *, smoke: bool, seeds: Sequence[int], noise
         for noise in noise_levels:
             path = grid.paths(root=str(root), level=0, seed=seed, noise=noise)["sft_data"]
             if not path.is_file():
-                clean = world_lib.target_records(world, count=sft["steps"] * sft["batch"], seed=seed, stream=1)
+                clean = world_lib.target_records(world, count=sft["steps"] * sft["batch"], seed=seed)
                 world_lib.write_jsonl(path, world_lib.corrupt(clean, fraction=noise, seed=seed))
 
 
