@@ -8,7 +8,7 @@ into <out>/raw/ (results.jsonl, bases.json: the raw results, small enough to com
 From a results directory (--results) it reads <dir>/raw/ when present, else the per-run rows of
 <dir>/runs.csv and the per-level rows of <dir>/levels.json; those hold every number of the accuracy and
 mean-p tables and verdicts, not the per-step dynamics (α trajectory) or the wrong-label rows, whose
-tables are then left out with a note.
+tables are then left out with a note. It writes to runs/continuum_recomputed unless --out says otherwise.
 
 Writes <out>/continuum.md (every table), <out>/runs.csv (one row per SFT run), <out>/summary.json (the
 numbers behind the tables and every verdict), <out>/verdicts.md (experiments/continuum/verdicts.py),
@@ -455,11 +455,10 @@ def write_outputs(results: Sequence[dict], bases: Sequence[dict], *, out: pathli
     """Every table, summary.json (table numbers and verdicts), verdicts.md, runs.csv and the figures."""
     from experiments.continuum import verdicts as verdicts_lib
 
-    text, numbers = report_of(results, bases, smoke=smoke)
-    found = verdicts_lib.verdicts(results, bases)
-    numbers["verdicts"] = found
+    text, _ = report_of(results, bases, smoke=smoke)
+    summary, found = verdicts_lib.summary(results, bases)
     (out / "continuum.md").write_text(text)
-    (out / "summary.json").write_text(json.dumps(numbers, indent=1, default=float) + "\n")
+    (out / "summary.json").write_text(summary)
     (out / "verdicts.md").write_text(verdicts_lib.verdicts_markdown(found))
     write_csv(results, out / "runs.csv")
     if figures_too:
@@ -473,7 +472,8 @@ def main(argv: Sequence[str] | None = None) -> str:
     source.add_argument("--workdir", default=None, help="a study directory (default runs/continuum)")
     source.add_argument("--results", default=None, help="a results directory (raw/, or runs.csv + levels.json)")
     parser.add_argument("--out", default=None,
-                        help="where tables and figures go (default: <workdir>/analysis, or --results itself)")
+                        help="where tables and figures go (default: <workdir>/analysis; with --results: "
+                             "runs/continuum_recomputed, so the committed results are never overwritten)")
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--no_figures", action="store_true")
     args = parser.parse_args(argv)
@@ -484,7 +484,7 @@ def main(argv: Sequence[str] | None = None) -> str:
         except FileNotFoundError as error:
             print(error, file=sys.stderr)
             sys.exit(2)
-        out = pathlib.Path(args.out) if args.out else results_dir
+        out = pathlib.Path(args.out) if args.out else pathlib.Path("runs/continuum_recomputed")
     else:
         root = pathlib.Path(args.workdir or "runs/continuum")
         results, bases = load_results(root), load_bases(root)

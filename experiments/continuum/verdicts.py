@@ -9,8 +9,8 @@ quotes the raw 95% interval and Holm's adjusted p of every comparison it names; 
 comparison with its raw and adjusted interval.
 
 The prose blocks that the docs include between `<!-- BEGIN GENERATED: <name> -->` and `<!-- END GENERATED -->`
-markers are `blocks()`; --write_docs rewrites them in experiments/README.md and README.md, --check exits 1
-when a block there differs. The probe's evidence (deft_jax/evaluation/continuum_evidence.json) is
+markers are `blocks()`; --write_docs rewrites them in experiments/README.md and README.md (and the results
+directory's verdicts.md and summary.json), --check exits 1 when one of them differs. The probe's evidence (deft_jax/evaluation/continuum_evidence.json) is
 `evidence()`: per prior level, each objective's score and which objectives the best one is resolved ahead
 of.
 
@@ -208,6 +208,10 @@ def beats_all(study: Study, *, label: str, metric: str, noise: float, key: str, 
     if len(others) == 1:
         text += " " + D[label] + " − " + D[others[0]] + ": " + "; ".join(
             f"level {c.level} {signed(c)}" for c in family) + "."
+    else:
+        closest = [min((c for c in family if c.level == x), key=lambda c: c.raw.mean) for x in levels]
+        text += f" {D[label]} − its closest rival per level: " + "; ".join(
+            f"level {c.level} {signed(c)} vs {D[c.b]}" for c in closest) + "."
     return record(key=key, claim=claim, metric=metric, noise=noise, family=family, text=text,
                   ahead_levels=ahead, behind_levels=behind)
 
@@ -231,13 +235,24 @@ def figures_quoted(study: Study) -> dict:
                     if label != "nll":
                         paired.append(study.compare(label, "nll", level=x, noise=noise, metric=metric))
     raw = sum(c.raw.n > 1 and abs(c.raw.mean) > c.raw.half for c in paired)
+    checks = {}
+    for label, twin in (("deft_eps0", "deft"), ("dft", "prob")):
+        gaps = [abs(r["generation"]["char_accuracy"] - t["generation"]["char_accuracy"]) for r in study.results
+                if r["label"] == label for t in study.results if t["label"] == twin
+                and (t["level"], t["seed"], t["noise"]) == (r["level"], r["seed"], r["noise"])]
+        if gaps:
+            checks[label] = {"runs": len(gaps), "max_abs_accuracy_difference": float(max(gaps))}
+    eval_nll = {label: stats.interval(list(analyze.cell_scores(study.results, x=study.levels[0], noise=0.0,
+                                                               label=label, path=("eval", "nll")).values())).mean
+                for label in ("nll", "prob")}
     adjusted = stats.adjust(paired)
     return {"median_seed_sd_accuracy": spread, "cell_half_width_accuracy_noise0": {
         "min": float(np.min(halves)), "median": float(np.median(halves)), "max": float(np.max(halves)),
         "cells": len(halves)}, "paired_half_width_accuracy_noise0": {
         "min": float(np.min(paired_halves)), "median": float(np.median(paired_halves)),
         "max": float(np.max(paired_halves)), "comparisons": len(paired_halves)}, "paired_vs_nll": {"comparisons": len(paired), "resolved_raw": int(raw),
-                                                 "resolved_holm_over_all": int(sum(c.resolved != 0 for c in adjusted))}}
+                                                 "resolved_holm_over_all": int(sum(c.resolved != 0 for c in adjusted))},
+            "identity_checks": checks, "eval_nll_lowest_level": eval_nll}
 
 
 def verdicts(results: Sequence[dict], bases: Sequence[dict]) -> dict:
@@ -269,6 +284,14 @@ def verdicts(results: Sequence[dict], bases: Sequence[dict]) -> dict:
                       "intervals and Holm-adjusted p shown", "near_margin": NEAR_MARGIN, "verdicts": found,
             "figures": figures_quoted(study),
             "levels": {str(x): {"base_mean_p": study.base_p[x], "regime": study.regime[x]} for x in study.levels}}
+
+
+def summary(results: Sequence[dict], bases: Sequence[dict]) -> tuple[str, dict]:
+    """(summary.json's text, the verdicts): the tables' numbers (analyze.report_of) and every verdict."""
+    _, numbers = analyze.report_of(results, bases)
+    found = verdicts(results, bases)
+    numbers["verdicts"] = found
+    return json.dumps(numbers, indent=1, default=float) + "\n", found
 
 
 def by_id(found: dict) -> dict:
@@ -324,6 +347,20 @@ def blocks(found: dict) -> dict[str, str]:
         "`results/verdicts.md`. " + note)
     out["continuum-mean-p"] = "\n\n".join(v[k]["text"] for k in (
         "cayley-best-mean_p", "prob-passes-nll-mean_p", "deft-beats-dlog-accuracy"))
+    checks = f["identity_checks"]
+    text = (f"−p leaves the eval NLL high where the prior is weak ({f['eval_nll_lowest_level']['prob']:.2f} vs "
+            f"NLL's {f['eval_nll_lowest_level']['nll']:.2f} at level 0).")
+    if "deft_eps0" in checks:
+        text += (f" DEFT with ε = 0 and with the official ε = 1e-6 differ by at most "
+                 f"{checks['deft_eps0']['max_abs_accuracy_difference']:.4f} in character accuracy over "
+                 f"{checks['deft_eps0']['runs']} paired runs")
+    if "dft" in checks:
+        text += (f"; DFT and −p on the same seed by at most {checks['dft']['max_abs_accuracy_difference']:.4f} "
+                 f"over {checks['dft']['runs']} runs (its gradient is −p's)")
+    if checks:
+        text += (". Both identities are now unit tests (tests/test_continuum.py) instead of grid columns; the "
+                 "committed results still hold those columns.")
+    out["continuum-checks"] = text
     out["continuum-noise"] = "\n\n".join(v[k]["text"] for k in (
         "claim3-accuracy-noise0.2", "claim3-mean_p-noise0.2", "alpha-vs-deft-mean_p-noise0.2",
         "claim2-accuracy-noise0.2", "claim2-mean_p-noise0.2") if k in v)
@@ -340,7 +377,7 @@ def blocks(found: dict) -> dict[str, str]:
     out["readme-claims"] = (
         "The paper's claims here (each verdict names its metric; Holm over the comparisons it rests on): "
         f"NLL best where the prior is weak — {statuses['claim1-accuracy']} in accuracy, "
-        f"{statuses['claim1-mean_p']} in mean p (NLL has the highest accuracy at levels "
+        f"{statuses['claim1-mean_p']} in mean p (NLL has the highest accuracy at "
         f"{levels_text(v['claim1-accuracy']['top_levels'])}, so there is no weak-vs-strong contrast); "
         f"−p best where it is strong — {statuses['claim2-accuracy-noise0']} in accuracy, "
         f"{statuses['claim2-mean_p-noise0']} in mean p; DEFT within {NEAR_MARGIN:g} of the best everywhere — "
@@ -390,6 +427,24 @@ def evidence(results: Sequence[dict], bases: Sequence[dict]) -> dict:
                       "comparisons at each level)", "metrics": {k: v[1] for k, v in METRICS.items()}, "levels": levels}
 
 
+def expected_files(results_dir: pathlib.Path) -> tuple[dict[pathlib.Path, str], dict[str, str]]:
+    """({path: the text it should hold}, the generated blocks) from the results in `results_dir`: its
+    verdicts.md and summary.json, the probe's evidence, and the docs with their blocks regenerated."""
+    results, bases, _ = analyze.load_study(results_dir)
+    summary_text, found = summary(results, bases)
+    generated = blocks(found)
+    files = {results_dir / "verdicts.md": verdicts_markdown(found), results_dir / "summary.json": summary_text,
+             EVIDENCE: json.dumps(evidence(results, bases), indent=1, sort_keys=True) + "\n"}
+    for doc in DOCS:
+        files[doc], names = replace_blocks(doc.read_text(), generated)
+        missing = [name for name in generated if name.startswith("readme") == (doc.name == "README.md"
+                                                                              and doc.parent == REPO_ROOT)
+                   and name not in names]
+        if missing:
+            raise KeyError(f"{doc}: generated block(s) {missing} missing; add their markers")
+    return files, generated
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="continuum-verdicts", description=__doc__.split("\n")[0])
     parser.add_argument("--results", default=str(REPO_ROOT / "experiments" / "continuum" / "results"))
@@ -398,25 +453,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     results_dir = pathlib.Path(args.results)
     try:
-        results, bases, _ = analyze.load_study(results_dir)
+        files, generated = expected_files(results_dir)
     except FileNotFoundError as error:
         print(error, file=sys.stderr)
         return 2
-    found = verdicts(results, bases)
-    generated = blocks(found)
-    files = {results_dir / "verdicts.md": verdicts_markdown(found),
-             EVIDENCE: json.dumps(evidence(results, bases), indent=1, sort_keys=True) + "\n"}
-    for doc in DOCS:
-        files[doc], _ = replace_blocks(doc.read_text(), generated)
     stale = [path for path, text in files.items() if not path.is_file() or path.read_text() != text]
     if args.write_docs:
         for path in stale:
             path.write_text(files[path])
         print(f"continuum-verdicts: rewrote {', '.join(str(p) for p in stale) or 'nothing (all current)'}")
-    elif args.check and stale:
-        print("continuum-verdicts: out of date: " + ", ".join(str(p) for p in stale)
-              + "; run python -m experiments.continuum.verdicts --write_docs", file=sys.stderr)
-        return 1
+    elif args.check:
+        if stale:
+            print("continuum-verdicts: out of date: " + ", ".join(str(p) for p in stale)
+                  + "; run python -m experiments.continuum.verdicts --write_docs", file=sys.stderr)
+            return 1
+        print("continuum-verdicts: every generated block and file is current")
     else:
         print("\n\n".join(f"[{name}]\n{text}" for name, text in generated.items()))
     return 0
