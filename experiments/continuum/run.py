@@ -290,7 +290,7 @@ def parse_args(argv):
     parser.add_argument("--levels", default=None, help="comma-separated level indices (default: configs/continuum.py)")
     parser.add_argument("--noise", default=None, help="comma-separated noise fractions")
     parser.add_argument("--seeds", default=None, help="comma-separated seeds")
-    parser.add_argument("--objectives", default=None, help="comma-separated labels (nll,prob,dft,dlog0.5,...)")
+    parser.add_argument("--objectives", default=None, help="comma-separated labels (nll,prob,dlog0.5,eaft,cayley,deft,...)")
     parser.add_argument("--noisy_objectives", default=None, help="labels kept for the runs with label noise")
     parser.add_argument("--deadline_minutes", type=float, default=None,
                         help="start no new (level, seed) group after this long")
