@@ -30,7 +30,8 @@ levels whose base mean p bracket the data's (the nearest one outside the measure
     other objective there; otherwise there is no recommendation, and the objectives not separated from the
     best are named, and those resolved behind the best at every bracketing level.
 
-The paper's per-regime results (Llama-3.1-8B) are shown beside it, labelled as the paper's. Outputs:
+The paper's per-regime results (Llama-3.1-8B) are shown beside it, labelled as the paper's; so is the
+evidence's limit (EVIDENCE_CAVEAT: a tiny model on a synthetic task). Outputs:
 <out_dir>/probe.json, probe.md and probe_scatter.png (x = p, y = entropy, colour = Σπ²).
 """
 from __future__ import annotations
@@ -62,6 +63,8 @@ PAPER_CLAIMS = {
     "weak": "the paper (Llama-3.1-8B, FigFont): −p collapses (14.26 vs NLL 33.40) and DEFT is best (46.34)",
 }
 METRIC_NAMES = {"accuracy": "character accuracy", "mean_p": "eval mean p"}
+EVIDENCE_CAVEAT = ("the continuum is a 0.1M-parameter model on a synthetic task with 16 SFT steps; that its "
+                   "ranking carries over to other models and data is not measured")
 
 
 def load_evidence(path: str | pathlib.Path = EVIDENCE_PATH) -> dict[str, Any]:
@@ -162,7 +165,8 @@ class Probe:
                                                 "weak_if_mean_p_below": WEAK_THRESHOLD,
                                                 "paper_regime_mean_p": REGIME_MEAN_P},
                 "recommended_objective": advice["accuracy"]["objective"], "reason": advice["accuracy"]["reason"],
-                "recommendation": advice, "evidence_source": evidence["source"], "paper": PAPER_CLAIMS[found]}
+                "recommendation": advice, "evidence_source": evidence["source"], "evidence_caveat": EVIDENCE_CAVEAT,
+                "paper": PAPER_CLAIMS[found]}
 
 
 def measure(setup, params, tokenized: Sequence[Any], *, batch_size: int = 8) -> Probe:
@@ -199,6 +203,7 @@ def markdown(summary: dict[str, Any], *, title: str) -> str:
              f"`{summary['recommended_objective'] or 'none'}`**: {summary['reason']}.",
              f"In eval mean p: `{summary['recommendation']['mean_p']['objective'] or 'none'}`: "
              f"{summary['recommendation']['mean_p']['reason']}.", "",
+             f"Caveat: {summary['evidence_caveat']}.", "",
              f"Beside it, {summary['paper']} (the paper's claim, not measured here).", ""]
     return "\n".join(rows)
 
