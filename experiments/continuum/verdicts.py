@@ -321,14 +321,17 @@ def verdicts_markdown(found: dict) -> str:
     return "\n".join(lines)
 
 
-def blocks(found: dict) -> dict[str, str]:
-    """The generated prose blocks of the docs, by name."""
+def blocks(found: dict, *, rerun: bool = False) -> dict[str, str]:
+    """The generated prose blocks of the docs, by name (`rerun`: the results are the re-run with separated
+    random streams, the grid before it kept beside them)."""
     v = by_id(found)
     f = found["figures"]
     sd = f["median_seed_sd_accuracy"]
     hw = f["cell_half_width_accuracy_noise0"]
     pv = f["paired_vs_nll"]
-    note = ("Status of these numbers: they are the committed `runs.csv` of the full grid, run before the "
+    note = ("These are the re-run of the grid with one random stream per purpose (480 runs); the grid before "
+            "it (546 runs, colliding streams) is kept in `results/before-streams/`, and how much the change moved "
+            "the numbers is stated below the tables.") if rerun else ("Status of these numbers: they are the committed `runs.csv` of the full grid, run before the "
             "random streams were separated (SFT seed s then drew the same start symbols as level-s "
             "pretraining, s = 1–4); the re-run with separate streams is pending (command in "
             "`experiments/continuum/results/README.md`), so how much the change moves them is not yet measured.")
@@ -378,11 +381,14 @@ def blocks(found: dict) -> dict[str, str]:
         "The paper's claims here (each verdict names its metric; Holm over the comparisons it rests on): "
         f"NLL best where the prior is weak — {statuses['claim1-accuracy']} in accuracy, "
         f"{statuses['claim1-mean_p']} in mean p (NLL has the highest accuracy at "
-        f"{levels_text(v['claim1-accuracy']['top_levels'])}, so there is no weak-vs-strong contrast); "
-        f"−p best where it is strong — {statuses['claim2-accuracy-noise0']} in accuracy, "
+        f"{levels_text(v['claim1-accuracy']['top_levels'])}"
+        + (", so there is no weak-vs-strong contrast); " if any(
+            found["levels"][str(x)]["regime"] == "strong" for x in v["claim1-accuracy"]["top_levels"]) else "); ")
+        + f"−p best where it is strong — {statuses['claim2-accuracy-noise0']} in accuracy, "
         f"{statuses['claim2-mean_p-noise0']} in mean p; DEFT within {NEAR_MARGIN:g} of the best everywhere — "
         f"{statuses['claim3-accuracy-noise0']} in accuracy, {statuses['claim3-mean_p-noise0']} in mean p. "
-        "These are the committed pre-fix results; the re-run with separated random streams is pending.")
+        + ("These come from the re-run with separated random streams." if rerun else
+           "These are the committed pre-fix results; the re-run with separated random streams is pending."))
     return out
 
 
@@ -427,12 +433,76 @@ def evidence(results: Sequence[dict], bases: Sequence[dict]) -> dict:
                       "comparisons at each level)", "metrics": {k: v[1] for k, v in METRICS.items()}, "levels": levels}
 
 
+def table_blocks(results: Sequence[dict], bases: Sequence[dict]) -> dict[str, str]:
+    """The docs' tables, from analyze's table functions (those the results support)."""
+    priors = analyze.prior_by_level(bases)
+    dial = ["| level | target-map examples in pretraining | base mean p on the SFT data | base NLL | "
+            "base eval char accuracy |", "|---|---|---|---|---|"]
+    dial += [f"| {x} | {prior['target_examples']:,} | {prior['p'][0]:.3f} | {prior['nll'][0]:.2f} | "
+             f"{prior['score'][0]:.3f} |" for x, prior in priors.items()]
+    out = {"continuum-dial": "\n".join(dial),
+           "continuum-accuracy": analyze.continuum_table(results, priors, noise=0.0),
+           "continuum-paired": analyze.paired_table(results, priors, noise=0.0)}
+    if all("dynamics" in r for r in results):
+        out["continuum-alpha"] = ("DEFT's α (mean Σπ² of the SFT batch) and the batch's mean target p per step, "
+                                  "noise 0, mean over seeds:\n\n" + analyze.alpha_table(results, priors))
+    else:
+        out["continuum-alpha"] = "(DEFT's α trajectory needs the per-run result.json files: not in these results.)"
+    if all(b.get("wrong_labels") for b in bases):
+        out["continuum-wrong-labels"] = analyze.wrong_label_table(bases, [r for r in results if r["noise"] > 0])
+    else:
+        out["continuum-wrong-labels"] = "(The wrong-label tables need the raw base.json and result.json files.)"
+    labels = [l for l in analyze.labels_present(results) if l not in NOT_RANKED]
+    compact = ["| level (base mean p) | " + " | ".join(D[l] for l in labels) + " |", "|---|" + "---|" * len(labels)]
+    for x, prior in priors.items():
+        means = {l: analyze.interval(list(analyze.cell_scores(results, x=x, noise=0.0, label=l).values()))
+                 for l in labels}
+        top = max(m[0] for m in means.values())
+        compact.append(f"| {x} ({prior['p'][0]:.2f}) | " + " | ".join(
+            (f"**{analyze.fmt(*means[l][:2])}**" if means[l][0] == top else analyze.fmt(*means[l][:2]))
+            for l in labels) + " |")
+    out["readme-accuracy"] = "\n".join(compact)
+    return out
+
+
+def before_after(old: tuple[Sequence[dict], Sequence[dict]], new: tuple[Sequence[dict], Sequence[dict]]) -> str:
+    """How much the separated random streams moved the results: base mean p per level, the cell means
+    (every objective, level, noise, metric both grids ran), and which verdicts changed status."""
+    old_priors, new_priors = analyze.prior_by_level(old[1]), analyze.prior_by_level(new[1])
+    levels = [x for x in new_priors if x in old_priors]
+    shifts = {}
+    for metric, (path, _) in METRICS.items():
+        deltas = []
+        for noise in sorted({r["noise"] for r in new[0]}):
+            for label in {r["label"] for r in new[0]} - set(NOT_RANKED):
+                for x in levels:
+                    before = analyze.cell_scores(old[0], x=x, noise=noise, label=label, path=path)
+                    after = analyze.cell_scores(new[0], x=x, noise=noise, label=label, path=path)
+                    if before and after:
+                        deltas.append(np.mean(list(after.values())) - np.mean(list(before.values())))
+        shifts[metric] = np.abs(deltas)
+    old_v, new_v = by_id(verdicts(*old)), by_id(verdicts(*new))
+    changed = [f"{k} {old_v[k]['status']} → {new_v[k]['status']}" for k in new_v
+               if k in old_v and old_v[k]["status"] != new_v[k]["status"]]
+    return ("How much separating the random streams moved the results (the grid before, in "
+            "`results/before-streams/`, against the re-run): base mean p per level "
+            + ", ".join(f"{x}: {old_priors[x]['p'][0]:.3f} → {new_priors[x]['p'][0]:.3f}" for x in levels)
+            + "; the mean of a cell (objective × level × noise) moved by a median of "
+            + "; ".join(f"{np.median(v):.3f} (max {np.max(v):.3f}, {v.size} cells) in {METRICS[m][1]}"
+                        for m, v in shifts.items())
+            + ". Verdicts whose status changed: " + ("; ".join(changed) if changed else "none") + ".")
+
+
 def expected_files(results_dir: pathlib.Path) -> tuple[dict[pathlib.Path, str], dict[str, str]]:
     """({path: the text it should hold}, the generated blocks) from the results in `results_dir`: its
     verdicts.md and summary.json, the probe's evidence, and the docs with their blocks regenerated."""
     results, bases, _ = analyze.load_study(results_dir)
     summary_text, found = summary(results, bases)
-    generated = blocks(found)
+    before = results_dir / "before-streams"
+    generated = {**blocks(found, rerun=(before / "runs.csv").is_file()), **table_blocks(results, bases)}
+    if (before / "runs.csv").is_file():
+        old_results, old_bases, _ = analyze.load_study(before)
+        generated["continuum-streams"] = before_after((old_results, old_bases), (results, bases))
     files = {results_dir / "verdicts.md": verdicts_markdown(found), results_dir / "summary.json": summary_text,
              EVIDENCE: json.dumps(evidence(results, bases), indent=1, sort_keys=True) + "\n"}
     for doc in DOCS:
