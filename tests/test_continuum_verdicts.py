@@ -104,3 +104,14 @@ def test_replace_blocks_rewrites_only_marked_text():
     assert new == "a\n<!-- BEGIN GENERATED: x -->\nnew\n<!-- END GENERATED -->\nb\n" and names == ["x"]
     with pytest.raises(KeyError, match="'y'"):
         verdicts.replace_blocks(text.replace(": x", ": y"), {"x": "new"})
+
+
+def test_a_reduced_grid_gets_its_tables_and_no_verdicts(tmp_path):
+    """A smoke-sized selection (one seed, NLL and DEFT, two levels) of the raw results: the analysis writes
+    its tables and says why it has no verdicts, instead of failing."""
+    results, bases, _ = analyze.load_study(RESULTS)
+    reduced = [r for r in results if r["seed"] == 0 and r["label"] in ("nll", "deft") and r["level"] < 2]
+    text = analyze.write_outputs(reduced, [b for b in bases if b["level"] < 2], out=tmp_path, smoke=True,
+                                 figures_too=False)
+    assert "| 1 |" in text and (tmp_path / "runs.csv").is_file()
+    assert "No verdicts: the verdicts need every grid objective" in (tmp_path / "verdicts.md").read_text()
