@@ -55,6 +55,7 @@ setuptools.setup(
     version="0.1.0",
     description="Token-level SFT objectives (NLL, -p, Tsallis, DFT, EAFT, Cayley, DEFT) in JAX/Flax.",
     packages=setuptools.find_packages(include=["deft_jax", "deft_jax.*", "configs", "configs.*"]),
+    package_data={"deft_jax.evaluation": ["continuum_evidence.json"]},  # the probe's evidence
     python_requires=">=3.10",
     install_requires=CORE,
     extras_require={"test": TEST, "tpu": TPU, "bench": ["torch==2.13.0", "transformers>=4.56", "accelerate>=1.0"]},

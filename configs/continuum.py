@@ -37,13 +37,14 @@ TARGET_FRACTION = 0.5
 LEVELS = tuple(range(len(LEVEL_STEPS)))
 SEEDS = (0, 1, 2, 3, 4)
 NOISE = (0.0, 0.2)
+# DFT (its gradient is −p's) and DEFT with ε = 0 (the same gate to within ε/Σπ²) are not in the grid: runs
+# of them could only confirm those identities, which tests/test_continuum.py checks directly. The
+# committed results (experiments/continuum/results) predate this and still hold their columns.
 GRID_OBJECTIVES = (
-    ("nll", {}), ("prob", {}), ("dft", {}),
+    ("nll", {}), ("prob", {}),
     ("deformed_log", {"alpha": 0.25}), ("deformed_log", {"alpha": 0.5}), ("deformed_log", {"alpha": 0.75}),
-    ("eaft", {}), ("cayley", {}), ("deft", {"epsilon": 1e-6}), ("deft", {"epsilon": 0.0}),
+    ("eaft", {}), ("cayley", {}), ("deft", {"epsilon": 1e-6}),
 )
-# DFT's gradient equals −p's (gate p · (π − e_y)); it runs once per prior level (seed 0, no noise) as a check.
-CHECK_ONLY = {"dft": dict(seed=0, noise=0.0)}
 
 WORLD = dict(num_maps=4, seed=1234, length=8)
 # The model: ModelConfig.tiny (d = 64, 2 layers, 4 heads) with a wider MLP, byte-level tokenizer.
@@ -152,14 +153,6 @@ def get_config(arg=None):
 
 def sweep():
     """Every SFT run of the study: {config argument: value} per run (stage=sft; root and smoke are the
-    runner's). DFT runs only where CHECK_ONLY says."""
-    runs = []
-    for seed in SEEDS:
-        for noise in NOISE:
-            for level in LEVELS:
-                for name, params in GRID_OBJECTIVES:
-                    check = CHECK_ONLY.get(name)
-                    if check and (seed != check["seed"] or noise != check["noise"]):
-                        continue
-                    runs.append({"level": level, "seed": seed, "noise": noise, "objective": name, **params})
-    return runs
+    runner's)."""
+    return [{"level": level, "seed": seed, "noise": noise, "objective": name, **params}
+            for seed in SEEDS for noise in NOISE for level in LEVELS for name, params in GRID_OBJECTIVES]

@@ -117,7 +117,7 @@ def prepare_data(root: pathlib.Path, *, smoke: bool, seeds: Sequence[int], noise
         for noise in noise_levels:
             path = grid.paths(root=str(root), level=0, seed=seed, noise=noise)["sft_data"]
             if not path.is_file():
-                clean = world_lib.target_records(world, count=sft["steps"] * sft["batch"], seed=seed, stream=1)
+                clean = world_lib.target_records(world, count=sft["steps"] * sft["batch"], seed=seed)
                 world_lib.write_jsonl(path, world_lib.corrupt(clean, fraction=noise, seed=seed))
 
 
@@ -289,7 +289,7 @@ def parse_args(argv):
     parser.add_argument("--levels", default=None, help="comma-separated level indices (default: configs/continuum.py)")
     parser.add_argument("--noise", default=None, help="comma-separated noise fractions")
     parser.add_argument("--seeds", default=None, help="comma-separated seeds")
-    parser.add_argument("--objectives", default=None, help="comma-separated labels (nll,prob,dft,dlog0.5,...)")
+    parser.add_argument("--objectives", default=None, help="comma-separated labels (nll,prob,dlog0.5,eaft,cayley,deft,...)")
     parser.add_argument("--noisy_objectives", default=None, help="labels kept for the runs with label noise")
     parser.add_argument("--deadline_minutes", type=float, default=None,
                         help="start no new (level, seed) group after this long")
