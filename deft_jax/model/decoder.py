@@ -4,7 +4,8 @@ Block (pre-norm):  h = x + Attn(RMSNorm(x));  y = h + W_down(silu(W_gate RMSNorm
 RMSNorm(x) = w * x / sqrt(mean(x^2) + eps), computed in float32.
 RoPE is HF's rotate-half form: x' = x*cos(p*f) + rotate_half(x)*sin(p*f), f_i = theta^(-2i/head_dim)
 (optionally rescaled by the Llama-3 rule). Attention is grouped-query: kv head j serves query heads
-j*G .. j*G+G-1 with G = n_heads / n_kv_heads; softmax in float32, scale 1/sqrt(head_dim).
+j*G .. j*G+G-1 with G = n_heads / n_kv_heads; softmax in float32, scale 1/sqrt(head_dim). `attention` picks the kernel (deft_jax.model.attention: the
+XLA einsum, splash on TPU, cuDNN on GPU; 'auto' by platform); cached decoding always uses the einsum.
 
 Masking: query i sees key j iff j <= i (by index in the row), segment_ids equal (packed examples never see
 each other; 0 = padding), and, with a sliding window W, i - j < W. Positions (RoPE) are given separately so
@@ -44,6 +45,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from deft_jax import sharding as sharding_lib
+from deft_jax.model import attention as attention_lib
+from deft_jax.model.attention import attention_mask, grouped_query_attention  # noqa: F401 (public here too)
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 LLAMA3_ROPE_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
@@ -93,6 +96,10 @@ class ModelConfig:
     param_dtype: str = "float32"
     dtype: str = "float32"
     remat: bool = False
+    attention: str = "auto"  # auto | xla | splash | cudnn (deft_jax.model.attention); cached decoding uses xla
+    attention_block_q: int = 512  # splash query block (clamped to the row length)
+    attention_block_kv: int = 512  # splash key/value block
+    attention_interpret: bool = False  # splash in Pallas interpret mode (runs on CPU; tests)
     scan_layers: bool = True
     scan_unroll: int = 1  # layers per nn.scan iteration; >= n_layers unrolls fully (same numbers)
 
@@ -116,6 +123,12 @@ class ModelConfig:
                 kept.update({k: scaling[k] for k in LLAMA3_ROPE_KEYS})
             # A sorted tuple of the relevant keys: hashable (jit static argument) and comparable.
             object.__setattr__(self, "rope_scaling", None if kind == "default" else tuple(sorted(kept.items())))
+        if self.attention not in attention_lib.IMPLEMENTATIONS:
+            raise ValueError(f"attention={self.attention!r}: expected one of {attention_lib.IMPLEMENTATIONS}")
+        for name in ("attention_block_q", "attention_block_kv"):
+            if getattr(self, name) < attention_lib.SPLASH_LANES or getattr(self, name) % attention_lib.SPLASH_LANES:
+                raise ValueError(f"{name}={getattr(self, name)} must be a positive multiple of "
+                                 f"{attention_lib.SPLASH_LANES}")
         for name in ("param_dtype", "dtype"):
             if getattr(self, name) not in ("float32", "bfloat16", "float16"):
                 raise ValueError(f"{name}={getattr(self, name)!r}: expected 'float32', 'bfloat16' or 'float16'")
@@ -124,6 +137,11 @@ class ModelConfig:
     def tiny(cls, **overrides) -> "ModelConfig":
         """A 2-layer, d=64 model for tests: V=256, 4 heads, 2 kv heads, head_dim 16, d_ff 128."""
         return cls(**overrides)
+
+    @property
+    def attention_spec(self) -> attention_lib.AttentionSpec:
+        return attention_lib.AttentionSpec(implementation=self.attention, block_q=self.attention_block_q,
+                                           block_kv=self.attention_block_kv, interpret=self.attention_interpret)
 
     @property
     def rope_scaling_dict(self) -> dict | None:
@@ -193,39 +211,6 @@ def logits_from_hidden(hidden: jax.Array, *, params: dict, config: "ModelConfig"
     """The Decoder's output projection applied to hidden states [..., D] (e.g. the last position only)."""
     return project_to_vocab(hidden, embedding=params["embedding"],
                             lm_head=None if config.tie_embeddings else params["lm_head"])
-
-
-def attention_mask(*, q_index, k_index, q_segment_ids, k_segment_ids, sliding_window) -> jax.Array:
-    """[B, T, S] bool: k_index <= q_index, same segment, and q_index - k_index < window if windowed."""
-    mask = k_index[None, None, :] <= q_index[None, :, None]
-    mask = mask & (q_segment_ids[:, :, None] == k_segment_ids[:, None, :])
-    if sliding_window is not None:
-        mask = mask & ((q_index[:, None] - k_index[None, :]) < sliding_window)[None]
-    return mask
-
-
-def grouped_query_attention(*, q, k, v, mask, heads_first: bool = False) -> jax.Array:
-    """softmax(q k^T / sqrt(hd) masked) v with q [B,T,H,hd], mask [B,T,S] -> [B,T,H,hd]; k/v [B,S,Hkv,hd], or
-    with `heads_first` the cache layout [B,Hkv,S,hd], which both contractions then read as stored (no
-    per-step transpose of the cache).
-
-    The G = H / Hkv query heads sharing a kv head are merged with the query positions into one dim
-    M = G·T, so both products are plain batched matmuls over (B, Hkv) and their gradients contract over
-    one dim (contracting over (G, T) separately made XLA:CPU transpose the scores' gradient).
-    """
-    batch, length, n_heads, head_dim = q.shape
-    n_kv_heads = k.shape[1 if heads_first else 2]
-    groups = n_heads // n_kv_heads
-    if not heads_first:
-        k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)  # [B, Hkv, S, hd]
-    q = q.reshape(batch, length, n_kv_heads, groups, head_dim).transpose(0, 2, 3, 1, 4)
-    q = q.reshape(batch, n_kv_heads, groups * length, head_dim)  # [B, Hkv, G·T, hd]
-    scores = jnp.einsum("bkmd,bksd->bkms", q, k, preferred_element_type=jnp.float32) * (head_dim**-0.5)
-    scores = scores.reshape(batch, n_kv_heads, groups, length, -1)
-    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(batch, n_kv_heads, groups * length, -1)
-    out = jnp.einsum("bkms,bksd->bkmd", probs, v).reshape(batch, n_kv_heads, groups, length, head_dim)
-    return out.transpose(0, 3, 1, 2, 4).reshape(batch, length, n_heads, head_dim)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -304,11 +289,9 @@ class Attention(nn.Module):
 
         length = x.shape[1]
         if layer_cache is None:
-            index = jnp.arange(length)
-            mask = attention_mask(q_index=index, k_index=index, q_segment_ids=segment_ids,
-                                  k_segment_ids=segment_ids, sliding_window=c.sliding_window)
             new_cache = None
-            out = grouped_query_attention(q=q, k=k, v=v, mask=mask)
+            out = attention_lib.self_attention(q=q, k=k, v=v, segment_ids=segment_ids,
+                                               sliding_window=c.sliding_window, spec=c.attention_spec)
         else:
             # The whole [L, B, Hkv, S, hd] cache travels in the carry and only the new slots are written,
             # so XLA updates it in place (no per-step copy of the cache).

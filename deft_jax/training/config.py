@@ -28,6 +28,7 @@ import numpy as np
 from deft_jax import data as data_lib
 from deft_jax import errors, objectives
 from deft_jax import sharding as sharding_lib
+from deft_jax.model import attention as attention_lib
 from deft_jax.model import decoder as model_lib
 
 TINY_MODEL = "tiny"
@@ -80,6 +81,13 @@ def one_of(*choices) -> Callable[[Any], str | None]:
     def check(value):
         return None if value in choices else f"must be one of {choices}, got {value!r}"
     return check
+
+
+def lane_multiple(value) -> str | None:
+    """A splash block size: a positive multiple of the TPU lane width (128)."""
+    if not _is_int(value) or value < 128 or value % 128:
+        return f"must be a positive multiple of 128 (the TPU lane width), got {value!r}"
+    return None
 
 
 def boolean(value) -> str | None:
@@ -142,6 +150,10 @@ FIELDS: dict[str, Field] = {
     "model.dtype": Field("bfloat16", one_of(*DTYPES), "compute dtype"),
     "model.param_dtype": Field("float32", one_of(*DTYPES), "parameters and optimizer state"),
     "model.remat": Field(False, boolean, "rematerialise each layer in the backward pass"),
+    "model.attention": Field("auto", one_of(*attention_lib.IMPLEMENTATIONS),
+                             "'auto' (splash on TPU, cudnn on GPU, else xla) | 'xla' einsum | 'splash' | 'cudnn'"),
+    "model.attention_block_q": Field(512, lane_multiple, "splash query block (clamped to the row length)"),
+    "model.attention_block_kv": Field(512, lane_multiple, "splash key/value block (clamped to the row length)"),
     "model.scan_layers": Field(True, boolean, "layers under nn.scan"),
     "model.scan_unroll": Field(1, integer(1), "layers per scan iteration (>= n_layers: fully unrolled)"),
     "model.overrides": Field(ml_collections.ConfigDict(), mapping,
@@ -193,6 +205,25 @@ FIELDS: dict[str, Field] = {
     "tensorboard": Field(True, boolean, "also write TensorBoard event files"),
     "compilation_cache_dir": Field("", string, "persistent XLA compilation cache ('' = off)"),
 }
+
+
+# Fields added after runs were saved with config.json: a saved config without them takes the default.
+LATER_FIELDS = ("model.attention", "model.attention_block_q", "model.attention_block_kv")
+
+
+def with_later_fields(config) -> ml_collections.ConfigDict:
+    """A copy of a saved config with every missing LATER_FIELDS entry set to its default (old runs load)."""
+    config = copy.deepcopy(config)
+    for name in LATER_FIELDS:
+        *parents, leaf = name.split(".")
+        node = config
+        for parent in parents:
+            if parent not in node:
+                node[parent] = ml_collections.ConfigDict()
+            node = node[parent]
+        if leaf not in node:
+            node[leaf] = copy.deepcopy(FIELDS[name].default)
+    return config
 
 
 def default_config() -> ml_collections.ConfigDict:
