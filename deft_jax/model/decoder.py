@@ -4,8 +4,10 @@ Block (pre-norm):  h = x + Attn(RMSNorm(x));  y = h + W_down(silu(W_gate RMSNorm
 RMSNorm(x) = w * x / sqrt(mean(x^2) + eps), computed in float32.
 RoPE is HF's rotate-half form: x' = x*cos(p*f) + rotate_half(x)*sin(p*f), f_i = theta^(-2i/head_dim)
 (optionally rescaled by the Llama-3 rule). Attention is grouped-query: kv head j serves query heads
-j*G .. j*G+G-1 with G = n_heads / n_kv_heads; softmax in float32, scale 1/sqrt(head_dim). `attention` picks the kernel (deft_jax.model.attention: the
-XLA einsum, splash on TPU, cuDNN on GPU; 'auto' by platform); cached decoding always uses the einsum.
+j*G .. j*G+G-1 with G = n_heads / n_kv_heads; softmax in float32, scale 1/sqrt(head_dim).
+`attention` picks the kernel (deft_jax.model.attention: the XLA einsum, splash on TPU, cuDNN on GPU;
+'auto' by platform); cached decoding always uses the einsum. `remat_policy` names what the backward pass
+keeps of each layer (deft_jax.model.remat; the projections carry checkpoint names).
 
 Masking: query i sees key j iff j <= i (by index in the row), segment_ids equal (packed examples never see
 each other; 0 = padding), and, with a sliding window W, i - j < W. Positions (RoPE) are given separately so
@@ -43,9 +45,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.ad_checkpoint import checkpoint_name
 
 from deft_jax import sharding as sharding_lib
 from deft_jax.model import attention as attention_lib
+from deft_jax.model import remat as remat_lib
 from deft_jax.model.attention import attention_mask, grouped_query_attention  # noqa: F401 (public here too)
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
@@ -95,7 +99,8 @@ class ModelConfig:
     max_position_embeddings: int = 2048
     param_dtype: str = "float32"
     dtype: str = "float32"
-    remat: bool = False
+    remat: bool = False  # the old switch: True = remat_policy 'full'
+    remat_policy: str = ""  # deft_jax.model.remat.POLICIES; '' follows remat
     attention: str = "auto"  # auto | xla | splash | cudnn (deft_jax.model.attention); cached decoding uses xla
     attention_block_q: int = 512  # splash query block (clamped to the row length)
     attention_block_kv: int = 512  # splash key/value block
@@ -123,6 +128,7 @@ class ModelConfig:
                 kept.update({k: scaling[k] for k in LLAMA3_ROPE_KEYS})
             # A sorted tuple of the relevant keys: hashable (jit static argument) and comparable.
             object.__setattr__(self, "rope_scaling", None if kind == "default" else tuple(sorted(kept.items())))
+        remat_lib.resolve_name(remat=self.remat, remat_policy=self.remat_policy)
         if self.attention not in attention_lib.IMPLEMENTATIONS:
             raise ValueError(f"attention={self.attention!r}: expected one of {attention_lib.IMPLEMENTATIONS}")
         for name in ("attention_block_q", "attention_block_kv"):
@@ -137,6 +143,11 @@ class ModelConfig:
     def tiny(cls, **overrides) -> "ModelConfig":
         """A 2-layer, d=64 model for tests: V=256, 4 heads, 2 kv heads, head_dim 16, d_ff 128."""
         return cls(**overrides)
+
+    @property
+    def remat_name(self) -> str:
+        """The rematerialisation policy in force (remat_policy, or 'full'/'none' from remat)."""
+        return remat_lib.resolve_name(remat=self.remat, remat_policy=self.remat_policy)
 
     @property
     def attention_spec(self) -> attention_lib.AttentionSpec:
@@ -250,6 +261,7 @@ class Projection(nn.Module):
     in_rank: int = 1
     bias_shape: tuple | None = None
     bias_axes: tuple | None = None
+    tag: str | None = None  # checkpoint_name of the output (what a remat policy may save)
 
     @nn.compact
     def __call__(self, x):
@@ -262,7 +274,7 @@ class Projection(nn.Module):
         y = y.reshape(*tokens, *out_shape)
         if self.bias_shape is not None:
             y = y + _param(self, "bias", self.bias_shape, self.bias_axes, nn.initializers.zeros).astype(dtype)
-        return y
+        return y if self.tag is None else checkpoint_name(y, self.tag)
 
 
 class Attention(nn.Module):
@@ -275,7 +287,8 @@ class Attention(nn.Module):
 
         def proj(name, n, axis):
             bias = dict(bias_shape=(n, hd), bias_axes=(axis, "head_dim")) if c.qkv_bias else {}
-            return Projection(c, (d, n, hd), ("embed", axis, "head_dim"), name=name, **bias)(x)
+            tag = {"q_proj": "query_proj", "k_proj": "key_proj", "v_proj": "value_proj"}[name]
+            return Projection(c, (d, n, hd), ("embed", axis, "head_dim"), name=name, tag=tag, **bias)(x)
 
         q, k, v = proj("q_proj", h, "heads"), proj("k_proj", hkv, "kv_heads"), proj("v_proj", hkv, "kv_heads")
         if c.qk_norm:
@@ -311,7 +324,8 @@ class Attention(nn.Module):
             new_cache = (all_k, all_v, layer + 1)
             out = grouped_query_attention(q=q, k=k, v=v, mask=mask, heads_first=True)
         out = nn.with_logical_constraint(out, ("batch", "length", "act_heads", "head_dim"))
-        out = Projection(c, (h, hd, d), ("heads", "head_dim", "embed"), in_rank=2, name="o_proj")(out)
+        out = Projection(c, (h, hd, d), ("heads", "head_dim", "embed"), in_rank=2, name="o_proj",
+                         tag="out_proj")(out)
         return out, new_cache
 
 
@@ -321,10 +335,10 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x):
         c = self.config
-        gate = Projection(c, (c.d_model, c.d_ff), ("embed", "mlp"), name="gate_proj")(x)
-        up = Projection(c, (c.d_model, c.d_ff), ("embed", "mlp"), name="up_proj")(x)
+        gate = Projection(c, (c.d_model, c.d_ff), ("embed", "mlp"), name="gate_proj", tag="mlp_gate")(x)
+        up = Projection(c, (c.d_model, c.d_ff), ("embed", "mlp"), name="up_proj", tag="mlp_up")(x)
         hidden = nn.with_logical_constraint(nn.silu(gate) * up, ("batch", "length", "act_mlp"))
-        return Projection(c, (c.d_ff, c.d_model), ("mlp", "embed"), name="down_proj")(hidden)
+        return Projection(c, (c.d_ff, c.d_model), ("mlp", "embed"), name="down_proj", tag="mlp_down")(hidden)
 
 
 class DecoderLayer(nn.Module):
@@ -377,8 +391,8 @@ class Decoder(nn.Module):
             layer_cache = (cache["k"], cache["v"], jnp.zeros((), jnp.int32))
 
         layer_cls = DecoderLayer
-        if c.remat:
-            layer_cls = nn.remat(layer_cls, prevent_cse=not c.scan_layers)
+        if c.remat_name != "none":  # deft_jax.model.remat: which intermediates the backward keeps
+            layer_cls = nn.remat(layer_cls, prevent_cse=not c.scan_layers, policy=remat_lib.policy(c.remat_name))
         if c.scan_layers:
             stack = nn.scan(layer_cls, variable_axes={"params": 0}, split_rngs={"params": True},
                             in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),

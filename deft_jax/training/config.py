@@ -30,6 +30,7 @@ from deft_jax import errors, objectives
 from deft_jax import sharding as sharding_lib
 from deft_jax.model import attention as attention_lib
 from deft_jax.model import decoder as model_lib
+from deft_jax.model import remat as remat_lib
 
 TINY_MODEL = "tiny"
 DTYPES = ("float32", "bfloat16", "float16")
@@ -149,7 +150,9 @@ FIELDS: dict[str, Field] = {
                              "(a fresh optimizer state; replaces model.init)"),
     "model.dtype": Field("bfloat16", one_of(*DTYPES), "compute dtype"),
     "model.param_dtype": Field("float32", one_of(*DTYPES), "parameters and optimizer state"),
-    "model.remat": Field(False, boolean, "rematerialise each layer in the backward pass"),
+    "model.remat": Field(False, boolean, "rematerialise each layer in the backward pass (= remat_policy 'full')"),
+    "model.remat_policy": Field("", one_of("", *remat_lib.POLICIES),
+                                "what the backward keeps of each layer (deft_jax.model.remat); '' follows remat"),
     "model.attention": Field("auto", one_of(*attention_lib.IMPLEMENTATIONS),
                              "'auto' (splash on TPU, cudnn on GPU, else xla) | 'xla' einsum | 'splash' | 'cudnn'"),
     "model.attention_block_q": Field(512, lane_multiple, "splash query block (clamped to the row length)"),
@@ -208,7 +211,7 @@ FIELDS: dict[str, Field] = {
 
 
 # Fields added after runs were saved with config.json: a saved config without them takes the default.
-LATER_FIELDS = ("model.attention", "model.attention_block_q", "model.attention_block_kv")
+LATER_FIELDS = ("model.attention", "model.attention_block_q", "model.attention_block_kv", "model.remat_policy")
 
 
 def with_later_fields(config) -> ml_collections.ConfigDict:
@@ -290,6 +293,9 @@ def validate(config, *, num_devices: int | None = None) -> None:
     if bad:
         raise ConfigError(f"config.model.overrides.{bad[0]} is not a ModelConfig field"
                           f"{errors.did_you_mean(bad[0], known_model_fields)}")
+    if config.model.remat and config.model.remat_policy == "none":
+        raise ConfigError("config.model.remat=True contradicts config.model.remat_policy='none'; "
+                          "set remat=False or another policy")
     micro = config.micro_batch_size or config.batch_size
     if config.batch_size % micro:
         raise ConfigError(f"config.batch_size={config.batch_size} is not a multiple of "

@@ -44,7 +44,7 @@ def build_tokenizer(config) -> tokenizer_lib.Tokenizer:
 def model_fields(config) -> dict[str, Any]:
     """ModelConfig fields that config.model sets on any architecture (dtypes, remat, scan, overrides)."""
     fields = dict(dtype=config.model.dtype, param_dtype=config.model.param_dtype, remat=config.model.remat,
-                  scan_layers=config.model.scan_layers, scan_unroll=config.model.scan_unroll,
+                  remat_policy=config.model.remat_policy, scan_layers=config.model.scan_layers, scan_unroll=config.model.scan_unroll,
                   attention=config.model.attention, attention_block_q=config.model.attention_block_q,
                   attention_block_kv=config.model.attention_block_kv)
     overrides = config.model.overrides
