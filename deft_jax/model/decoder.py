@@ -303,8 +303,10 @@ class Attention(nn.Module):
         length = x.shape[1]
         if layer_cache is None:
             new_cache = None
+            # Initialising only needs shapes: the einsum, whatever the platform.
+            spec = attention_lib.AttentionSpec("xla") if self.is_initializing() else c.attention_spec
             out = attention_lib.self_attention(q=q, k=k, v=v, segment_ids=segment_ids,
-                                               sliding_window=c.sliding_window, spec=c.attention_spec)
+                                               sliding_window=c.sliding_window, spec=spec)
         else:
             # The whole [L, B, Hkv, S, hd] cache travels in the carry and only the new slots are written,
             # so XLA updates it in place (no per-step copy of the cache).
