@@ -90,7 +90,7 @@ def measure_train(config, params, *, rows: int, seq_len: int, steps: int) -> dic
     tokens = rows * seq_len
     return {"compile_seconds": compile_seconds, "step_seconds": seconds, "tokens_per_second": tokens / seconds,
             "flops_per_token": model_lib.flops_per_token(config, seq_len=seq_len),
-            "loss": float(metrics["loss"]) if "loss" in metrics else float("nan")}
+            "loss": float(metrics["train/loss"])}
 
 
 def measure_decode(config, params, *, rows: int, prompt_len: int, new_tokens: int) -> dict:

@@ -111,7 +111,7 @@ def prefill(params, tokens, positions, segment_ids, *, config: ModelConfig, max_
     """Fill a fresh cache of max_len slots with the prompts; returns (last-token logits [B, V], cache)."""
     cache = model_lib.init_cache(config, batch_size=tokens.shape[0], max_len=max_len)
     hidden, cache = model_lib.forward(params, config, tokens, positions=positions, segment_ids=segment_ids,
-                                      return_hidden=True, cache=cache)
+                                      return_hidden=True, cache=cache, fresh_cache=True)
     return _project_last(params, config, hidden[:, -1]), cache
 
 

@@ -31,7 +31,8 @@ KV-cache decoding (functional, see `init_cache`): the cache is a dict
 Heads come before positions so that attention reads the cache as stored (no per-step transposed copy).
 `Decoder(...)(inputs, positions=..., segment_ids=..., cache=cache, kv_len=None)` writes the T new keys/values
 at indices end .. end+T-1 of every row, attends over the cache (its first kv_len slots when given, which
-must hold every written slot) with the same mask rules (key index as above), and returns (logits, new_cache) with end advanced by T. Left-pad prompts of unequal length with
+must hold every written slot) with the same mask rules (key index as above), and returns (logits, new_cache) with end advanced by T.
+`fresh_cache=True` promises an empty cache (end 0, a prefill): the new tokens then attend to each other with the `attention` kernel. Left-pad prompts of unequal length with
 segment id 0 so every row writes at the same index; the sliding-window rule stays exact because each row's
 real tokens are contiguous.
 """
@@ -281,7 +282,8 @@ class Attention(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x, *, positions, segment_ids, layer_cache, kv_segment_ids, cache_end, kv_len=None):
+    def __call__(self, x, *, positions, segment_ids, layer_cache, kv_segment_ids, cache_end, kv_len=None,
+                 fresh_cache=False):
         c = self.config
         d, h, hkv, hd = c.d_model, c.n_heads, c.n_kv_heads, c.head_dim
 
@@ -311,6 +313,7 @@ class Attention(nn.Module):
             # The whole [L, B, Hkv, S, hd] cache travels in the carry and only the new slots are written,
             # so XLA updates it in place (no per-step copy of the cache).
             all_k, all_v, layer = layer_cache  # [L, B, Hkv, S, hd]
+            fresh_k, fresh_v = k, v
             new_k = jnp.swapaxes(k, 1, 2)[None].astype(all_k.dtype)
             new_v = jnp.swapaxes(v, 1, 2)[None].astype(all_v.dtype)
             all_k = jax.lax.dynamic_update_slice(all_k, new_k, (layer, 0, 0, cache_end, 0))
@@ -324,7 +327,11 @@ class Attention(nn.Module):
                                   q_segment_ids=segment_ids, k_segment_ids=kv_segment_ids[:, :kv_len_read],
                                   sliding_window=c.sliding_window)
             new_cache = (all_k, all_v, layer + 1)
-            out = grouped_query_attention(q=q, k=k, v=v, mask=mask, heads_first=True)
+            if fresh_cache:  # a prefill: the new tokens see only each other, so the chosen kernel applies
+                out = attention_lib.self_attention(q=q, k=fresh_k, v=fresh_v, segment_ids=segment_ids,
+                                                   sliding_window=c.sliding_window, spec=c.attention_spec)
+            else:
+                out = grouped_query_attention(q=q, k=k, v=v, mask=mask, heads_first=True)
         out = nn.with_logical_constraint(out, ("batch", "length", "act_heads", "head_dim"))
         out = Projection(c, (h, hd, d), ("heads", "head_dim", "embed"), in_rank=2, name="o_proj",
                          tag="out_proj")(out)
@@ -350,6 +357,7 @@ class DecoderLayer(nn.Module):
 
     config: ModelConfig
     kv_len: int | None = None  # cached decoding: attend over the first kv_len cache slots only
+    fresh_cache: bool = False  # the cache holds nothing yet (a prefill from end 0)
 
     @nn.compact
     def __call__(self, carry, positions, segment_ids, kv_segment_ids, cache_end):
@@ -357,7 +365,8 @@ class DecoderLayer(nn.Module):
         c = self.config
         attn_out, new_cache = Attention(c, name="attn")(
             RMSNorm(c, name="attn_norm")(x), positions=positions, segment_ids=segment_ids,
-            layer_cache=layer_cache, kv_segment_ids=kv_segment_ids, cache_end=cache_end, kv_len=self.kv_len)
+            layer_cache=layer_cache, kv_segment_ids=kv_segment_ids, cache_end=cache_end, kv_len=self.kv_len,
+            fresh_cache=self.fresh_cache)
         x = x + attn_out
         x = x + MLP(c, name="mlp")(RMSNorm(c, name="mlp_norm")(x))
         x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
@@ -370,7 +379,8 @@ class Decoder(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, inputs, *, positions=None, segment_ids=None, return_hidden=False, cache=None, kv_len=None):
+    def __call__(self, inputs, *, positions=None, segment_ids=None, return_hidden=False, cache=None, kv_len=None,
+                 fresh_cache=False):
         c = self.config
         if kv_len is not None and cache is not None and not 0 < kv_len <= cache["k"].shape[3]:
             raise ValueError(f"kv_len={kv_len} must lie in [1, {cache['k'].shape[3]}] (the cache length)")
@@ -400,11 +410,11 @@ class Decoder(nn.Module):
                             in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
                             length=c.n_layers, unroll=min(c.scan_unroll, c.n_layers),
                             metadata_params={nn.PARTITION_NAME: "layers"})
-            (x, layer_cache), _ = stack(c, kv_len, name="layers")((x, layer_cache), positions, segment_ids,
-                                                                  kv_segment_ids, cache_end)
+            layers = stack(c, kv_len, fresh_cache, name="layers")
+            (x, layer_cache), _ = layers((x, layer_cache), positions, segment_ids, kv_segment_ids, cache_end)
         else:
             for i in range(c.n_layers):
-                (x, layer_cache), _ = layer_cls(c, kv_len, name=f"layers_{i}")(
+                (x, layer_cache), _ = layer_cls(c, kv_len, fresh_cache, name=f"layers_{i}")(
                     (x, layer_cache), positions, segment_ids, kv_segment_ids, cache_end)
 
         hidden = RMSNorm(c, name="final_norm")(x)
