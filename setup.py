@@ -39,6 +39,9 @@ CORE = [
 # (no TPU needed). 0.0.42.1 is the libtpu that jax[tpu]==0.10.2 pairs with; move it with the jax pin.
 TPU = ["libtpu==0.0.42.1"]
 
+# jax's CUDA 12 wheels (plugin, PJRT and the NVIDIA libraries) at the jax pin; move it with the pin.
+GPU = ["jax[cuda12]==0.10.2"]
+
 TEST = TPU + [
     "pytest>=8",
     "pytest-xdist>=3.5",
@@ -58,5 +61,5 @@ setuptools.setup(
     package_data={"deft_jax.evaluation": ["continuum_evidence.json"]},  # the probe's evidence
     python_requires=">=3.10",
     install_requires=CORE,
-    extras_require={"test": TEST, "tpu": TPU, "bench": ["torch==2.13.0", "transformers>=4.56", "accelerate>=1.0"]},
+    extras_require={"test": TEST, "tpu": TPU, "gpu": GPU, "bench": ["torch==2.13.0", "transformers>=4.56", "accelerate>=1.0"]},
 )

@@ -54,6 +54,7 @@ from deft_jax import errors  # noqa: E402
 from deft_jax import sharding as sharding_lib  # noqa: E402
 from deft_jax.evaluation import evaluator as evaluate  # noqa: E402
 from deft_jax.inference import sampler  # noqa: E402
+from deft_jax.model import attention as attention_lib  # noqa: E402
 from deft_jax.model import decoder as model_lib  # noqa: E402
 from deft_jax.training.metrics import TPU_PEAK_FLOPS  # noqa: E402
 from deft_jax.training import setup as build  # noqa: E402
@@ -394,7 +395,7 @@ def step_costs(target: Programs, *, chip: Chip, chips: int) -> dict[str, float]:
     compute_seconds = per_step / (chips * chip.peak_flops)
     n_params = model_lib.count_non_embedding_params(c) + c.vocab_size * c.d_model * (1 if c.tie_embeddings else 2)
     tensor = target.setup.mesh.shape["tensor"]
-    passes = 2 + int(c.remat)
+    passes = 2 + int(c.remat_name != "none")
     streamed = target.setup.spec.num_micro_batches * passes * n_params / tensor * jnp.dtype(c.dtype).itemsize
     state = shard_bytes(target.setup.state_target.params) + shard_bytes(target.setup.state_target.opt_state)
     hbm_bytes = 2 * state + streamed
@@ -431,8 +432,8 @@ def advice(target: Programs, report: ProgramReport, *, capacity: int) -> str:
         fixes.append(f"more fsdp (config.mesh.fsdp, now {mesh['fsdp']}) to shard params and optimizer state")
     if report.name == "train":
         fixes.append(f"more micro-batches (config.micro_batch_size smaller, now {config.micro_batch_size or config.batch_size} rows)")
-        if not c.remat:
-            fixes.append("remat (config.model.remat=True)")
+        if c.remat_name == "none":
+            fixes.append("remat (config.model.remat_policy='full', or a lighter policy)")
         if config.loss.impl == "naive":
             fixes.append("the chunked head (config.loss.impl='chunked')")
     elif report.name in ("prefill", "decode"):
@@ -455,7 +456,9 @@ def compile_report(config, *, topology: str, programs: Sequence[str] = PROGRAMS,
         "topology": parsed.name, "jax_topology": parsed.jax_name, "chip": parsed.chip.kind, "chips": parsed.chips,
         "hosts": len({d.process_index for d in devices}), "hbm_capacity_gib": capacity / GIB,
         "model": str(config.model.name), "objective": str(config.objective.name), "loss_impl": config.loss.impl,
-        "remat": bool(target.setup.model_config.remat), "mesh": dict(target.setup.mesh.shape),
+        "remat": target.setup.model_config.remat_name != "none", "remat_policy": target.setup.model_config.remat_name,
+        "attention": attention_lib.resolve(target.setup.model_config.attention_spec, platform="tpu",
+                                           seq_len=target.seq_len), "mesh": dict(target.setup.mesh.shape),
         "batch_size": int(config.batch_size), "micro_batches": int(target.setup.spec.num_micro_batches),
         "seq_len": int(target.seq_len), "generation": dataclasses.asdict(target.generation), "programs": {},
         "problems": []}
@@ -488,7 +491,8 @@ def format_report(result: Mapping[str, Any]) -> str:
     mesh = " x ".join(f"{k}={v}" for k, v in result["mesh"].items())
     lines = [
         f"{result['model']} ({costs['params'] / 1e9:.2f}B params), {result['objective']} ({result['loss_impl']} head"
-        f"{', remat' if result['remat'] else ''}), {result['batch_size']} rows x {result['seq_len']} tokens in "
+        f"{', remat ' + result['remat_policy'] if result['remat'] else ''}, attention {result['attention']}), "
+        f"{result['batch_size']} rows x {result['seq_len']} tokens in "
         f"{result['micro_batches']} micro-batch(es)",
         f"topology {result['topology']} ({result['jax_topology']}): {result['chips']} {result['chip']} chips on "
         f"{result['hosts']} host(s), {result['hbm_capacity_gib']:.0f} GiB HBM each; mesh {mesh}",

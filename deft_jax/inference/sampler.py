@@ -236,7 +236,7 @@ def prefill(params, tokens, positions, segment_ids, *, config: ModelConfig, max_
     cache = model_lib.init_cache(config, batch_size=batch, max_len=max_len)
     if chunk is None or chunk >= length:
         hidden, cache = model_lib.forward(params, config, tokens, positions=positions, segment_ids=segment_ids,
-                                          return_hidden=True, cache=cache)
+                                          return_hidden=True, cache=cache, fresh_cache=True)
         return model_lib.logits_from_hidden(hidden[:, -1], params=params, config=config), cache
     if chunk < 1 or length % chunk:
         raise ValueError(f"prefill chunk={chunk} must be >= 1 and divide the padded prompt length {length}")

@@ -50,7 +50,9 @@ def build_tokenizer(config) -> tokenizer_lib.Tokenizer:
 def model_fields(config) -> dict[str, Any]:
     """ModelConfig fields that config.model sets on any architecture (dtypes, remat, scan, overrides)."""
     fields = dict(dtype=config.model.dtype, param_dtype=config.model.param_dtype, remat=config.model.remat,
-                  scan_layers=config.model.scan_layers, scan_unroll=config.model.scan_unroll)
+                  remat_policy=config.model.remat_policy, scan_layers=config.model.scan_layers, scan_unroll=config.model.scan_unroll,
+                  attention=config.model.attention, attention_block_q=config.model.attention_block_q,
+                  attention_block_kv=config.model.attention_block_kv)
     overrides = config.model.overrides
     fields.update(overrides.to_dict() if hasattr(overrides, "to_dict") else dict(overrides))
     return fields
@@ -242,7 +244,7 @@ def load_run_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
         raise errors.MissingPathError(f"{path} not found: {workdir} is not a training run's workdir (the trainer "
                                 f"writes config.json there once it has started).")
     try:
-        config = ml_collections.ConfigDict(json.loads(path.read_text()))
+        config = config_lib.with_later_fields(ml_collections.ConfigDict(json.loads(path.read_text())))
     except json.JSONDecodeError as error:
         raise config_lib.ConfigError(f"{path}: invalid JSON at line {error.lineno}: {error.msg}") from None
     try:
