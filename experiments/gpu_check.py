@@ -11,7 +11,7 @@ with bf16 compute, the batch random tokens (nothing depends on data or downloads
   train   the trainer's own step (train_step: NLL, AdamW, clip) jitted with donated state, `--steps` timed
           steps after one warm step; tokens/s = rows x T / median step; MFU = model.flops_per_token x
           tokens/s / peak (peak from --peak_tflops, else by device kind).
-  decode  generation's prefill + decode (greedy, KV cache) of --new_tokens tokens for --decode_rows prompts;
+  decode  the engine's prefill + one decode chunk (greedy, KV cache) of --new_tokens tokens for --decode_rows prompts;
           tokens/s = rows x new tokens / decode seconds.
   parity  the same params (float32 compute) on one row: logits on the default device vs on the CPU,
           max |difference| and max |logits|; and the attention kernel chosen ('auto') vs the einsum.
@@ -33,7 +33,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from deft_jax import objectives  # noqa: E402
-from deft_jax.inference import generation  # noqa: E402
+from deft_jax.inference import sampler  # noqa: E402
 from deft_jax.model import attention as attention_lib  # noqa: E402
 from deft_jax.model import decoder as model_lib  # noqa: E402
 from deft_jax.training import step as step_lib  # noqa: E402
@@ -102,14 +102,16 @@ def measure_decode(config, params, *, rows: int, prompt_len: int, new_tokens: in
     stop = (config.vocab_size,)  # an id no token has: every row decodes all new_tokens steps
 
     def run():
-        logits, cache = generation.prefill(params, tokens, positions, segments, config=config, max_len=max_len)
+        logits, cache = sampler.prefill(params, tokens, positions, segments, config=config, max_len=max_len)
         jax.block_until_ready(logits)
         start = time.perf_counter()
-        out, steps = generation.decode(params, logits, cache, positions[:, -1] + 1, jax.random.key(0),
-                                       jnp.float32(0.0), jnp.float32(1.0), config=config,
-                                       max_new_tokens=new_tokens, stop_ids=stop, pad_id=0)
+        keys = sampler.row_keys(seed=0, prompt_ids=list(range(rows)), sample_indices=[0] * rows)
+        out, _, _, _, _, taken = sampler.decode_chunk(
+            params, logits, cache, positions[:, -1] + 1, jnp.zeros((rows,), bool), keys, jnp.int32(0),
+            jnp.int32(new_tokens), config=config, steps=new_tokens, kv_len=max_len, stop_ids=stop, pad_id=0,
+            temperature=0.0, top_p=1.0)
         jax.block_until_ready(out)
-        return time.perf_counter() - start, int(steps)
+        return time.perf_counter() - start, int(taken)
 
     run()  # compile
     seconds, steps = run()

@@ -97,7 +97,7 @@ def test_deft_epsilon_zero_matches_the_official_epsilon_on_the_continuum_vocabul
     from configs import continuum as grid
     from deft_jax import objectives
 
-    vocab = build.model_setup(grid.get_config("smoke")).model_config.vocab_size
+    vocab = build.setup(grid.get_config("smoke")).model_config.vocab_size
     rng = np.random.default_rng(1)
     logits = rng.normal(size=(4, 9, vocab)).astype(np.float32) * 3
     targets = rng.integers(0, vocab, size=(4, 9))

@@ -50,11 +50,11 @@ def test_extrapolated_estimate_matches_a_fully_unrolled_compile_within_5_percent
     estimate = estimate_lib.estimate_train_step(config, devices=devices, chips=4,
                                                 peak_flops=topology.chip.peak_flops, flops_per_step=1e12,
                                                 tokens_per_step=tokens, n_layers=4, micro_batches=1)
-    unrolled = compile_lib.build_target(estimate_lib.loop_free_config(config, n_layers=4), devices=devices)
+    unrolled = compile_lib.build_programs(estimate_lib.loop_free_config(config, n_layers=4), devices=devices)
     truth = estimate_lib.optimal_seconds(estimate_lib.compile_train(unrolled))
     assert estimate.step_seconds == pytest.approx(truth, rel=0.05)
     # The scanned program (what the trainer runs) counts its layer body once: the reason for all this.
-    scanned = compile_lib.build_target(config, devices=devices)
+    scanned = compile_lib.build_programs(config, devices=devices)
     assert estimate_lib.optimal_seconds(estimate_lib.compile_train(scanned)) < 0.8 * truth
     assert estimate.tokens_per_second == pytest.approx(tokens / estimate.step_seconds)
     assert estimate.mfu == pytest.approx(1e12 / (4 * topology.chip.peak_flops * estimate.step_seconds))

@@ -125,7 +125,7 @@ def test_two_processes_give_the_metrics_of_one(smoke_run, tmp_path, tmp_path_fac
     flags = [f"--workdir={smoke_run}", "--nogenerate", "--num_eval=7", "--batch_size=4"]
     processes = []
     for process_id in range(2):
-        env = subprocess_env(devices=2, cache_root=tmp_path_factory.getbasetemp(), extra={
+        env = subprocess_env(devices=2, extra={
             "DEFT_COORDINATOR_ADDRESS": address, "DEFT_NUM_PROCESSES": "2", "DEFT_PROCESS_ID": str(process_id)})
         processes.append(subprocess.Popen(
             [sys.executable, "-m", "deft_jax.evaluate", *flags, f"--out_dir={tmp_path / str(process_id)}"],

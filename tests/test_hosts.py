@@ -196,7 +196,7 @@ def _launch(command, *, logs, cache_root, tag):
     address = f"127.0.0.1:{_free_port()}"
     processes = []
     for process_id in range(2):
-        env = subprocess_env(devices=2, cache_root=cache_root, extra={
+        env = subprocess_env(devices=2, extra={
             "DEFT_COORDINATOR_ADDRESS": address, "DEFT_NUM_PROCESSES": "2", "DEFT_PROCESS_ID": str(process_id)})
         log = logs / f"{tag}.process{process_id}.log"
         process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=open(log, "w"),

@@ -47,10 +47,10 @@ def to_host(x: jax.Array) -> np.ndarray:
     """The whole value of `x` on this host: also for an array whose rows live on other processes' devices
     (generation under a multi-host mesh), gathered with `multihost_utils.process_allgather`."""
     if x.is_fully_addressable or x.is_fully_replicated:
-        return np.asarray(x) if x.is_fully_addressable else np.asarray(x.addressable_data(0))
+        return np.array(x) if x.is_fully_addressable else np.array(x.addressable_data(0))
     from jax.experimental import multihost_utils
 
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.array(multihost_utils.process_allgather(x, tiled=True))
 
 
 PROMPT_BUCKET = 32  # prompt lengths are padded up to a multiple of this, to limit recompilation
