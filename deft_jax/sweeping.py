@@ -218,10 +218,29 @@ def check_same_config(run: SweepRun) -> None:
         return
     stored = json.loads(path.read_text()).get("config")
     current = run.resolved_config_json()
-    if stored != current:
-        changed = sorted(_changed_fields(stored or {}, current))
+    changed = sorted(name for name in _changed_fields(stored or {}, current)
+                     if not _added_at_its_default(name, stored=stored or {}, current=current))
+    if changed:
         raise SweepError(f"run {run.workdir} was started with another config (fields differing: {changed[:10]}); "
                          f"use a new --workdir for the changed sweep, or delete {run.workdir} to retrain it.")
+
+
+def _lookup(tree: Mapping[str, Any], dotted: str) -> tuple[bool, Any]:
+    node: Any = tree
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def _added_at_its_default(name: str, *, stored: Mapping[str, Any], current: Mapping[str, Any]) -> bool:
+    """A field the project added after the run was started (absent from its stored config) that this sweep
+    leaves at its default: the run was trained with that behaviour, so it is the same config."""
+    if name not in config_lib.FIELDS or _lookup(stored, name)[0]:
+        return False
+    default = json.loads(json.dumps(config_lib.FIELDS[name].default))
+    return _lookup(current, name) == (True, default)
 
 
 def _changed_fields(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> set[str]:

@@ -158,6 +158,17 @@ def test_bad_sweep_input(tmp_path):
                                workdir=tmp_path / "w", points=[{"objective.alpha": 0.5}])
     with pytest.raises(sweep.SweepError, match=r"another config \(fields differing: \['total_steps'\]\)"):
         sweep.check_same_config(rerun)
+    # A run started before the project added a field is the same config while the sweep leaves it at its
+    # default (the run was trained with that behaviour), and another config once the sweep sets it.
+    point_file = run.workdir / sweep.POINT_FILE
+    stored = json.loads(point_file.read_text())
+    del stored["config"]["distributed"]["heartbeat_timeout_seconds"]
+    point_file.write_text(json.dumps(stored))
+    sweep.check_same_config(run)
+    stored["config"]["distributed"]["heartbeat_timeout_seconds"] = 5
+    point_file.write_text(json.dumps(stored))
+    with pytest.raises(sweep.SweepError, match="distributed.heartbeat_timeout_seconds"):
+        sweep.check_same_config(run)
 
 
 @pytest.mark.slow
