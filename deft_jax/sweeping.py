@@ -435,18 +435,18 @@ def summary_rows(runs: Sequence[SweepRun], *, results: Mapping[str, Mapping[str,
         status = statuses.get(run.name) or ("done" if run.is_done() else
                                             f"checkpoint at step {result['step']} (no done marker)" if result
                                             else "unfinished")
-        row: dict[str, Any] = {"run": run.name, "status": status}
-        row.update(run.point)
-        teacher = result.get("teacher_forced") or {}
-        generation = result.get("generation") or {}
-        row["step"] = result.get("step")
-        row["score"] = generation.get("score")
-        row["scoring_task"] = generation.get("scoring_task")
-        row.update(task_figures(result))
-        for metric in step_lib.TEACHER_FORCED_METRICS:
-            row[metric] = teacher.get(metric)
-        rows.append(row)
+        rows.append({"run": run.name, "status": status, **run.point, "step": result.get("step"),
+                     **result_cells(result)})
     return rows
+
+
+def result_cells(result: Mapping[str, Any]) -> dict[str, Any]:
+    """A summary row's metric cells of one evaluation: score, scoring task, the task's generation
+    figures and the teacher-forced metrics (None where absent)."""
+    teacher = result.get("teacher_forced") or {}
+    generation = result.get("generation") or {}
+    return {"score": generation.get("score"), "scoring_task": generation.get("scoring_task"),
+            **task_figures(result), **{metric: teacher.get(metric) for metric in step_lib.TEACHER_FORCED_METRICS}}
 
 
 FIGURE_COLUMNS = ("exact_match", "case_insensitive", "jaro_winkler")
@@ -480,14 +480,8 @@ def evaluate_base(run: SweepRun, *, workdir: pathlib.Path, options, log=print,
 
 def base_row(result: Mapping[str, Any], *, swept: Sequence[str]) -> dict[str, Any]:
     """The summary row of the base model (its swept fields empty)."""
-    teacher = result.get("teacher_forced") or {}
-    generation = result.get("generation") or {}
-    row: dict[str, Any] = {"run": "base (no fine-tuning)", "status": "base", **{key: None for key in swept},
-                           "step": 0, "score": generation.get("score"), "scoring_task": generation.get("scoring_task")}
-    row.update(task_figures(result))
-    for metric in step_lib.TEACHER_FORCED_METRICS:
-        row[metric] = teacher.get(metric)
-    return row
+    return {"run": "base (no fine-tuning)", "status": "base", **{key: None for key in swept}, "step": 0,
+            **result_cells(result)}
 
 
 def _csv_cell(value: Any) -> str:
