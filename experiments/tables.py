@@ -31,6 +31,7 @@ from experiments.continuum import verdicts  # noqa: E402
 
 PRIOR = pathlib.Path("experiments/results/prior/prior.json")
 NOISE_GATES = pathlib.Path("experiments/results/noise_gates/step0.json")
+PACKING = pathlib.Path("experiments/results/bench_data/packing.json")
 COMPARE = pathlib.Path("experiments/results/compare_runlocal")
 COMPARE_ROWS = (("base (no fine-tuning)", "base.json"), ("NLL", "nll_step_20.json"), ("−p", "prob_step_20.json"),
                 ("DEFT", "deft_step_20.json"))
@@ -42,6 +43,7 @@ DOCS = {
     pathlib.Path("experiments/README.md"): ("table-prior", "table-noise-gates-study"),
     pathlib.Path("docs/results/2026-12-continuum.md"): ("readme-accuracy", "readme-claims"),
     pathlib.Path("README.md"): ("table-compare-runlocal",),
+    pathlib.Path("docs/results/2026-11-amd-epyc.md"): ("table-packing",),
 }
 
 
@@ -67,6 +69,20 @@ def compare_table(reports: Sequence[tuple[str, Mapping]]) -> str:
         cells = sweeping.result_cells(report)
         lines.append(f"| {label} | {cells['exact_match']:.3f} | {cells['jaro_winkler']:.3f} | {cells['mean_p']:.3f} | "
                      f"{cells['nll']:.2f} |")
+    return "\n".join(lines)
+
+
+def packing_table(figures: Mapping) -> str:
+    """bench_data's non-padding fraction (deterministic: it depends on the data and the batching only), per
+    task and max length, for each batching."""
+    stages = ("rows padded to max_length", "rows padded to buckets", "first-fit packed")
+    cells: dict[tuple, dict] = {}
+    for r in figures["rows"]:
+        if r["stage"].startswith("batch: "):
+            cells.setdefault((r["task"], r["max_length"]), {})[r["stage"][len("batch: "):]] = r["non_pad"]
+    lines = ["| task | max length | " + " | ".join(stages) + " |", "|---|---|" + "---|" * len(stages)]
+    lines += [f"| {task} | {length} | " + " | ".join(f"{cell[s]:.3f}" for s in stages) + " |"
+              for (task, length), cell in cells.items()]
     return "\n".join(lines)
 
 
@@ -209,6 +225,7 @@ def own_blocks(root: pathlib.Path) -> dict[str, str]:
     return {"table-prior": prior_table(prior),
             "table-noise-gates": render_noise_gates(gates["figures"], gates["settings"]),
             "table-noise-gates-study": noise_gates_study_table(gates["figures"]),
+            "table-packing": packing_table(raw.read(root / PACKING)["figures"]),
             "table-compare-runlocal": compare_table([(label, raw.read(root / COMPARE / name))
                                                      for label, name in COMPARE_ROWS])}
 

@@ -10,7 +10,8 @@ comparison with its raw and adjusted interval.
 
 The prose blocks that the docs include between `<!-- BEGIN GENERATED: <name> -->` and `<!-- END GENERATED -->`
 markers are `blocks()`; --write_docs rewrites them in experiments/README.md and README.md (and the results
-directory's verdicts.md and summary.json), --check exits 1 when one of them differs. The probe's evidence (deft_jax/evaluation/continuum_evidence.json) is
+directory's verdicts.md and summary.json), --check exits 1 when one of them differs; `table-*` blocks are
+experiments/tables.py's (which also runs this check). The probe's evidence (deft_jax/evaluation/continuum_evidence.json) is
 `evidence()`: per prior level, each objective's score and which objectives the best one is resolved ahead
 of.
 

@@ -34,6 +34,14 @@ def test_bench_data_record_renders_rates_and_packing():
         "| figfont | 512 | batch: first-fit packed | 200 | 0.01 | 20000 | 4020000 | 0.912 |")
 
 
+def test_packing_table_has_one_line_per_task_and_length():
+    rows = [{"task": "t", "max_length": 512, "stage": "tokenize", "examples": 1, "seconds": 1.0}]
+    rows += [{"task": "t", "max_length": 512, "stage": f"batch: {stage}", "examples": 1, "seconds": 1.0,
+              "non_pad": value} for stage, value in (("rows padded to max_length", 0.25),
+                                                      ("rows padded to buckets", 0.5), ("first-fit packed", 0.9999))]
+    assert tables.packing_table({"rows": rows}).splitlines()[2:] == ["| t | 512 | 0.250 | 0.500 | 1.000 |"]
+
+
 def test_bench_generate_and_sampler_records_report_the_best_run():
     generate = {"load_seconds": 4.25, "batches": [
         {"batch": 2, "compile_seconds": 10.0, "prefill_seconds": [0.5, 0.4], "decode_seconds": [3.2, 6.4],
@@ -97,7 +105,7 @@ def test_raw_record_names_the_machine_and_writes_numpy_values(tmp_path):
 @pytest.fixture()
 def tree(tmp_path):
     """A copy of the managed docs and the raw files (the continuum's results linked, read only)."""
-    for relative in list(tables.DOCS) + [tables.PRIOR, tables.NOISE_GATES]:
+    for relative in list(tables.DOCS) + [tables.PRIOR, tables.NOISE_GATES, tables.PACKING]:
         (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / relative, tmp_path / relative)
     shutil.copytree(ROOT / tables.COMPARE, tmp_path / tables.COMPARE)
