@@ -87,18 +87,18 @@ def main(argv=None) -> dict:
     settings.update({f"n={args.n} shared prefill (sampler)": sampler_n(True),
                 f"n={args.n} independent rows (sampler)": sampler_n(False),
                      f"n={args.n} generate path (prompt x {args.n})": generate_n})
-    figures = {"settings": {name: {"rows": int(name.rsplit(" ", 1)[1]) if name.startswith("generate batch")
-                                   else args.n, "runs": []} for name in settings}}
+    figures = {"settings": [{"name": name, "rows": int(name.rsplit(" ", 1)[1]) if name.startswith("generate batch")
+                             else args.n, "runs": []} for name in settings]}  # a list: the order of the table
     for name, run in settings.items():
         start = time.perf_counter()
         run()
-        figures["settings"][name]["compile_seconds"] = time.perf_counter() - start
+        figures["settings"][list(settings).index(name)]["compile_seconds"] = time.perf_counter() - start
         print(f"compiled {name} in {time.perf_counter() - start:.0f} s", flush=True)
     best: dict[str, tuple[float, float | None]] = {}
     for _ in range(args.repeats):
         for name, run in settings.items():
             seconds, per_step = run()
-            figures["settings"][name]["runs"].append({"seconds": seconds, "decode_seconds_per_step": per_step})
+            figures["settings"][list(settings).index(name)]["runs"].append({"seconds": seconds, "decode_seconds_per_step": per_step})
             if name not in best or seconds < best[name][0]:
                 best[name] = (seconds, per_step)
     print(f"\nload average now {os.getloadavg()[0]:.1f}\n")

@@ -126,7 +126,8 @@ def render_bench_generate(figures: Mapping, settings: Mapping) -> str:
 
 def render_bench_sampler(figures: Mapping, settings: Mapping) -> str:
     lines = ["| setting | seconds (prefill + decode, best) | new tokens/s | decode ms/step |", "|---|---|---|---|"]
-    for name, s in figures["settings"].items():
+    for s in figures["settings"]:
+        name = s["name"]
         best = min(s["runs"], key=lambda run: run["seconds"])
         step = best["decode_seconds_per_step"]
         lines.append(f"| {name} | {best['seconds']:.2f} | {s['rows'] * settings['new_tokens'] / best['seconds']:.1f} | "

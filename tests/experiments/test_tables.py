@@ -51,9 +51,9 @@ def test_bench_generate_and_sampler_records_report_the_best_run():
         "| batch | prefill tokens/s (best) | decode tokens/s (best) | decode ms/step (best) | "
         "first call incl. compile (s) |\n|---|---|---|---|---|\n"
         "| 2 | 640.0 | 40.0 | 50.0 | 10.0 |")
-    sampler = {"settings": {"n=4 shared": {"rows": 4, "compile_seconds": 1.0, "runs": [
+    sampler = {"settings": [{"name": "n=4 shared", "rows": 4, "compile_seconds": 1.0, "runs": [
         {"seconds": 8.0, "decode_seconds_per_step": None}, {"seconds": 4.0, "decode_seconds_per_step": None}]},
-        "generate batch 1": {"rows": 1, "runs": [{"seconds": 2.0, "decode_seconds_per_step": 0.025}]}}}
+        {"name": "generate batch 1", "rows": 1, "runs": [{"seconds": 2.0, "decode_seconds_per_step": 0.025}]}]}
     assert tables.render_bench_sampler(sampler, {"new_tokens": 10}) == (
         "| setting | seconds (prefill + decode, best) | new tokens/s | decode ms/step |\n|---|---|---|---|\n"
         "| n=4 shared | 4.00 | 10.0 | – |\n"
