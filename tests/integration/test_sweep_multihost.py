@@ -1,0 +1,83 @@
+"""deft_jax.sweep on two processes (127.0.0.1, gloo, 2 fake CPU devices each): both step through the same
+runs, only process 0 writes, and the summary equals the same sweep's in one process of 4 devices."""
+from __future__ import annotations
+
+import csv
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from deft_jax import sweeping as sweep
+from tests.helpers.runs import REPO_ROOT, subprocess_env
+
+pytestmark = pytest.mark.slow  # processes
+
+TWO_POINT_SWEEP = f"""
+import sys
+sys.path.insert(0, {str(REPO_ROOT)!r})
+from configs import deft
+
+
+def get_config(arg=None):
+    return deft.get_config(arg)
+
+
+def sweep():
+    return [{{"seed": 0}}, {{"seed": 1}}]
+"""
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _sweep_command(config_file, workdir):
+    return [sys.executable, "-m", "deft_jax.sweep", f"--config={config_file}:smoke", "--config.eval.at_end=True",
+            f"--workdir={workdir}", "--in_process", "--max_new_tokens=4", "--num_eval=8"]
+
+
+def _summary(workdir):
+    with open(workdir / "summary.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_two_process_sweep_matches_one_process(tmp_path):
+    config_file = tmp_path / "two_points.py"
+    config_file.write_text(TWO_POINT_SWEEP)
+    address = f"127.0.0.1:{_free_port()}"
+    pod_dir, single_dir = tmp_path / "two_processes", tmp_path / "one_process"
+    processes, logs = [], []
+    for process_id in range(2):
+        env = subprocess_env(devices=2, extra={"DEFT_COORDINATOR_ADDRESS": address, "DEFT_NUM_PROCESSES": "2",
+                                               "DEFT_PROCESS_ID": str(process_id)})
+        logs.append(tmp_path / f"process{process_id}.log")
+        processes.append(subprocess.Popen(_sweep_command(config_file, pod_dir), cwd=REPO_ROOT, env=env,
+                                          stdout=open(logs[-1], "w"), stderr=subprocess.STDOUT))
+    codes = [p.wait(timeout=600) for p in processes]
+    logs.append(tmp_path / "single.log")  # afterwards: the two processes' compilations must meet in time
+    single = subprocess.run(_sweep_command(config_file, single_dir), cwd=REPO_ROOT, env=subprocess_env(devices=4),
+                            stdout=open(logs[-1], "w"), stderr=subprocess.STDOUT, timeout=600)
+    codes.append(single.returncode)
+    texts = [log.read_text() for log in logs]
+    assert codes == [0, 0, 0], "\n=====\n".join(text[-3000:] for text in texts)
+
+    assert "(process 0 of 2)" in texts[0] and "sweep:" not in texts[1]  # only process 0 reports
+    assert "on 4 cpu device(s)" in texts[0]  # each run trained as one job over both processes
+    for name in ("seed=0", "seed=1"):
+        assert (pod_dir / name / sweep.DONE_MARKER).is_file()
+    pod, single = _summary(pod_dir), _summary(single_dir)
+    assert [row["run"] for row in pod] == [row["run"] for row in single] == ["seed=0", "seed=1"]
+    assert pod[0].keys() == single[0].keys()
+    for got, want in zip(pod, single):
+        for column, value in want.items():
+            if column in ("run", "status", "seed", "step", "scoring_task"):
+                assert got[column] == value, (column, got, want)
+            elif value:
+                assert float(got[column]) == pytest.approx(float(value), rel=1e-4, abs=1e-6), (column, got, want)
+            else:
+                assert got[column] == value
+    assert float(pod[0]["nll"]) != pytest.approx(float(pod[1]["nll"]), rel=1e-6)  # the seeds differ
