@@ -62,9 +62,10 @@ def config_arg(run: dict, *, root: pathlib.Path, smoke: bool) -> str:
 
 
 def select_runs(*, smoke: bool, levels=None, ambiguity=None, seeds=None, noise=None, objectives=None) -> list[dict]:
-    if smoke:
-        levels, ambiguity, seeds, noise, objectives = (SMOKE[k] for k in ("levels", "ambiguity", "seeds", "noise",
-                                                                          "objectives"))
+    if smoke:  # SMOKE's grid, restricted further by what is given
+        levels, ambiguity, seeds, noise, objectives = (given or SMOKE[k] for k, given in (
+            ("levels", levels), ("ambiguity", ambiguity), ("seeds", seeds), ("noise", noise),
+            ("objectives", objectives)))
     runs = axes_grid.sweep(levels=levels or axes_grid.LEVELS, ambiguity=ambiguity or axes_grid.AMBIGUITY,
                            seeds=seeds or axes_grid.SEEDS, noise=noise or axes_grid.NOISE)
     return [r for r in runs if objectives is None or label(r) in objectives]
