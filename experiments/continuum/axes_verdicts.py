@@ -278,13 +278,15 @@ def winners(study: Axes) -> dict:
                 family = stats.adjust([study.compare(ranked[0], o, level=x, ambiguity=a, noise=noise, score=score)
                                        for o in ranked[1:]])
                 cells[f"{x},{a:g}"] = {"best": ranked[0], "ahead_of_all": all(c.resolved > 0 for c in family),
-                                       "not_separated": [ranked[0]] + [c.b for c in family if c.resolved <= 0]}
+                                       "not_separated": [ranked[0]] + [c.b for c in family if c.resolved <= 0],
+                                       "behind": [c.b for c in family if c.resolved > 0]}
             out[f"{noise:g}"][score] = cells
     return out
 
 
 def verdict_table(found: Sequence[dict]) -> str:
-    lines = ["| claim | score | noise | verdict | comparisons (Holm over the family) | where |",
+    lines = ["| claim | score (change in greedy character accuracy, any valid symbol) | noise | verdict | "
+             "comparisons (Holm over the family) | where |",
              "|---|---|---|---|---|---|"]
     for v in found:
         lines.append(f"| {v['claim']} | {v['score']} | {v['noise']:g} | **{v['status']}** | {v['summary']} | "
@@ -346,7 +348,8 @@ def real_data_table(study: Axes, real: dict) -> str:
             elif w["ahead_of_all"]:
                 best.append(f"{D[w['best']]} (resolved)")
             else:
-                best.append(f"not separated: {', '.join(D[l] for l in w['not_separated'])}")
+                best.append(f"not separated: {', '.join(D[l] for l in w['not_separated'])}"
+                            + (f"; behind: {', '.join(D[l] for l in w['behind'])}" if w["behind"] else ""))
         lines.append(f"| {r['dataset']} | {r['mean_p']:.3f} | {amb} | ({r['cell'][0]}, {r['cell'][1]:g}) | "
                      + " | ".join(best) + " |")
     return "\n".join(lines)
