@@ -206,3 +206,55 @@ def test_a_resumed_grid_matches_its_uninterrupted_run(tiny_grid):
         assert again["scores"][name]["accuracy"] == before[removed]["scores"][name]["accuracy"]
     assert again["dynamics"]["loss"] == pytest.approx(before[removed]["dynamics"]["loss"], rel=1e-6)
     assert again["base_fingerprint"] == before[removed]["base_fingerprint"]
+
+
+def test_a_published_cell_is_recomputed_from_the_raw_results():
+    from experiments.continuum import axes_verdicts
+
+    results, bases = axes_verdicts.load()
+    base = [b for b in bases if (b["level"], b["ambiguity"]) == (4, 0.0)]
+    assert len(base) == 1
+    runs = [r for r in results if (r["level"], r["ambiguity"], r["noise"], r["label"]) == (4, 0.0, 0.0, "nll")]
+    assert len(runs) == 5 and {r["base_fingerprint"] for r in runs} == {base[0]["fingerprint"]}
+    for score in ("fit", "gen", "retention"):
+        change = np.array([r["scores"][score]["accuracy"] for r in runs]) - base[0]["scores"][score]["accuracy"]
+        half = 2.776 * change.std(ddof=1) / math.sqrt(5)
+        text = (axes_verdicts.RESULTS / "axes.md").read_text()
+        section = text[text.index(f"## {axes_verdicts.SCORES[score]}: change from the base model, noise 0\n"):]
+        row = [line for line in section.splitlines() if line.startswith("| 4, 0 (")][0]
+        assert f"{change.mean():.3f} ± {half:.3f}" in row, (score, row)
+
+
+def fake_axes(*, lead: float):
+    """Two cells (a strong and an intermediate level), five seeds: −p above NLL by `lead` ± jitter."""
+    rng = np.random.default_rng(1)
+    bases, results = [], []
+    for level, p in ((1, 0.6), (2, 0.9)):
+        bases.append({"level": level, "ambiguity": 0.0, "sft_data": {"mean_p": p}, "fingerprint": str(level),
+                      "probe": {"ambiguity": 0.1}, "data_ambiguity": {"ambiguous_fraction": 0.0},
+                      "scores": {s: {"accuracy": 0.5} for s in ("fit", "gen", "retention")}})
+        for seed in range(5):
+            common = 0.5 + 0.05 * rng.normal()
+            for label, value in (("nll", common), ("prob", common + lead + 0.002 * rng.normal()),
+                                 ("deft", common - 0.2)):
+                results.append({"level": level, "ambiguity": 0.0, "noise": 0.0, "seed": seed, "label": label,
+                                "scores": {s: {"accuracy": value} for s in ("fit", "gen", "retention")}})
+    return results, bases
+
+
+def test_the_verdict_rules_on_a_made_up_study_with_a_known_answer():
+    from experiments.continuum import axes_verdicts
+
+    for lead, status in ((0.1, "holds"), (-0.1, "fails"), (0.0, "unresolved")):
+        study = axes_verdicts.Axes(*fake_axes(lead=lead))
+        found = {v["id"]: v for v in axes_verdicts.verdicts(study)}
+        assert found["prob-over-nll-unambiguous-gen-noise0"]["status"] == status, lead
+        family = found["prob-over-nll-unambiguous-gen-noise0"]["family"]
+        assert len(family) == 2 and {c["level"] for c in family} == {1, 2}
+    study = axes_verdicts.Axes(*fake_axes(lead=0.1))
+    found = {v["id"]: v for v in axes_verdicts.verdicts(study)}
+    # −p leads everyone at the strong cell (level 2, p 0.9): 2 comparisons, both resolved.
+    assert found["prob-best-strong-fit-noise0"]["status"] == "holds"
+    assert len(found["prob-best-strong-fit-noise0"]["family"]) == 2
+    won = axes_verdicts.winners(study)["0"]["fit"]["2,0"]
+    assert won["best"] == "prob" and won["ahead_of_all"] and set(won["behind"]) == {"nll", "deft"}
