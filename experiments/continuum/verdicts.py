@@ -8,6 +8,9 @@ of 0.05; "holds" needs every comparison of the family resolved in the claim's di
 quotes the raw 95% interval and Holm's adjusted p of every comparison it names; verdicts.md lists every
 comparison with its raw and adjusted interval.
 
+The axes study's blocks and files (experiments/continuum/axes_verdicts.py: results/axes/) are regenerated and
+checked the same way when its raw results are present.
+
 The prose blocks that the docs include between `<!-- BEGIN GENERATED: <name> -->` and `<!-- END GENERATED -->`
 markers are `blocks()`; --write_docs rewrites them in experiments/README.md and README.md (and the results
 directory's verdicts.md and summary.json), --check exits 1 when one of them differs; `table-*` blocks are
@@ -520,6 +523,12 @@ def expected_files(results_dir: pathlib.Path) -> tuple[dict[pathlib.Path, str], 
         generated["continuum-streams"] = before_after((old_results, old_bases), (results, bases))
     files = {results_dir / "verdicts.md": verdicts_markdown(found), results_dir / "summary.json": summary_text,
              EVIDENCE: json.dumps(evidence(results, bases), indent=1, sort_keys=True) + "\n"}
+    if (results_dir / "axes" / "raw" / "results.jsonl").is_file():  # the axes study (axes_verdicts.py)
+        from experiments.continuum import axes_verdicts
+
+        axes_files, axes_blocks = axes_verdicts.expected_files(results_dir / "axes")
+        files.update(axes_files)
+        generated.update(axes_blocks)
     for doc in DOCS:
         files[doc], names = replace_blocks(doc.read_text(), generated, keep=FOREIGN)
         missing = [name for name in generated if name.startswith("readme") == (doc.name == "README.md"
