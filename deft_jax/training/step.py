@@ -298,7 +298,14 @@ def train_step(state: TrainState, batch, schedule, *, spec: StepSpec, mesh: Mesh
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     if spec.skip_nonfinite:  # as the official code: no optimizer step, the schedule still advances
         params = jax.tree.map(lambda new, old: jnp.where(finite, new, old), params, state.params)
-        opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), opt_state, state.opt_state)
+    param_norm = global_norm(params)
+    # The new moments are written over the donated old ones only after every new parameter exists:
+    # `written` is always True (a norm is never < 0, NaN included) but depends on all new parameters.
+    # Without that order XLA, which recomputes the moments inside the parameter update from the old ones,
+    # keeps a copy of both old moments (2 x the parameters' bytes) for the whole step, backward included.
+    written = ~(param_norm < 0)
+    keep = (finite & written) if spec.skip_nonfinite else written
+    opt_state = jax.tree.map(lambda new, old: jnp.where(keep, new, old), opt_state, state.opt_state)
     rng, _ = jax.random.split(state.rng)
     skipped = state.skipped_steps + (~finite).astype(jnp.int32)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, rng=rng,
@@ -309,7 +316,7 @@ def train_step(state: TrainState, batch, schedule, *, spec: StepSpec, mesh: Mesh
         "train/supervised_tokens": sums["supervised_tokens"],
         "train/tokens": sums["tokens"],
         "optim/grad_norm": grad_norm,
-        "optim/param_norm": global_norm(params),
+        "optim/param_norm": param_norm,
         "optim/lr": lr,
         "optim/skipped_steps": skipped,
         "optim/finite": finite.astype(jnp.float32),
