@@ -124,7 +124,7 @@ def test_two_steps_equal_optax_adamw_with_clipping_written_out(tmp_path):
     assert float(metrics["optim/finite"]) == 1 and lr > 0
     # AdamW moves each parameter by ~lr per step: the two-step change must agree to a small fraction of lr.
     for p0, got, want in zip(start, jax.tree.leaves(jax.device_get(state.params)), jax.tree.leaves(params)):
-        np.testing.assert_allclose(got - p0, want - p0, rtol=1e-3, atol=1e-3 * lr)
+        np.testing.assert_allclose(got - p0, want - p0, rtol=1e-3, atol=5e-3 * lr)
     adam = opt_state[1][0]
     for name in ("mu", "nu"):
         for got, want in zip(jax.tree.leaves(getattr(state.opt_state[0], name)),
