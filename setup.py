@@ -11,6 +11,7 @@ CORE = [
     "flax==0.12.8",
     "optax==0.2.8",
     "orbax-checkpoint==0.12.8",
+    "tensorstore>=0.1.60",  # orbax's storage layer; read directly to check a checkpoint's index
     "ml-collections>=1.0",
     "absl-py>=2.0",
     "numpy>=1.26",
@@ -38,9 +39,13 @@ CORE = [
 # (no TPU needed). 0.0.42.1 is the libtpu that jax[tpu]==0.10.2 pairs with; move it with the jax pin.
 TPU = ["libtpu==0.0.42.1"]
 
+# jax's CUDA 12 wheels (plugin, PJRT and the NVIDIA libraries) at the jax pin; move it with the pin.
+GPU = ["jax[cuda12]==0.10.2"]
+
 TEST = TPU + [
     "pytest>=8",
     "pytest-xdist>=3.5",
+    "filelock>=3.12",  # JAX's compilation-cache lock and the shared smoke run (tests/conftest.py)
     "jellyfish>=1.0",  # independent Jaro-Winkler reference for the scoring tests
     # Independent reference implementation for logits parity (torch 2.13.0 CPU lies on these machines).
     "torch==2.13.0",
@@ -53,7 +58,8 @@ setuptools.setup(
     version="0.1.0",
     description="Token-level SFT objectives (NLL, -p, Tsallis, DFT, EAFT, Cayley, DEFT) in JAX/Flax.",
     packages=setuptools.find_packages(include=["deft_jax", "deft_jax.*", "configs", "configs.*"]),
+    package_data={"deft_jax.evaluation": ["continuum_evidence.json"]},  # the probe's evidence
     python_requires=">=3.10",
     install_requires=CORE,
-    extras_require={"test": TEST, "tpu": TPU, "bench": ["torch==2.13.0", "transformers>=4.56", "accelerate>=1.0"]},
+    extras_require={"test": TEST, "tpu": TPU, "gpu": GPU, "bench": ["torch==2.13.0", "transformers>=4.56", "accelerate>=1.0"]},
 )

@@ -38,12 +38,12 @@ def parse_arg(arg: str | None, **spec: Any) -> ml_collections.ConfigDict:
         key, has_value, raw = item.partition("=")
         key = key.strip()
         if key not in spec:
-            raise ValueError(f"config argument {key!r} is not known; known arguments: {sorted(spec)} "
+            raise config_lib.ConfigError(f"config argument {key!r} is not known; known arguments: {sorted(spec)} "
                              f"(got {arg!r})")
         default = spec[key]
         if not has_value:
             if not isinstance(default, bool):
-                raise ValueError(f"config argument {key!r} needs a value ({key}=...), got {arg!r}")
+                raise config_lib.ConfigError(f"config argument {key!r} needs a value ({key}=...), got {arg!r}")
             result[key] = True
             continue
         result[key] = _cast(key=key, raw=raw.strip(), default=default)
@@ -61,14 +61,14 @@ def _cast(*, key: str, raw: str, default: Any) -> Any:
         if isinstance(default, float):
             return float(raw)
     except ValueError:
-        raise ValueError(f"config argument {key}={raw!r}: expected a {type(default).__name__}") from None
+        raise config_lib.ConfigError(f"config argument {key}={raw!r}: expected a {type(default).__name__}") from None
     return raw
 
 
 def get_base_config(arg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Every field the trainer reads, with the paper's defaults, shrunk by `arg.runlocal`/`arg.smoke`."""
     if arg.runlocal and arg.smoke:
-        raise ValueError("config arguments 'runlocal' and 'smoke' exclude each other; pick one.")
+        raise config_lib.ConfigError("config arguments 'runlocal' and 'smoke' exclude each other; pick one.")
     config = config_lib.default_config()  # every field, with the paper's defaults (deft_jax.config.FIELDS)
     if arg.smoke:
         _shrink_smoke(config)

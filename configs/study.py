@@ -23,6 +23,7 @@ import pathlib
 import ml_collections
 
 from configs import base
+from deft_jax.training import config as config_lib
 
 OBJECTIVES = ("nll", "prob", "dft", "eaft", "cayley", "deft", "deformed_log")
 REGIMES = ("weak", "intermediate", "strong")
@@ -62,14 +63,14 @@ def _spec():
 def objective_params(name: str, *, alpha: float) -> dict:
     """config.objective's parameters for `name` (the objectives' own defaults otherwise)."""
     if name not in OBJECTIVES:
-        raise ValueError(f"config argument objective={name!r} is not one of {OBJECTIVES}")
+        raise config_lib.ConfigError(f"config argument objective={name!r} is not one of {OBJECTIVES}")
     return {"alpha": alpha} if name == "deformed_log" else {}
 
 
 def set_regime_data(config: ml_collections.ConfigDict, *, regime: str, smoke: bool) -> None:
     """config.data for `regime` (its task, item ranges, generator settings, lengths)."""
     if regime not in REGIMES:
-        raise ValueError(f"config argument regime={regime!r} is not one of {REGIMES}")
+        raise config_lib.ConfigError(f"config argument regime={regime!r} is not one of {REGIMES}")
     fields = dict(REGIME_DATA[regime])
     rg_kwargs = fields.pop("rg_kwargs", {})
     for key, value in fields.items():
@@ -87,7 +88,7 @@ def set_regime_data(config: ml_collections.ConfigDict, *, regime: str, smoke: bo
 def get_config(arg=None):
     parsed = base.parse_arg(arg, **_spec())
     if parsed.runlocal:
-        raise ValueError("configs/study.py has its own budget; use `smoke` or the defaults, not `runlocal`.")
+        raise config_lib.ConfigError("configs/study.py has its own budget; use `smoke` or the defaults, not `runlocal`.")
     config = base.get_base_config(parsed)
     budget = dict(SMOKE_BUDGET if parsed.smoke else FULL_BUDGET)
     for key in budget:

@@ -2,61 +2,36 @@
 
     from deft_jax import cli
 
-    def main(argv): ...                 # raises UserError (or ValueError, FileNotFoundError ...)
+    def main(argv): ...                 # raises UserError (ConfigError, DataError, ... are UserErrors)
 
     if __name__ == "__main__":
         cli.run("generate", main)       # argparse tools (parser = cli.ArgumentParser(...))
         cli.run_absl("export", main)    # absl tools: flag errors become one line as well
 
-What counts as the user's mistake (printed as `<tool>: error: <message>`, exit status 2):
-  - `UserError` and its subclasses, wherever raised;
-  - ValueError (DataError, EvaluationError ... are ValueErrors), NotImplementedError (an input asking for
-    what the project does not support, e.g. a GGUF tokenizer type) and the OSErrors that name a path
-    (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError) when
-    the project's own code raised them, i.e. the innermost frame of the traceback lies in the
-    `deft_jax` or `configs` packages: those are the checks that explain what to fix.
-Anything else is a bug and keeps its traceback, including a ValueError raised inside JAX, NumPy or
-another library (a shape mismatch deep in a computation is not the user's typo). A multi-line message
-is joined into one line.
+What counts as the user's mistake (printed as `<tool>: error: <message>`, exit status 2): exactly
+`errors.UserError` and its subclasses, raised by the project wherever it knows the cause (ConfigError,
+DataError, CheckpointError, ModelError, MissingPathError ...), plus the flag errors of argparse and absl,
+which `ArgumentParser` and `parse_absl_flags` turn into UserErrors. Anything else is a bug and keeps its
+traceback: a ValueError from JAX or NumPy, a TypeError, an OSError the project did not check. A
+multi-line message is joined into one line.
 """
 from __future__ import annotations
 
 import argparse
 import functools
-import os
 import re
 import sys
-import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from deft_jax.errors import UserError, did_you_mean, one_line  # noqa: F401 (re-exported for the mains)
 
 USAGE_EXIT_CODE = 2
-PATH_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
-CHECKED_ERRORS = (ValueError, NotImplementedError) + PATH_ERRORS  # user errors when the project raised them
-PROJECT_PACKAGES = ("deft_jax", "configs")
-
-
-def _raised_by_project(error: BaseException) -> bool:
-    """True when the innermost traceback frame is a file of the project's own packages (JAX removes its
-    own frames from the tracebacks of its errors and says so in a note: those are never the project's)."""
-    if any("JAX has removed its internal frames" in str(note) for note in getattr(error, "__notes__", ())):
-        return False
-    frames = traceback.extract_tb(error.__traceback__)
-    if not frames:
-        return True  # raised directly (e.g. re-raised without a traceback): a message we built
-    parts = os.path.normpath(frames[-1].filename).split(os.sep)
-    return any(package in parts[:-1] for package in PROJECT_PACKAGES)
 
 
 def is_user_error(error: BaseException) -> bool:
     """Whether `error` is a user's mistake (one line, exit 2) rather than a bug (traceback)."""
-    if isinstance(error, UserError):
-        return True
-    if isinstance(error, CHECKED_ERRORS):
-        return _raised_by_project(error)
-    return False
+    return isinstance(error, UserError)
 
 
 def error_line(tool: str, error: BaseException) -> str:
@@ -72,9 +47,7 @@ def user_errors(tool: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]
         def wrapped(*args, **kwargs):
             try:
                 return main(*args, **kwargs)
-            except CHECKED_ERRORS as error:
-                if not is_user_error(error):
-                    raise
+            except UserError as error:
                 print(error_line(tool, error), file=sys.stderr)
                 raise SystemExit(USAGE_EXIT_CODE) from None
         return wrapped

@@ -2,7 +2,10 @@
 
 `UserError` is bad input from the person running a tool (a config value, a path, a data line, a
 checkpoint); its message says what was wrong, where, and what to do. Subclasses name the area
-(ConfigError, DataError, CheckpointError, ...). Imports nothing of the project.
+(ConfigError, DataError, CheckpointError, ModelError, ...; each defined beside its code), and the ones here
+keep a built-in type as well (MissingPathError is a FileNotFoundError, UnsupportedError a
+NotImplementedError). The CLI prints exactly the UserErrors as one line; anything else is a bug and keeps
+its traceback. Imports nothing of the project.
 """
 from __future__ import annotations
 
@@ -26,3 +29,22 @@ def one_line(message: str) -> str:
     """`message` with its lines stripped and joined by '; ' (error output is a single line)."""
     lines = [line.strip() for line in str(message).splitlines()]
     return "; ".join(line for line in lines if line)
+
+
+# A path the user gave that is missing, in the way or not writable, and an input asking for what the project
+# does not support: user errors that stay the built-in types callers already catch.
+
+class MissingPathError(UserError, FileNotFoundError):
+    """A file or directory the user named does not exist (or is not what it should be)."""
+
+
+class PathExistsError(UserError, FileExistsError):
+    """A path the user named as an output is in the way."""
+
+
+class NotWritableError(UserError, PermissionError):
+    """A directory the user named cannot be written."""
+
+
+class UnsupportedError(UserError, NotImplementedError):
+    """An input (a file, a setting) asks for something the project does not support."""

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from deft_jax import cli
+from deft_jax import cli, errors
 from deft_jax.model import weights
 from deft_jax.training import checkpointing
 from deft_jax.training import setup as build
@@ -31,14 +31,13 @@ def export_run(*, workdir: str | pathlib.Path, out_dir: str | pathlib.Path, step
                             f"{EXPORT_DTYPES} (default: the run's param_dtype).")
     out_dir = pathlib.Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
-        raise FileExistsError(f"--out={str(out_dir)!r} is a file; give a directory for the Hugging Face files.")
+        raise errors.PathExistsError(f"--out={str(out_dir)!r} is a file; give a directory for the Hugging Face files.")
     if (out_dir / "checkpoints").is_dir() or (out_dir / "metrics.jsonl").exists():
-        raise ValueError(f"--out={str(out_dir)!r} looks like a training workdir; export into a new directory.")
+        raise cli.UserError(f"--out={str(out_dir)!r} looks like a training workdir; export into a new directory.")
     config = build.load_run_config(workdir)
     (selected,) = checkpointing.resolve_steps(workdir=workdir, requested=step)
-    setup = build.model_setup(config, devices=devices)
-    params = checkpointing.restore_params(workdir=workdir, step=selected, abstract_params=setup.abstract_params,
-                                          shardings=setup.param_shardings)
+    setup = build.setup(config, devices=devices, mesh_fallback=True)
+    params = setup.restore_params(workdir=workdir, step=selected)
     weights.export_hf(params, setup.model_config, setup.tokenizer, out_dir, dtype=dtype)
     return out_dir, selected
 

@@ -1,21 +1,18 @@
 """Batched generation with a KV cache under jax.jit: greedy or temperature / top-p sampling.
 
-The command line of `deft_jax.inference.generation`: flags in, one library call.
+    python -m deft_jax.generate --model smollm2-135m-instruct --prompt "What is 2+2?"
+
+Chat formatting is on by default when the checkpoint carries its own chat template (instruct models);
+--no-chat feeds the raw prompt. Generation stops at the tokenizer's EOS or after --max-new-tokens. The
+command line of the engine `deft_jax.inference.sampler`: flags in, one library call.
 """
 from __future__ import annotations
 
 import sys
 import time
 
-import jax
-
 from deft_jax import cli
-from deft_jax.inference.generation import (
-    SamplingConfig,
-    chat_by_default,
-    format_prompt,
-    generate,
-)
+from deft_jax.inference import sampler
 from deft_jax.model import tokenizer as tokenizer_lib
 from deft_jax.model import weights
 
@@ -39,23 +36,27 @@ def parse_args(argv=None):
 
 def main(argv=None) -> list[str]:
     args = parse_args(argv)
-    sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)
+    options = sampler.SamplerOptions(seed=args.seed, sampling=sampler.SamplingConfig(
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p))
     start = time.perf_counter()
     config, params = weights.load_pretrained(args.model, param_dtype=args.param_dtype)
     tokenizer = tokenizer_lib.load_tokenizer(args.model)
     loaded = time.perf_counter() - start
-    chat = chat_by_default(tokenizer) if args.chat is None else args.chat
-    prompts = [tokenizer.encode(format_prompt(tokenizer, p, chat=chat, system=args.system)) for p in args.prompt]
-    result = generate(params, config, prompts, stop_ids=[tokenizer.eos_id], sampling=sampling,
-                      pad_id=tokenizer.pad_id, rng=jax.random.key(args.seed))
-    texts = [tokenizer.decode(row, skip_special_tokens=True) for row in result.tokens]
+    chat = tokenizer_lib.chat_by_default(tokenizer) if args.chat is None else args.chat
+    prompts = [tokenizer.encode(tokenizer_lib.format_prompt(tokenizer, p, chat=chat, system=args.system))
+               for p in args.prompt]
+    timing = sampler.Timing()
+    samples = sampler.generate(params, config, prompts, stops=sampler.StopCriteria(token_ids=(tokenizer.eos_id,)),
+                               pad_id=tokenizer.pad_id, options=options, timing=timing,
+                               decode_text=lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
+    texts = [s.text for s in samples]
     for prompt, text in zip(args.prompt, texts):
         if len(args.prompt) > 1:
             print(f"### {prompt}")
         print(text)
-    print(f"[{args.model}: loaded in {loaded:.1f}s; chat={chat}; {result.prompt_tokens} prompt tokens in "
-          f"{result.prefill_seconds:.2f}s, {result.generated_tokens} new tokens in {result.decode_seconds:.2f}s "
-          "(first calls include compilation)]", file=sys.stderr)
+    print(f"[{args.model}: loaded in {loaded:.1f}s; chat={chat}; {sum(map(len, prompts))} prompt tokens in "
+          f"{timing.prefill_seconds:.2f}s, {sum(s.num_tokens for s in samples)} new tokens in "
+          f"{timing.decode_seconds:.2f}s (first calls include compilation)]", file=sys.stderr)
     return texts
 
 

@@ -200,7 +200,7 @@ def sweep_summary(rows, *, swept, path: str | pathlib.Path, title: str) -> pathl
             if min(xs) > 0 and max(xs) / min(xs) >= 20:
                 axis.set_xscale("log")
         else:
-            axis.plot(range(len(ys)), ys, marker="o")
+            axis.bar(range(len(ys)), ys, color="tab:blue", alpha=0.8)  # categories (e.g. objectives): bars
             axis.set_xticks(range(len(ys)), [row["run"] for row in evaluated], rotation=45, ha="right", fontsize=7)
         if base is not None and base.get(metric) is not None:
             axis.axhline(base[metric], color="gray", linestyle="--", label="base model")

@@ -9,6 +9,7 @@ The global batch is split over ('data', 'fsdp'); parameters are placed by logica
 """
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -17,7 +18,11 @@ from typing import Any
 import flax.linen as nn
 import jax
 import numpy as np
+import optax
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from deft_jax import errors
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")  # the mesh axes a batch dimension is split over
@@ -36,20 +41,20 @@ def resolve_mesh_shape(*, data: int, fsdp: int, tensor: int, num_devices: int) -
     sizes = {"data": int(data), "fsdp": int(fsdp), "tensor": int(tensor)}
     for name, size in sizes.items():
         if size == 0 or size < -1:
-            raise ValueError(f"config.mesh.{name}={size}: mesh axis sizes must be positive or -1 (fill).")
+            raise errors.UserError(f"config.mesh.{name}={size}: mesh axis sizes must be positive or -1 (fill).")
     fill = [name for name, size in sizes.items() if size == -1]
     if len(fill) > 1:
-        raise ValueError(f"config.mesh: only one axis may be -1 (fill), got {fill}.")
+        raise errors.UserError(f"config.mesh: only one axis may be -1 (fill), got {fill}.")
     fixed = math.prod(size for size in sizes.values() if size != -1)
     if fill:
         if num_devices % fixed:
-            raise ValueError(
+            raise errors.UserError(
                 f"config.mesh: the fixed axes {sizes} multiply to {fixed}, which does not divide the "
                 f"{num_devices} available devices; choose sizes whose product divides {num_devices}.")
         sizes[fill[0]] = num_devices // fixed
     product = math.prod(sizes.values())
     if product != num_devices:
-        raise ValueError(
+        raise errors.UserError(
             f"config.mesh: data={sizes['data']} x fsdp={sizes['fsdp']} x tensor={sizes['tensor']} = "
             f"{product} devices, but JAX sees {num_devices} device(s) ({jax.default_backend()}). Set the "
             f"sizes so that their product is {num_devices} (or set one of them to -1 to fill).")
@@ -89,12 +94,12 @@ def logical_rules(*, base_rules: Sequence[tuple[str, Any]],
     rules = {name: target for name, target in base_rules}
     for item in overrides or ():
         if len(item) != 2:
-            raise ValueError(f"config.mesh.rules: each rule must be (logical_name, mesh_axes), got {item!r}.")
+            raise errors.UserError(f"config.mesh.rules: each rule must be (logical_name, mesh_axes), got {item!r}.")
         name, target = item
         targets = (target,) if isinstance(target, str) else tuple(target or ())
         unknown = [axis for axis in targets if axis not in MESH_AXES]
         if unknown:
-            raise ValueError(f"config.mesh.rules: rule {name!r} -> {target!r} names unknown mesh axes "
+            raise errors.UserError(f"config.mesh.rules: rule {name!r} -> {target!r} names unknown mesh axes "
                              f"{unknown}; mesh axes are {MESH_AXES}.")
         rules[name] = None if not targets else (targets[0] if len(targets) == 1 else targets)
     return tuple(rules.items())
@@ -127,7 +132,7 @@ def check_divisible(*, abstract_tree: Any, shardings: Any, what: str = "paramete
     leaves, _ = jax.tree_util.tree_flatten_with_path(abstract_tree)
     sharding_leaves = jax.tree.leaves(shardings, is_leaf=lambda x: isinstance(x, NamedSharding))
     if len(leaves) != len(sharding_leaves):
-        raise ValueError(f"{what} tree and sharding tree differ: {len(leaves)} vs {len(sharding_leaves)} leaves.")
+        raise errors.UserError(f"{what} tree and sharding tree differ: {len(leaves)} vs {len(sharding_leaves)} leaves.")
     for (path, leaf), sharding in zip(leaves, sharding_leaves):
         spec = tuple(sharding.spec) + (None,) * (len(leaf.shape) - len(sharding.spec))
         for dim, (size, axes) in enumerate(zip(leaf.shape, spec)):
@@ -136,30 +141,24 @@ def check_divisible(*, abstract_tree: Any, shardings: Any, what: str = "paramete
             axes = (axes,) if isinstance(axes, str) else tuple(axes)
             shards = math.prod(sharding.mesh.shape[a] for a in axes)
             if size % shards:
-                raise ValueError(
+                raise errors.UserError(
                     f"{what} {jax.tree_util.keystr(path)} has shape {tuple(leaf.shape)}: dimension {dim} "
                     f"(size {size}) is split over mesh axes {axes} of total size {shards}, which does not "
                     f"divide it. Change config.mesh sizes or map that logical axis to None in "
                     f"config.mesh.rules.")
 
 
-def optimizer_state_shardings(abstract_opt_state: Any, *, abstract_params: Any, param_shardings: Any,
+def optimizer_state_shardings(optimizer: Any, abstract_opt_state: Any, *, param_shardings: Any,
                               other: NamedSharding) -> Any:
-    """Shardings of an optimizer state: every subtree that is a copy of the parameter tree (same structure
-    and shapes: Adam's moments) takes the parameters' shardings, every other leaf (step counts) `other`.
+    """Shardings of `optimizer`'s state: every copy of the parameter tree in it (Adam's moments) takes the
+    parameters' shardings, every other leaf (step counts) `other` (optax.tree_map_params, which finds the
+    copies by initialising `optimizer` on a placeholder).
 
     Works on ShapeDtypeStruct trees only and executes nothing, so it also serves meshes of devices that
     exist only as a compilation target.
     """
-    params_def = jax.tree.structure(abstract_params)
-    param_shapes = [tuple(x.shape) for x in jax.tree.leaves(abstract_params)]
-
-    def is_params_copy(node: Any) -> bool:
-        return (jax.tree.structure(node) == params_def
-                and [tuple(x.shape) for x in jax.tree.leaves(node)] == param_shapes)
-
-    return jax.tree.map(lambda node: param_shardings if is_params_copy(node) else other,
-                        abstract_opt_state, is_leaf=is_params_copy)
+    return optax.tree_map_params(optimizer, lambda _, sharding: sharding, abstract_opt_state, param_shardings,
+                                 transform_non_params=lambda _: other)
 
 
 def with_shardings(abstract_tree: Any, shardings: Any) -> Any:
@@ -192,7 +191,7 @@ def distributed_settings(dist_config: Mapping[str, Any] | None,
                 "num_processes": None if num_processes in (None, "", -1) else int(num_processes),
                 "process_id": None if process_id in (None, "", -1) else int(process_id)}
     if address and (settings["num_processes"] is None or settings["process_id"] is None):
-        raise ValueError(
+        raise errors.UserError(
             f"distributed: coordinator_address={address!r} also needs num_processes and process_id "
             f"(config.distributed.* or ${NUM_PROCESSES_ENV} / ${PROCESS_ID_ENV}).")
     return settings
@@ -211,8 +210,51 @@ def maybe_initialize_distributed(dist_config: Mapping[str, Any] | None) -> bool:
     cpu_collectives = (dist_config or {}).get("cpu_collectives", "gloo")
     if cpu_collectives:  # only used by the CPU backend (harmless on TPU/GPU)
         jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
-    jax.distributed.initialize(**{k: v for k, v in settings.items() if v is not None})
+    jax.distributed.initialize(**{k: v for k, v in settings.items() if v is not None},
+                               **distributed_timeouts(dist_config))
+    timeout = int((dist_config or {}).get("initialization_timeout_seconds") or DEFAULT_INITIALIZATION_TIMEOUT)
+    meet("initialized", timeout_seconds=timeout)
+    # The communicator of all devices is created (its rendezvous gives up after 30 s) while the processes
+    # are in step; a later collective over them waits for a slower process as long as it takes.
+    multihost_utils.sync_global_devices("deft_jax: communicators")
     return True
+
+
+DEFAULT_INITIALIZATION_TIMEOUT = 300  # seconds (config.distributed.initialization_timeout_seconds)
+_meetings = itertools.count()
+
+
+def meet(name: str, *, timeout_seconds: int) -> None:
+    """Wait until every process of the job has reached `name` (nothing on one process).
+
+    The coordination service's barrier, not a device collective: it waits `timeout_seconds`, where the
+    first collective of a new group of devices gives up when another process is more than 30 s late (a
+    gloo rendezvous). Every process must call it the same number of times, in the same order.
+    """
+    if jax.process_count() == 1:
+        return
+    from orbax.checkpoint import multihost as ocp_multihost
+
+    ocp_multihost.get_jax_distributed_client().wait_at_barrier(
+        f"deft_jax/{next(_meetings)}/{name}", timeout_in_ms=int(timeout_seconds) * 1000)
+
+
+# config.distributed field -> jax.distributed.initialize argument (JAX's own defaults when a field is absent).
+TIMEOUT_ARGUMENTS = {"heartbeat_timeout_seconds": "heartbeat_timeout_seconds",
+                     "initialization_timeout_seconds": "initialization_timeout",
+                     "shutdown_timeout_seconds": "shutdown_timeout_seconds"}
+
+
+def distributed_timeouts(dist_config: Mapping[str, Any] | None) -> dict[str, int]:
+    """The timeouts of `jax.distributed.initialize` that config.distributed sets.
+
+    heartbeat: a process whose heartbeats stop this long counts as lost, and the coordination service
+    then ends every other process (a lost coordinator ends them at once); initialization: how long the
+    processes wait for each other at start; shutdown: how long a finished process waits at exit.
+    """
+    dist_config = dict(dist_config or {})
+    return {argument: int(dist_config[field]) for field, argument in TIMEOUT_ARGUMENTS.items()
+            if dist_config.get(field)}
 
 
 def global_batch(local_batch: Mapping[str, np.ndarray], *, mesh: Mesh,

@@ -1,6 +1,8 @@
 """Sweeps: expand a config's `sweep()` into runs, train them one after another, evaluate, summarise.
 
-The command line of `deft_jax.sweeping`: flags in, one library call.
+The command line of `deft_jax.sweeping`: flags in, one library call. One process of a multi-process
+sweep runs under `training.hosts.supervise` (a lost peer: one line, exit 75; the relaunch resumes); the
+supervisor loads no JAX, so the library is imported inside the functions.
 """
 from __future__ import annotations
 
@@ -8,25 +10,8 @@ import pathlib
 import sys
 from collections.abc import Sequence
 
-from deft_jax import cli, reporting
-from deft_jax.evaluation import evaluator as evaluate
-from deft_jax.sweeping import (
-    SweepError,
-    base_row,
-    check_same_config,
-    evaluate_base,
-    evaluate_finished,
-    join_hosts,
-    override_flags,
-    plan_runs,
-    run_all,
-    summary_rows,
-    sweep_points,
-    write_commands,
-    write_run_files,
-    write_summary,
-)
-from deft_jax.training import config as config_lib
+from deft_jax import cli
+from deft_jax.training import hosts as hosts_lib
 
 # ====================================================================================================
 # CLI.
@@ -59,9 +44,39 @@ def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise cli.UserError(f"unexpected arguments {list(argv[1:])}")
     FLAGS = flags.FLAGS
+    if not FLAGS["verbosity"].present:  # orbax logs every restore at INFO; --verbosity=0 brings it back
+        from absl import logging as absl_logging
+
+        absl_logging.set_verbosity(absl_logging.WARNING)
     config_arg = config_flags.get_config_filename(FLAGS["config"])
     overrides = config_flags.get_override_values(FLAGS["config"])
     workdir = pathlib.Path(FLAGS.workdir).absolute()
+    timeout = FLAGS.config.distributed.get("heartbeat_timeout_seconds", 100)
+    with hosts_lib.waiting_for_verdict(heartbeat_timeout_seconds=timeout):
+        _sweep(FLAGS, config_arg=config_arg, overrides=overrides, workdir=workdir)
+
+
+def _sweep(FLAGS, *, config_arg: str, overrides, workdir: pathlib.Path) -> None:  # noqa: N803 (absl's name)
+    from deft_jax import reporting
+    from deft_jax.evaluation import evaluator as evaluate
+    from deft_jax.sweeping import (
+        SweepError,
+        base_row,
+        check_same_config,
+        evaluate_base,
+        evaluate_finished,
+        join_hosts,
+        override_flags,
+        plan_runs,
+        run_all,
+        summary_rows,
+        sweep_points,
+        write_commands,
+        write_run_files,
+        write_summary,
+    )
+    from deft_jax.training import config as config_lib
+
     hosts = join_hosts(FLAGS.config)
     say = (lambda m: print(m, flush=True)) if hosts.writer else (lambda m: None)
     module = config_lib.load_config_module(config_arg.partition(":")[0])
@@ -112,5 +127,6 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
+    hosts_lib.supervise("sweep")
     _define_flags()
     cli.run_absl("sweep", main)

@@ -39,6 +39,7 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -52,12 +53,14 @@ from deft_jax.evaluation import before_after
 from deft_jax.evaluation import evaluator as evaluate
 from deft_jax.training import checkpointing
 from deft_jax.training import config as config_lib
+from deft_jax.training import hosts as hosts_lib
 from deft_jax.training import loop as train
 from deft_jax.training import step as step_lib
 
 DONE_MARKER = "SWEEP_DONE.json"
 POINT_FILE = "sweep_point.json"
 TRAIN_LOG = "train.log"
+ERROR_FILE = "error.txt"  # the traceback of a run that failed in-process
 
 
 class SweepError(errors.UserError):
@@ -215,10 +218,29 @@ def check_same_config(run: SweepRun) -> None:
         return
     stored = json.loads(path.read_text()).get("config")
     current = run.resolved_config_json()
-    if stored != current:
-        changed = sorted(_changed_fields(stored or {}, current))
+    changed = sorted(name for name in _changed_fields(stored or {}, current)
+                     if not _added_at_its_default(name, stored=stored or {}, current=current))
+    if changed:
         raise SweepError(f"run {run.workdir} was started with another config (fields differing: {changed[:10]}); "
                          f"use a new --workdir for the changed sweep, or delete {run.workdir} to retrain it.")
+
+
+def _lookup(tree: Mapping[str, Any], dotted: str) -> tuple[bool, Any]:
+    node: Any = tree
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def _added_at_its_default(name: str, *, stored: Mapping[str, Any], current: Mapping[str, Any]) -> bool:
+    """A field the project added after the run was started (absent from its stored config) that this sweep
+    leaves at its default: the run was trained with that behaviour, so it is the same config."""
+    if name not in config_lib.FIELDS or _lookup(stored, name)[0]:
+        return False
+    default = json.loads(json.dumps(config_lib.FIELDS[name].default))
+    return _lookup(current, name) == (True, default)
 
 
 def _changed_fields(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> set[str]:
@@ -305,6 +327,17 @@ def train_in_process(run: SweepRun) -> tuple[bool, str]:
     return True, f"finished at step {final.get('step')}"
 
 
+def record_failure(run: SweepRun, *, error: BaseException, write: bool) -> str:
+    """The one-line status of a run whose in-process training raised `error`; the traceback goes to
+    <run>/error.txt (written by process 0 when `write`)."""
+    path = run.workdir / ERROR_FILE
+    if write:
+        run.workdir.mkdir(parents=True, exist_ok=True)
+        reporting.write_text(path, "".join(traceback.format_exception(error)))
+    kind = "" if isinstance(error, errors.UserError) else f"{type(error).__name__}: "
+    return f"{kind}{errors.one_line(str(error))} (traceback in {path})"
+
+
 def mark_done(run: SweepRun, *, message: str, steps: Sequence[int] | None = None) -> None:
     """Write the run's done marker (`steps`: its checkpoint steps, read here when not given)."""
     steps = checkpointing.available_steps(run.workdir) if steps is None else steps
@@ -340,7 +373,14 @@ def run_all(runs: Sequence[SweepRun], *, in_process: bool = False, log=print,
             log(f"{prefix}: {'resuming' if resuming else 'training'} in {run.workdir}")
             hosts.barrier(f"sweep: {run.workdir} start")  # the hosts' first collectives then meet in time
             started = time.perf_counter()
-            finished, message = train_in_process(run) if in_process else train_subprocess(run, forwarder=forwarder)
+            try:
+                finished, message = (train_in_process(run) if in_process
+                                     else train_subprocess(run, forwarder=forwarder))
+            except Exception as error:  # noqa: BLE001 (a failed run is recorded; a lost host ends the sweep)
+                if not in_process or hosts_lib.is_peer_failure(error):
+                    raise
+                finished, message = False, record_failure(run, error=error, write=hosts.writer)
+                hosts.barrier(f"sweep: {run.workdir} failed")  # every host goes on to the next run together
             elapsed = time.perf_counter() - started
             if finished:
                 steps = checkpointing.available_steps(run.workdir)  # every host: orbax synchronises the hosts
@@ -395,18 +435,18 @@ def summary_rows(runs: Sequence[SweepRun], *, results: Mapping[str, Mapping[str,
         status = statuses.get(run.name) or ("done" if run.is_done() else
                                             f"checkpoint at step {result['step']} (no done marker)" if result
                                             else "unfinished")
-        row: dict[str, Any] = {"run": run.name, "status": status}
-        row.update(run.point)
-        teacher = result.get("teacher_forced") or {}
-        generation = result.get("generation") or {}
-        row["step"] = result.get("step")
-        row["score"] = generation.get("score")
-        row["scoring_task"] = generation.get("scoring_task")
-        row.update(task_figures(result))
-        for metric in step_lib.TEACHER_FORCED_METRICS:
-            row[metric] = teacher.get(metric)
-        rows.append(row)
+        rows.append({"run": run.name, "status": status, **run.point, "step": result.get("step"),
+                     **result_cells(result)})
     return rows
+
+
+def result_cells(result: Mapping[str, Any]) -> dict[str, Any]:
+    """A summary row's metric cells of one evaluation: score, scoring task, the task's generation
+    figures and the teacher-forced metrics (None where absent)."""
+    teacher = result.get("teacher_forced") or {}
+    generation = result.get("generation") or {}
+    return {"score": generation.get("score"), "scoring_task": generation.get("scoring_task"),
+            **task_figures(result), **{metric: teacher.get(metric) for metric in step_lib.TEACHER_FORCED_METRICS}}
 
 
 FIGURE_COLUMNS = ("exact_match", "case_insensitive", "jaro_winkler")
@@ -440,14 +480,8 @@ def evaluate_base(run: SweepRun, *, workdir: pathlib.Path, options, log=print,
 
 def base_row(result: Mapping[str, Any], *, swept: Sequence[str]) -> dict[str, Any]:
     """The summary row of the base model (its swept fields empty)."""
-    teacher = result.get("teacher_forced") or {}
-    generation = result.get("generation") or {}
-    row: dict[str, Any] = {"run": "base (no fine-tuning)", "status": "base", **{key: None for key in swept},
-                           "step": 0, "score": generation.get("score"), "scoring_task": generation.get("scoring_task")}
-    row.update(task_figures(result))
-    for metric in step_lib.TEACHER_FORCED_METRICS:
-        row[metric] = teacher.get(metric)
-    return row
+    return {"run": "base (no fine-tuning)", "status": "base", **{key: None for key in swept}, "step": 0,
+            **result_cells(result)}
 
 
 def _csv_cell(value: Any) -> str:

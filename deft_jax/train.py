@@ -1,18 +1,16 @@
 """Training: set a run up, loop over steps with periodic actions, and the CLI.
 
-The command line of `deft_jax.training.loop`: flags in, one library call.
+The command line of `deft_jax.training.loop`: flags in, one library call. One process of a multi-process
+job runs under `training.hosts.supervise` (a lost peer: one line, exit 75); the supervisor loads no JAX,
+so the library is imported inside `main`.
 """
 from __future__ import annotations
 
 import sys
-
-import jax
 from collections.abc import Sequence
 
 from deft_jax import cli
-from deft_jax.evaluation import before_after
-from deft_jax.training import config as config_lib
-from deft_jax.training.loop import EXIT_PREEMPTED, train_and_evaluate
+from deft_jax.training import hosts
 
 # ====================================================================================================
 # CLI.
@@ -21,13 +19,21 @@ def main(argv: Sequence[str]) -> None:
     from absl import flags
     from absl import logging as absl_logging
 
+    import jax
+
+    from deft_jax.evaluation import before_after
+    from deft_jax.training import config as config_lib
+    from deft_jax.training.loop import EXIT_PREEMPTED, train_and_evaluate
+
     del argv
     FLAGS = flags.FLAGS
     if not FLAGS["verbosity"].present:  # orbax and JAX log a lot at INFO; --verbosity=0 brings it back
         absl_logging.set_verbosity(absl_logging.WARNING)
     if FLAGS.workdir is None:
         raise config_lib.ConfigError("--workdir is required")
-    final = train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    timeout = FLAGS.config.distributed.get("heartbeat_timeout_seconds", 100)
+    with hosts.waiting_for_verdict(heartbeat_timeout_seconds=timeout):
+        final = train_and_evaluate(FLAGS.config, FLAGS.workdir)
     if final["preempted"]:
         sys.exit(EXIT_PREEMPTED)
     if FLAGS.config.eval.report_prompts:
@@ -49,5 +55,6 @@ def _define_flags() -> None:
 
 
 if __name__ == "__main__":
+    hosts.supervise("train")
     _define_flags()
     cli.run_absl("train", main)

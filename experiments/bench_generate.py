@@ -1,4 +1,5 @@
-"""Load time of the default model, prefill and decode throughput of deft_jax.generate (compile excluded).
+"""Load time of the default model, prefill and decode throughput of the generation engine
+(deft_jax.inference.sampler.generate, greedy, one decode chunk; compile excluded).
 
     python experiments/bench_generate.py [--model smollm2-135m-instruct] [--batch 1 8] [--prompt-len 128]
         [--new-tokens 64] [--param-dtype float32]
@@ -16,7 +17,7 @@ import time
 import jax
 import numpy as np
 
-from deft_jax.inference import generation as G
+from deft_jax.inference import sampler as S
 from deft_jax.model import weights
 
 
@@ -39,14 +40,20 @@ def main():
           f"({sum(x.size for x in jax.tree_util.tree_leaves(params)) / 1e6:.1f}M params, {args.param_dtype})")
 
     rng = np.random.default_rng(0)
-    sampling = G.SamplingConfig(max_new_tokens=args.new_tokens)
+    options = S.SamplerOptions(sampling=S.SamplingConfig(max_new_tokens=args.new_tokens), chunk_steps=args.new_tokens)
+    stops = S.StopCriteria(token_ids=(config.vocab_size,))
+
+    def run(prompts):
+        timing = S.Timing()
+        S.generate(params, config, prompts, stops=stops, pad_id=0, options=options, timing=timing)
+        return timing
+
     for batch in args.batch:
         prompts = [rng.integers(3, config.vocab_size, size=args.prompt_len).tolist() for _ in range(batch)]
         compile_start = time.perf_counter()
-        G.generate(params, config, prompts, stop_ids=[config.vocab_size], sampling=sampling)
+        run(prompts)
         compile_seconds = time.perf_counter() - compile_start
-        runs = [G.generate(params, config, prompts, stop_ids=[config.vocab_size], sampling=sampling)
-                for _ in range(args.repeats)]
+        runs = [run(prompts) for _ in range(args.repeats)]
         prefill = min(r.prefill_seconds for r in runs)
         decode = min(r.decode_seconds for r in runs)
         print(f"batch {batch}: prefill {batch * args.prompt_len / prefill:8.1f} tokens/s "

@@ -1,10 +1,10 @@
 """Sampling throughput of the default model, side by side in one run (compilation excluded):
 
-  decode ms/step of deft_jax.generate at batch 1 and 8 (prompt 128, 64 new tokens), and, for n = 16
+  decode ms/step of the engine (sampler.generate) at batch 1 and 8 (prompt 128, 64 new tokens), and, for n = 16
   samples of one 128-token prompt (64 new tokens, temperature 1):
     shared   deft_jax.sampler, the prompt prefilled once and its cache repeated 16 times;
     rows     deft_jax.sampler with share_prefill=False: 16 independent rows, each prefilled;
-    generate deft_jax.generate with the prompt repeated 16 times (the per-row path).
+    generate sampler.generate with the prompt repeated 16 times (one sample each, per-row keys).
 
     python experiments/bench_sampler.py [--model smollm2-135m-instruct] [--repeats 2]
 
@@ -21,7 +21,6 @@ import time
 import jax
 import numpy as np
 
-from deft_jax.inference import generation as G
 from deft_jax.inference import sampler as S
 from deft_jax.model import weights
 
@@ -45,18 +44,22 @@ def main():
     rng = np.random.default_rng(0)
     prompt = rng.integers(3, config.vocab_size, size=args.prompt_len).tolist()
     never = config.vocab_size
-    greedy = G.SamplingConfig(max_new_tokens=args.new_tokens)
-    sampled = G.SamplingConfig(max_new_tokens=args.new_tokens, temperature=1.0)
+    greedy = S.SamplingConfig(max_new_tokens=args.new_tokens)
+    sampled = S.SamplingConfig(max_new_tokens=args.new_tokens, temperature=1.0)
+    stops = S.StopCriteria(token_ids=(never,))
 
     def generate_batch(batch):
         def run():
-            result = G.generate(params, config, [prompt] * batch, stop_ids=[never], sampling=greedy)
-            return result.prefill_seconds + result.decode_seconds, result.decode_seconds / args.new_tokens
+            timing = S.Timing()
+            S.generate(params, config, [prompt] * batch, stops=stops, pad_id=0, timing=timing,
+                       options=S.SamplerOptions(sampling=greedy, chunk_steps=args.new_tokens))
+            return timing.prefill_seconds + timing.decode_seconds, timing.decode_seconds / args.new_tokens
         return run
 
     def generate_n():
         start = time.perf_counter()
-        G.generate(params, config, [prompt] * args.n, stop_ids=[never], sampling=sampled, rng=jax.random.key(0))
+        S.generate(params, config, [prompt] * args.n, stops=stops, pad_id=0,
+                   options=S.SamplerOptions(sampling=sampled, chunk_steps=args.new_tokens))
         return time.perf_counter() - start, None
 
     def sampler_n(share):
@@ -66,7 +69,7 @@ def main():
         def run():
             start = time.perf_counter()
             for _ in S.sample(params, config, [S.Request(0, tuple(prompt))], options=options,
-                              stops=S.StopCriteria(token_ids=(never,)), decode_text=lambda ids: "", pad_id=0,
+                              stops=stops, decode_text=None, pad_id=0,
                               progress=False):
                 pass
             return time.perf_counter() - start, None

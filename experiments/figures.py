@@ -56,7 +56,7 @@ def token_statistics(setup, params, tokenized, *, objective_specs=None) -> dict:
     import jax
 
     from deft_jax import data as data_lib
-    from deft_jax.evaluation import evaluator as evaluate
+    from deft_jax.training import teacher_forced
     from deft_jax import objectives
     from deft_jax import sharding
     from deft_jax.training import step
@@ -73,7 +73,7 @@ def token_statistics(setup, params, tokenized, *, objective_specs=None) -> dict:
 
     columns = {label: {"p": [], "entropy": [], "gate": [], "collision": []} for label in specs}
     with sharding.mesh_context(setup.mesh, setup.rules):
-        for batch in evaluate.eval_token_batches(setup, tokenized, batch_size=8):
+        for batch in teacher_forced.local_batches(setup, tokenized, rows=8):
             arrays = sharding.put_batch(batch, mesh=setup.mesh, global_rows=8, keys=data_lib.BATCH_KEYS + ("weights",))
             result, mask = jax.device_get(stats(params, arrays))
             valid = np.asarray(mask) > 0
@@ -115,8 +115,8 @@ def initial_panels(workdir: pathlib.Path, *, smoke: bool, num_examples: int, log
         else:
             log(f"initial token statistics: {regime}")
             config = study.base_config(regime, smoke=smoke)
-            setup = build.model_setup(config)
-            params = evaluate.base_params(setup)
+            setup = build.setup(config, mesh_fallback=True)
+            params = setup.initial_params()
             tokenized, _ = data_lib.tokenize_examples(evaluate.eval_examples(config, num_eval=num_examples),
                                                       tokenizer=setup.tokenizer, cfg=config.data)
             stats = token_statistics(setup, params, tokenized, objective_specs=specs)
@@ -139,11 +139,11 @@ def run_token_statistics(*, run_dir: pathlib.Path | None, config, num_examples: 
     from deft_jax.evaluation import evaluator as evaluate
     from deft_jax import data as data_lib
 
-    setup = build.model_setup(config)
+    setup = build.setup(config, mesh_fallback=True)
     if run_dir is None:
-        params = evaluate.base_params(setup)
+        params = setup.initial_params()
     else:
-        params = evaluate.restore_params(setup, workdir=run_dir, step=checkpointing.available_steps(run_dir)[-1])
+        params = setup.restore_params(workdir=run_dir, step=checkpointing.available_steps(run_dir)[-1])
     examples = evaluate.eval_examples(config, num_eval=num_examples)
     tokenized, _ = data_lib.tokenize_examples(examples, tokenizer=setup.tokenizer, cfg=config.data)
     return token_statistics(setup, params, tokenized)

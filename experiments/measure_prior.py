@@ -83,7 +83,7 @@ def measure(setup, params, examples) -> dict:
 def build_self_distill(setup, params, *, num: int, max_new_tokens: int, cache_dir: pathlib.Path) -> pathlib.Path:
     """<cache_dir>/self_distill.jsonl: GSM8K questions with the base model's EOS-terminated greedy answers."""
     from deft_jax import data as data_lib
-    from deft_jax.inference import generation as generate_lib
+    from deft_jax.inference import sampler
 
     path = cache_dir / f"self_distill_{num}_{max_new_tokens}.jsonl"
     if path.is_file():
@@ -91,17 +91,18 @@ def build_self_distill(setup, params, *, num: int, max_new_tokens: int, cache_di
     source = candidate_config(base_arg=_BASE_ARG, overrides=CANDIDATES["gsm8k"], num=2 * num, max_length=4096)
     examples = data_lib.load_examples(source.data, split="train")
     prompts = data_lib.make_generation_prompts(examples, tokenizer=setup.tokenizer)
-    sampling = generate_lib.SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.0)
+    options = sampler.SamplerOptions(sampling=sampler.SamplingConfig(max_new_tokens=max_new_tokens))
+    stops = sampler.StopCriteria(token_ids=(setup.tokenizer.eos_id,))
     rows = []
     for first in range(0, len(prompts), 8):
         chunk = prompts[first:first + 8]
-        result = generate_lib.generate(params, setup.model_config, [p.prompt_ids.tolist() for p in chunk],
-                                       stop_ids=[setup.tokenizer.eos_id], sampling=sampling,
-                                       pad_id=setup.tokenizer.pad_id)
-        for example, tokens, stopped in zip(examples[first:first + 8], result.tokens, result.stopped):
-            if not stopped:
+        samples = sampler.generate(params, setup.model_config, [p.prompt_ids.tolist() for p in chunk],
+                                   stops=stops, pad_id=setup.tokenizer.pad_id, options=options,
+                                   decode_text=lambda ids: setup.tokenizer.decode(ids, skip_special_tokens=True))
+        for example, sample in zip(examples[first:first + 8], samples):
+            if sample.stop_reason != sampler.STOP_TOKEN:
                 continue  # truncated: its EOS would not be the model's own
-            answer = setup.tokenizer.decode(list(tokens), skip_special_tokens=True)
+            answer = sample.text
             if answer.strip():
                 rows.append({"question": example.messages[-1]["content"], "answer": answer})
         if len(rows) >= num:
@@ -137,14 +138,13 @@ def main(argv=None) -> None:
         raise SystemExit(f"measure_prior: unknown task(s) {unknown}; choose from {list(CANDIDATES)}")
 
     from deft_jax import data as data_lib
-    from deft_jax.evaluation import evaluator as evaluate
 
     started = time.perf_counter()
     max_length = 1024 if args.smoke else 2048
     reference_config = candidate_config(base_arg=_BASE_ARG, overrides=CANDIDATES["figfont"], num=args.num,
                                         max_length=max_length)
-    setup = build.model_setup(reference_config)
-    params = evaluate.base_params(setup)
+    setup = build.setup(reference_config, mesh_fallback=True)
+    params = setup.initial_params()
     results = {}
     for name in tasks:
         task_started = time.perf_counter()
@@ -157,7 +157,7 @@ def main(argv=None) -> None:
         if name == "self_distill":  # fewer rows when fewer greedy answers ended with EOS
             num = min(num, sum(1 for line in pathlib.Path(overrides["path"]).read_text().splitlines() if line))
         config = candidate_config(base_arg=_BASE_ARG, overrides=overrides, num=num, max_length=max_length)
-        task_setup = build.model_setup(config)
+        task_setup = build.setup(config, mesh_fallback=True)
         examples = data_lib.load_examples(config.data, split="train")
         results[name] = measure(task_setup, params, examples)
         results[name]["seconds"] = time.perf_counter() - task_started

@@ -142,10 +142,9 @@ def measure(*, noisy_config, clean_config, models: Sequence[pathlib.Path | None]
     """{model: wrong_answer_rows} of noisy_config's training set (twins from clean_config), per model: None
     for the base model, else a run directory's latest checkpoint. Data and setup are built once."""
     from deft_jax import data as data_lib
-    from deft_jax.evaluation import evaluator as evaluate
 
     task = noisy_config.data.task
-    setup = build.model_setup(noisy_config)
+    setup = build.setup(noisy_config, mesh_fallback=True)
     noisy = data_lib.load_examples(noisy_config.data, split="train")
     clean = {e.index: e for e in data_lib.load_examples(clean_config.data, split="train")}
     noisy_tokenized, report = data_lib.tokenize_examples(noisy, tokenizer=setup.tokenizer, cfg=noisy_config.data)
@@ -161,8 +160,8 @@ def measure(*, noisy_config, clean_config, models: Sequence[pathlib.Path | None]
     for model in models:
         log(f"{task}: {sum(corrupted)} of {len(noisy)} answers corrupted; forward passes under "
             f"{'the base model' if model is None else model}")
-        params = (evaluate.base_params(setup) if model is None else
-                  evaluate.restore_params(setup, workdir=model, step=checkpointing.available_steps(model)[-1]))
+        params = (setup.initial_params() if model is None else
+                  setup.restore_params(workdir=model, step=checkpointing.available_steps(model)[-1]))
         noisy_stats = figures.token_statistics(setup, params, noisy_tokenized, objective_specs=specs)
         twin_stats = figures.token_statistics(setup, params, twins, objective_specs=specs)
         out[model] = wrong_answer_rows(noisy_stats=noisy_stats, twin_stats=twin_stats, noisy_tokenized=noisy_tokenized,

@@ -51,16 +51,8 @@ from experiments.bench_train import objective_spec, random_batch  # noqa: E402
 
 
 def optimizer_phase(state, grads, schedule, *, spec):
-    """The train step after the gradients (step_lib.train_step's tail, metrics left out)."""
-    grad_norm = step_lib.global_norm(grads)
-    scale = jnp.where(grad_norm > spec.clip_norm, spec.clip_norm / grad_norm, 1.0)
-    grads = jax.tree.map(lambda g: g * scale.astype(g.dtype), grads)
-    lr = step_lib.scheduled_learning_rate(state.step, schedule)
-    direction, opt_state = spec.optimizer.update(grads, state.opt_state, state.params)
-    params = jax.tree.map(lambda p, u: (p - lr * u).astype(p.dtype), state.params, direction)
-    finite = jnp.isfinite(grad_norm)
-    params = jax.tree.map(lambda new, old: jnp.where(finite, new, old), params, state.params)
-    opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), opt_state, state.opt_state)
+    """The train step after the gradients (step_lib.apply_gradients, metrics left out)."""
+    params, opt_state, *_ = step_lib.apply_gradients(state, grads, schedule, spec=spec)
     return params, opt_state
 
 

@@ -11,6 +11,7 @@ from deft_jax.training import setup as build
 from deft_jax.training import checkpointing
 from deft_jax.model import decoder as model_lib
 from deft_jax import sharding as sharding_lib
+from helpers.checkpoints import latest_restorable_step
 
 MODEL = model_lib.ModelConfig.tiny(vocab_size=264)
 OPTIMIZER = step_lib.make_optimizer(b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.01)
@@ -101,7 +102,7 @@ def test_a_write_killed_midway_leaves_the_previous_checkpoint_restorable(tmp_pat
         path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])  # half-written files
     mesh = sharding_lib.make_mesh(data=8, fsdp=1, tensor=1)
     target, _ = _target(mesh)
-    assert checkpointing.check_restorable(directory=tmp_path, target=target) == 7
+    assert latest_restorable_step(directory=tmp_path, target=target) == 7
     manager = checkpointing.make_manager(directory=tmp_path)  # a writer cleans the partial write up
     assert manager.latest_step() == 7
     manager.close()

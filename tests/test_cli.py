@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 import pytest
-from deft_jax.inference import generation as generate
+from deft_jax.inference import sampler
 
 from deft_jax import cli
 from deft_jax import generate as generate_cli
@@ -22,10 +22,11 @@ def _only_error_line(done, tool):
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    return subprocess_env(devices=1, cache_root=tmp_path_factory.getbasetemp())
+def env():
+    return subprocess_env(devices=1)
 
 
+@pytest.mark.slow
 def test_generate_user_error_is_one_line(env):
     line = _only_error_line(run_module("deft_jax.generate", "--prompt", "hi", "--model", "smollm2-135m-instrct",
                                        env=env), "generate")
@@ -45,6 +46,7 @@ def test_generate_main_user_errors(capsys, args, expected):
     assert expected in err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, expected", [
     (["--workdir={tmp}/missing", "--out={tmp}/out", "--dtype=bfloat15"], "did you mean 'bfloat16'?"),
     (["--wrkdir={tmp}", "--out={tmp}/out"], "Unknown command line flag 'wrkdir'"),
@@ -65,7 +67,7 @@ def test_user_errors_print_one_line_and_exit_2(capsys):
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == "tool: error: data.jsonl:3: bad; second line\n"
     with pytest.raises(SystemExit):  # a plain ValueError raised by the project's own checks
-        cli.run("tool", lambda argv: generate.SamplingConfig(top_p=2.0), [])
+        cli.run("tool", lambda argv: sampler.SamplingConfig(top_p=2.0), [])
     assert capsys.readouterr().err == "tool: error: top_p must be in (0, 1], got 2.0\n"
     with pytest.raises(SystemExit):
         cli.run("tool", lambda argv: cli.ArgumentParser(prog="tool").parse_args(["--x"]), [])
@@ -95,6 +97,7 @@ cli.run_absl("tool", lambda argv: print(flags.FLAGS.config.optim.lr))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, expected", [
     (["--config={missing}"], "--config: cannot load the config file: [Errno 2] No such file or directory: '{missing}'"),
     (["--config={config}", "--config.optim.lrr=1e-3"],
@@ -119,6 +122,7 @@ def test_absl_and_config_flag_errors_are_one_line(tmp_path, args, expected):
         assert _only_error_line(done, "tool") == f"tool: error: {expected.format(missing=missing)}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, expected", [
     (["--config={configs}/deft.py:smoke", "--config.optim.lrr=1e-3", "--workdir={tmp}/w"],
      "Did you mean \"lr\""),

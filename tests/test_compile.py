@@ -85,6 +85,7 @@ def test_a_mesh_that_does_not_match_the_topology_is_an_error():
         compile_lib.compile_report(config, topology="v5p-32", programs=("train",))
 
 
+@pytest.mark.slow
 def test_cli_bad_topology_is_one_line(tmp_path):
     done = subprocess.run([sys.executable, "-m", "deft_jax.compile", f"--config={REPO_ROOT}/configs/deft.py:smoke",
                            "--topology=v5p-31"], cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True,

@@ -16,7 +16,6 @@ from deft_jax.data import (
     make_train_iterator,
     tokenize_examples,
 )
-from deft_jax.data.testing import tiny_tokenizer
 
 # The official FigFont prompt for ChatML models (luludus/DEFT data/data_process_figfont.py, QWEN_PROMPT).
 OFFICIAL_FIGFONT_CHATML = (
@@ -77,8 +76,8 @@ def test_figfont_prompt_is_the_papers_chatml_prompt(smollm2):
     assert prompts[0].reference == reference[40000]["answer"] and prompts[0].scoring_task == "figfont"
 
 
-def test_truncation_policies_and_report():
-    tokenizer = tiny_tokenizer()
+def test_truncation_policies_and_report(tiny_tokenizer):
+    tokenizer = tiny_tokenizer
     examples = [
         Example(messages=({"role": "user", "content": "hi"},), response="short", index=0, source="s:1", task="x"),
         Example(messages=({"role": "user", "content": "hi"},), response="long answer " * 20, index=1,
@@ -113,8 +112,8 @@ def test_truncation_policies_and_report():
         tokenize_examples(examples, tokenizer=tokenizer, cfg=cfg)
 
 
-def test_eval_batches_fixed_order_weights_and_sharding():
-    tokenizer = tiny_tokenizer()
+def test_eval_batches_fixed_order_weights_and_sharding(tiny_tokenizer):
+    tokenizer = tiny_tokenizer
     examples = [Example(messages=({"role": "user", "content": f"q{i}"},), response="a" * (i + 1), index=100 + i,
                         source=f"s:{i}", task="x") for i in range(7)]
     cfg = default_data_config()

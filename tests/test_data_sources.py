@@ -13,7 +13,6 @@ from deft_jax.data import (
     tokenize_examples,
     validate_data_config,
 )
-from deft_jax.data.testing import tiny_tokenizer
 
 CHAT = [
     {"role": "system", "content": "Be brief."},
@@ -133,13 +132,13 @@ def test_messages_errors(tmp_path):
         load_examples(file_config(bad_role), split="train")
 
 
-def test_sequence_longer_than_max_length_under_error_policy(tmp_path):
+def test_sequence_longer_than_max_length_under_error_policy(tmp_path, tiny_tokenizer):
     path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "short", "response": "ok"},
                                               {"prompt": "long " * 200, "response": "ok"}])
     cfg = file_config(path, max_length=64, truncation="error")
     examples = load_examples(cfg, split="train")
     with pytest.raises(DataError, match=rf"{path}:2: \d+ tokens .* exceed data.max_length=64"):
-        tokenize_examples(examples, tokenizer=tiny_tokenizer(), cfg=cfg)
+        tokenize_examples(examples, tokenizer=tiny_tokenizer, cfg=cfg)
 
 
 def test_unknown_reasoning_gym_task_lists_close_matches():
@@ -245,10 +244,50 @@ def test_math_boxed_fallback():
     assert last_boxed("no box") is None
 
 
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("so $\\boxed{\\frac{1}{2}}$.", "\\frac{1}{2}"),
+        ("\\boxed{1} then \\boxed{\\{x \\mid x>0\\}}", "\\{x \\mid x>0\\}"),  # last, escaped braces
+        ("\\boxed{a_{1}^{2}}", "a_{1}^{2}"),  # nested braces
+        ("\\fbox{7}", "7"),
+        ("$\\boxed 5$", "5"),
+        ("\\boxed {3}", "3"),
+        ("answer \\boxed{\\frac{1}{2", None),  # cut off inside the box
+        ("no box here", None),
+        ("\\boxedx{3}", None),  # a different command
+        # Where the two extractors this one replaces disagreed:
+        ("first \\boxed{3}, then $\\boxed 5$.", "5"),  # \boxed 5 is a box (the data side skipped it for 3)
+        ("$\\boxed 12$", "12"),  # no brace: up to the next $
+        ("\\boxed5", "5"),
+        ("x \\boxed{x \\right\\}} y", "x \\right\\"),  # escaped braces count, as the graders count them
+        ("\\boxed{\\left\\{ 1 \\right.}", None),  # so an unmatched \{ leaves the box open
+        ("\\boxed{}", ""),
+        ("\\boxed $", None),
+    ],
+)
+def test_last_boxed(text, expected):
+    from deft_jax.data.tasks import last_boxed
+
+    assert last_boxed(text) == expected
+
+
+@pytest.mark.parametrize("text", [
+    "so $\\boxed{\\frac{1}{2}}$.", "\\boxed{a_{1}^{2}}", "\\fbox{7}", "\\boxed {3}",
+    "\\boxed{\\{1, 2\\} \\cup \\{3\\}}", "x \\boxed{x \\right\\}} y", "\\boxed{\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}}",
+])
+def test_last_boxed_reads_a_braced_box_as_math_verify_does(text):
+    from latex2sympy2_extended.math_normalization import extract_boxed_content
+
+    from deft_jax.data.tasks import last_boxed
+
+    assert last_boxed(text) == extract_boxed_content(text, mode="last")
+
+
 # ------------------------------------------------------------------------------------------ TFDS
 
 
-def test_tfds_build_and_read_back_formats_identically(tmp_path, shared_data_dir):
+def test_tfds_build_and_read_back_formats_identically(tmp_path, shared_data_dir, tiny_tokenizer):
     import tensorflow_datasets as tfds
 
     from deft_jax.data.tfds_builder import build_tfds_dataset
@@ -268,7 +307,7 @@ def test_tfds_build_and_read_back_formats_identically(tmp_path, shared_data_dir)
     via_tfds = default_data_config()
     via_tfds.task, via_tfds.tfds_name, via_tfds.tfds_data_dir = "tfds", name, str(tmp_path / "tfds")
     via_tfds.max_length = 4096
-    tokenizer = tiny_tokenizer()
+    tokenizer = tiny_tokenizer
     for split in ("train", "eval"):
         a = load_examples(direct, split=split)
         b = load_examples(via_tfds, split=split)

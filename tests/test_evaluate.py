@@ -58,8 +58,8 @@ def numpy_reference(workdir: pathlib.Path) -> dict[str, float]:
     from deft_jax import data as data_lib
 
     config = build.load_run_config(workdir)
-    setup = build.model_setup(config, devices=jax.devices()[:1])
-    params = jax.device_get(evaluate.restore_params(setup, workdir=workdir,
+    setup = build.setup(config, devices=jax.devices()[:1], mesh_fallback=True)
+    params = jax.device_get(setup.restore_params(workdir=workdir,
                                                     step=checkpointing.available_steps(workdir)[-1]))
     examples = data_lib.load_examples(config.data, split="eval")
     tokenized, _ = data_lib.tokenize_examples(examples, tokenizer=setup.tokenizer, cfg=config.data)
@@ -95,10 +95,10 @@ def test_teacher_forced_equals_trainer_eval_and_numpy_reference(smoke_run, eight
     assert teacher["mean_alpha"] == pytest.approx(ALPHA)
 
 
-def test_one_device_in_a_subprocess_gives_the_same_numbers(smoke_run, eight_device_result, tmp_path,
-                                                           tmp_path_factory):
+@pytest.mark.slow
+def test_one_device_in_a_subprocess_gives_the_same_numbers(smoke_run, eight_device_result, tmp_path):
     done = run_module("deft_jax.evaluate", f"--workdir={smoke_run}", f"--out_dir={tmp_path}", "--max_new_tokens=4",
-                      "--generation_batch_size=3", env=subprocess_env(cache_root=tmp_path_factory.getbasetemp(), devices=1))
+                      "--generation_batch_size=3", env=subprocess_env(devices=1))
     assert done.returncode == 0, done.stderr[-3000:]
     one = json.loads((tmp_path / f"step_{eight_device_result['step']}.json").read_text())
     assert one["devices"] == "1 x cpu" and eight_device_result["devices"] == "8 x cpu"
@@ -107,6 +107,66 @@ def test_one_device_in_a_subprocess_gives_the_same_numbers(smoke_run, eight_devi
     assert [r["prediction"] for r in one["predictions"]] == [r["prediction"] for r in eight_device_result["predictions"]]
     assert one["generation"]["score"] == eight_device_result["generation"]["score"]
     assert "step_" in done.stdout and "nll" in done.stdout  # the printed table
+
+
+def test_two_processes_give_the_metrics_of_one(smoke_run, tmp_path, tmp_path_factory):
+    """Two processes (2 fake CPU devices each, gloo) feed their own rows of each global batch: 7 examples in
+    batches of 4 (2 rows per process; the last batch has a zero-weight padding row) give the numbers of
+    one process on 8 devices, where all 7 sit in one batch."""
+    import socket
+    import subprocess
+    import sys
+
+    from test_train_utils import REPO_ROOT
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{probe.getsockname()[1]}"
+    flags = [f"--workdir={smoke_run}", "--nogenerate", "--num_eval=7", "--batch_size=4"]
+    processes = []
+    for process_id in range(2):
+        env = subprocess_env(devices=2, extra={
+            "DEFT_COORDINATOR_ADDRESS": address, "DEFT_NUM_PROCESSES": "2", "DEFT_PROCESS_ID": str(process_id)})
+        processes.append(subprocess.Popen(
+            [sys.executable, "-m", "deft_jax.evaluate", *flags, f"--out_dir={tmp_path / str(process_id)}"],
+            cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = [p.communicate(timeout=240)[0] for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], "\n".join(out[-3000:] for out in outputs)
+    (report,) = (tmp_path / "0").glob("step_*.json")
+    two = json.loads(report.read_text())
+    assert two["devices"] == "4 x cpu" and not (tmp_path / "1").exists()  # one global mesh, process 0 writes
+    options = evaluate.EvalOptions(num_eval=7, generate=False)
+    (one,) = evaluate.evaluate_run(workdir=smoke_run, options=options, write=False)
+    assert one["devices"] == "8 x cpu"
+    assert two["teacher_forced"]["examples"] == one["teacher_forced"]["examples"] == 7
+    assert two["teacher_forced"]["supervised_tokens"] == one["teacher_forced"]["supervised_tokens"]
+    for name, value in one["teacher_forced"].items():
+        assert abs(two["teacher_forced"][name] - value) <= 1e-5 * max(1.0, abs(value)), name
+
+
+def test_each_process_builds_only_its_rows_of_each_eval_batch(smoke_run, monkeypatch):
+    """teacher_forced.local_batches asks sharding.process_rows for its block: process b of 2 gets rows
+    [2b, 2b + 2) of every global batch of 4, and the two blocks side by side are the one-process batches."""
+    from deft_jax import data as data_lib
+    from deft_jax import sharding as sharding_lib
+    from deft_jax.training import teacher_forced
+
+    config = build.load_run_config(smoke_run)
+    setup = build.setup(config, devices=jax.devices()[:1], mesh_fallback=True)
+    examples = data_lib.load_examples(config.data, split="eval")[:7]
+    tokenized, _ = data_lib.tokenize_examples(examples, tokenizer=setup.tokenizer, cfg=config.data)
+    whole = teacher_forced.local_batches(setup, tokenized, rows=4)
+    blocks = []
+    for block in range(2):
+        monkeypatch.setattr(sharding_lib, "process_rows", lambda mesh, *, global_rows, b=block: (b, 2))
+        blocks.append(teacher_forced.local_batches(setup, tokenized, rows=4))
+    assert len(whole) == len(blocks[0]) == len(blocks[1]) == 2
+    for k, batch in enumerate(whole):
+        assert blocks[0][k]["inputs"].shape[0] == 2
+        for key, value in batch.items():
+            np.testing.assert_array_equal(np.concatenate([blocks[0][k][key], blocks[1][k][key]]), value,
+                                          err_msg=key)
+    assert blocks[1][1]["weights"].tolist() == [1.0, 0.0]  # example 7 of 7, then the padding row
 
 
 def test_generation_report_structure(smoke_run, eight_device_result):
@@ -159,8 +219,8 @@ def test_generations_match_uncached_greedy_decoding(smoke_run, eight_device_resu
     from deft_jax import data as data_lib
 
     config = build.load_run_config(smoke_run)
-    setup = build.model_setup(config, devices=jax.devices()[:1])
-    params = evaluate.restore_params(setup, workdir=smoke_run, step=eight_device_result["step"])
+    setup = build.setup(config, devices=jax.devices()[:1], mesh_fallback=True)
+    params = setup.restore_params(workdir=smoke_run, step=eight_device_result["step"])
     prompts = data_lib.make_generation_prompts(evaluate.eval_examples(config, num_eval=None),
                                                tokenizer=setup.tokenizer)
     assert len({len(p.prompt_ids) for p in prompts}) > 1  # unequal lengths: padding and reordering matter
@@ -218,8 +278,9 @@ def test_bad_input_errors(smoke_run, tmp_path):
     assert "embedding" not in message  # only the tensors that differ are listed
 
 
-def test_cli_errors_are_messages_not_tracebacks(smoke_run, tmp_path, tmp_path_factory):
-    env = subprocess_env(cache_root=tmp_path_factory.getbasetemp(), devices=1)
+@pytest.mark.slow
+def test_cli_errors_are_messages_not_tracebacks(smoke_run, tmp_path):
+    env = subprocess_env(devices=1)
     missing_step = run_module("deft_jax.evaluate", f"--workdir={smoke_run}", "--step=999", env=env)
     empty = run_module("deft_jax.evaluate", f"--workdir={tmp_path}", env=env)
     for done, expected in ((missing_step, "available steps: ["), (empty, "not a training run's workdir")):
@@ -232,11 +293,11 @@ def test_restore_from_a_relative_workdir(smoke_run, eight_device_result, monkeyp
     """A workdir given relative to the current directory restores the same params (orbax's metadata read
     returns nothing for relative paths, so checkpoint paths are made absolute)."""
     config = build.load_run_config(smoke_run)
-    setup = build.model_setup(config, devices=jax.devices()[:1])
+    setup = build.setup(config, devices=jax.devices()[:1], mesh_fallback=True)
     step = eight_device_result["step"]
-    expected = jax.device_get(evaluate.restore_params(setup, workdir=smoke_run, step=step))
+    expected = jax.device_get(setup.restore_params(workdir=smoke_run, step=step))
     monkeypatch.chdir(smoke_run.parent)
     relative = pathlib.Path(smoke_run.name)
     assert checkpointing.param_shapes(workdir=relative, step=step)
-    restored = jax.device_get(evaluate.restore_params(setup, workdir=relative, step=step))
+    restored = jax.device_get(setup.restore_params(workdir=relative, step=step))
     jax.tree.map(np.testing.assert_array_equal, restored, expected)

@@ -26,6 +26,7 @@ def _rows(path: pathlib.Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
+@pytest.mark.slow
 def test_smoke_studies_train_evaluate_and_tabulate(smoke_workdir):
     workdir, _ = smoke_workdir
     specs = {name: study.study_specs(name, smoke=True) for name in study.STUDIES}
@@ -53,6 +54,7 @@ def test_smoke_studies_train_evaluate_and_tabulate(smoke_workdir):
         assert float(row["nll_std"]) == pytest.approx(statistics.stdev(values), rel=1e-9)
 
 
+@pytest.mark.slow
 def test_relaunch_skips_finished_runs(smoke_workdir):
     workdir, _ = smoke_workdir
     messages = []
@@ -72,6 +74,7 @@ def test_studies_share_runs():
     assert len(names["seeds"]) == 6 and len(names["noise"]) == 14  # 2 levels x (NLL, DEFT x 3 seeds + −p)
 
 
+@pytest.mark.slow
 def test_figures_from_smoke_runs(smoke_workdir, tmp_path):
     workdir, _ = smoke_workdir
     written = figures.main([f"--workdir={workdir}", f"--out={tmp_path}", "--smoke", "--scatter_examples=2"])

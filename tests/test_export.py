@@ -10,7 +10,6 @@ import pytest
 
 from deft_jax.training import setup as build
 from deft_jax.training import checkpointing
-from deft_jax.evaluation import evaluator as evaluate
 from deft_jax import export
 from deft_jax.model import decoder as model_lib
 from test_train_utils import run_module, subprocess_env, trained_smoke_run
@@ -24,19 +23,20 @@ def smoke_run(tmp_path_factory) -> pathlib.Path:
     return trained_smoke_run(tmp_path_factory)
 
 
-def test_exported_run_loads_in_transformers_with_equal_logits(smoke_run, tmp_path, tmp_path_factory):
+@pytest.mark.slow
+def test_exported_run_loads_in_transformers_with_equal_logits(smoke_run, tmp_path):
     import torch
     import transformers
 
     out = tmp_path / "hf"
     done = run_module("deft_jax.export", f"--workdir={smoke_run}", f"--out={out}",
-                      env=subprocess_env(cache_root=tmp_path_factory.getbasetemp()))
+                      env=subprocess_env())
     assert done.returncode == 0, done.stderr[-3000:]
     assert "exported step 2" in done.stderr
 
     config = build.load_run_config(smoke_run)
-    setup = build.model_setup(config, devices=jax.devices()[:1])
-    params = evaluate.restore_params(setup, workdir=smoke_run, step=2)
+    setup = build.setup(config, devices=jax.devices()[:1], mesh_fallback=True)
+    params = setup.restore_params(workdir=smoke_run, step=2)
     text = setup.tokenizer.apply_chat_template([{"role": "user", "content": "What is 12 + 30?"}]) + "42"
     ids = setup.tokenizer.encode(text)
 
@@ -52,7 +52,8 @@ def test_exported_run_loads_in_transformers_with_equal_logits(smoke_run, tmp_pat
     assert np.std(ours) > 1e-3  # not a degenerate model whose logits would match anything
 
 
-def test_export_bad_input(smoke_run, tmp_path, tmp_path_factory):
+@pytest.mark.slow
+def test_export_bad_input(smoke_run, tmp_path):
     with pytest.raises(checkpointing.CheckpointError, match=r"available steps: \[2\]"):
         export.export_run(workdir=smoke_run, out_dir=tmp_path / "a", step=5)
     with pytest.raises(ValueError, match="looks like a training workdir"):
@@ -60,6 +61,6 @@ def test_export_bad_input(smoke_run, tmp_path, tmp_path_factory):
     with pytest.raises(ValueError, match="--dtype='int8'"):
         export.export_run(workdir=smoke_run, out_dir=tmp_path / "b", dtype="int8")
     done = run_module("deft_jax.export", f"--workdir={tmp_path / 'nothing'}", f"--out={tmp_path / 'c'}",
-                      env=subprocess_env(cache_root=tmp_path_factory.getbasetemp()))
+                      env=subprocess_env())
     assert done.returncode != 0
     assert "export: error:" in done.stderr and "does not exist" in done.stderr and "Traceback" not in done.stderr

@@ -1,5 +1,5 @@
 """Objective family: gates vs autodiff and finite differences, limits, parity with an independent NumPy
-re-implementation of the official PyTorch formulas (DESIGN §2), numerical abuse, bad input, reductions."""
+re-implementation of the official PyTorch formulas (luludus/DEFT `objective_trans`), numerical abuse, bad input, reductions."""
 
 import functools
 
@@ -41,7 +41,7 @@ def random_batch(*, seed, shape=BATCH, vocab=11, scale=3.0, mask_fraction=0.25):
 
 
 # --------------------------------------------------------------------------------------------------
-# Independent NumPy reference (float64), written from DESIGN §2 / the official trainer's formulas.
+# Independent NumPy reference (float64), written from the official trainer's formulas.
 # --------------------------------------------------------------------------------------------------
 
 
@@ -95,7 +95,7 @@ def np_reference(official, logits, targets, mask):
         alpha = np.clip(floor + (1.0 - floor) * local, 0.001, 1.0)
         loss = -(np.exp(alpha * log_p) - 1) / (alpha + 1e-8)
         gate = p**alpha * alpha / (alpha + 1e-8)
-    # Not in the official repository (DESIGN §2): DFT and EAFT.
+    # Not in the official repository: DFT (p·(−log p)) and EAFT (H̃^β·(−log p)), from their papers.
     elif official == "dft":
         loss, gate = p * -log_p, p
     elif official.startswith("eaft"):
@@ -191,7 +191,7 @@ def test_deft_epsilon_matters_near_uniform_and_epsilon_zero_is_exact():
     shrink = np.asarray(official.gate, np.float64) / np.asarray(exact.gate, np.float64)
     np.testing.assert_allclose(shrink, c / (c + 1e-6), rtol=1e-6)
     assert shrink.max() < 1 - 3e-5
-    # DESIGN §2: a uniform prediction over Qwen's V = 151,936 gives C = 1/V ≈ 6.6e-6, where the
+    # A uniform prediction over Qwen's V = 151,936 gives C = 1/V ≈ 6.6e-6, where the
     # official ε shrinks the gate by ~13%; ε = 0 keeps the exact p^C.
     vocab = 151_936
     stats = synthetic_stats(p=[1 / vocab], collision=[1 / vocab])

@@ -1,4 +1,5 @@
-"""Gate plots: the curves are the formulas of DESIGN §2 and the CLI writes a readable PNG."""
+"""Gate plots: the curves are the objectives' gate formulas (1, p^α, p·1[p ≥ τ], p^C·C/(C + ε), ...) and
+the CLI writes a readable PNG."""
 
 import numpy as np
 import pytest
@@ -6,7 +7,7 @@ import pytest
 from deft_jax import plots
 
 
-def test_plotted_gates_are_the_design_formulas():
+def test_plotted_gates_are_the_gate_formulas():
     p = np.array([1e-4, 0.05, 0.3, 0.6, 0.99])
     gates = dict(plots.fixed_gates(p=p))
     np.testing.assert_allclose(gates["NLL (original, logp) = deformed α→0"], 1.0)

@@ -14,8 +14,10 @@ import optax
 import pytest
 
 from deft_jax.training import checkpointing
+from deft_jax.training import setup as build
 from deft_jax import cli
 from deft_jax import sharding as sharding_lib
+from helpers.checkpoints import verify_step
 
 # ------------------------------------------------------------------------------------------ checkpoints
 
@@ -43,7 +45,7 @@ def saved_once(tmp_path_factory):
         checkpointing.save(manager, step=step, state=jax.tree.map(jnp.asarray, state),
                            data_state={"cursor": step}, wait=True)
     manager.close()
-    assert [checkpointing.verify_step(directory, step) for step in (2, 4)] == [3, 3]  # all tensors match
+    assert [verify_step(directory, step) for step in (2, 4)] == [3, 3]  # all tensors match
     return directory, states
 
 
@@ -96,7 +98,7 @@ def test_orbax_alone_returns_other_numbers_for_a_flipped_data_file(saved):
     manager.close()
     assert not np.array_equal(np.asarray(state["params"]["w"]), states[4]["params"]["w"])
     with pytest.raises(checkpointing.CheckpointCorruptError, match=r"\(tensor params/w\): its bits differ"):
-        checkpointing.verify_step(directory, 4)
+        verify_step(directory, 4)
 
 
 @pytest.mark.parametrize("corruption", sorted(CORRUPTIONS))
@@ -105,14 +107,14 @@ def test_a_damaged_step_is_named_and_resume_falls_back_to_the_previous_one(saved
     CORRUPTIONS[corruption](directory)
 
     with pytest.raises(checkpointing.CheckpointCorruptError) as info:
-        checkpointing.verify_step(directory, 4)
+        verify_step(directory, 4)
     error = info.value
     assert error.step == 4 and str(error).startswith("checkpoint 4 is corrupt (") and "\n" not in str(error)
     assert str(directory / "4" / "state") in error.where
     if corruption.startswith(("metadata", "manifest")):
         assert error.where.endswith("_METADATA" if corruption.startswith("metadata") else "manifest.ocdbt")
 
-    assert checkpointing.verify_step(directory, 2) == 3
+    assert verify_step(directory, 2) == 3
     lines = []
     state, data_state, step, skipped = checkpointing.restore_latest_intact(directory, target=_target(),
                                                                            log=lines.append)
@@ -123,19 +125,18 @@ def test_a_damaged_step_is_named_and_resume_falls_back_to_the_previous_one(saved
 
 @pytest.mark.parametrize("corruption", ["data_file_bit_flip", "manifest_damaged", "metadata_deleted"])
 def test_evaluate_refuses_a_damaged_step_naming_it(saved, corruption):
-    """evaluate.restore_params (used by evaluate and export): the intact step 2 restores bit-equal, the
+    """Setup.restore_params (used by evaluate and export): the intact step 2 restores bit-equal, the
     damaged step 4 is refused with CheckpointCorruptError (before: NaN metrics, or AttributeError)."""
-    from deft_jax.evaluation import evaluator as evaluate
 
     directory, states = saved
     abstract = {name: jax.ShapeDtypeStruct(value.shape, value.dtype) for name, value in states[2]["params"].items()}
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     setup = types.SimpleNamespace(abstract_params=abstract, param_shardings=jax.tree.map(lambda _: sharding, abstract))
     workdir = directory.parent
-    _assert_equal_trees(evaluate.restore_params(setup, workdir=workdir, step=2), states[2]["params"])
+    _assert_equal_trees(build.Setup.restore_params(setup, workdir=workdir, step=2), states[2]["params"])
     CORRUPTIONS[corruption](directory)
     with pytest.raises(checkpointing.CheckpointCorruptError, match=r"^checkpoint 4 is corrupt \("):
-        evaluate.restore_params(setup, workdir=workdir, step=4)
+        build.Setup.restore_params(setup, workdir=workdir, step=4)
 
 
 def test_a_restore_cast_to_another_dtype_is_not_called_corrupt(saved):
@@ -221,7 +222,7 @@ def test_a_train_state_is_verified_by_name_with_or_without_its_target(tmp_path):
     _assert_equal_trees(restored, host)
     assert sorted(checkpointing.tensor_digests(host)) == ["opt_state/0/count", "opt_state/0/mu/w",
                                                           "opt_state/0/nu/w", "params/w", "step"]
-    assert checkpointing.verify_step(tmp_path, 1) == 5
+    assert verify_step(tmp_path, 1) == 5
 
 
 # ------------------------------------------------------------------------------------------------- data
@@ -238,42 +239,39 @@ def _jsonl_examples(path, rows, **fields):
     return load_examples(cfg, split="train"), cfg
 
 
-def test_dropping_every_example_names_the_file_and_lines(tmp_path):
+def test_dropping_every_example_names_the_file_and_lines(tmp_path, tiny_tokenizer):
     from deft_jax.data import DataError, tokenize_examples
-    from deft_jax.data.testing import tiny_tokenizer
 
     path = tmp_path / "long.jsonl"
     examples, cfg = _jsonl_examples(path, [{"prompt": "long " * (40 + i), "response": "ok"} for i in range(8)],
                                     max_length=32, truncation="drop")
     with pytest.raises(DataError) as info:
-        tokenize_examples(examples, tokenizer=tiny_tokenizer(), cfg=cfg)
+        tokenize_examples(examples, tokenizer=tiny_tokenizer, cfg=cfg)
     message = str(info.value)
     assert "no example left after truncation 'drop' at max_length 32" in message and "\n" not in message
     assert all(f"{path}:{line} (" in message for line in range(1, 6)) and f"{path}:6 (" not in message
     assert "and 3 more" in message and "'jsonl'" in message
 
 
-def test_the_report_names_the_first_dropped_examples(tmp_path):
+def test_the_report_names_the_first_dropped_examples(tmp_path, tiny_tokenizer):
     from deft_jax.data import tokenize_examples
-    from deft_jax.data.testing import tiny_tokenizer
 
     path = tmp_path / "mixed.jsonl"
     rows = [{"prompt": "long " * 60 if i in (2, 5) else "short", "response": "ok"} for i in range(7)]
     examples, cfg = _jsonl_examples(path, rows, max_length=32, truncation="drop")
-    kept, report = tokenize_examples(examples, tokenizer=tiny_tokenizer(), cfg=cfg)
+    kept, report = tokenize_examples(examples, tokenizer=tiny_tokenizer, cfg=cfg)
     assert len(kept) == 5 and report.num_dropped == 2
     assert [name.split(" (")[0] for name in report.over_length] == [f"{path}:3", f"{path}:6"]
     assert f"over length: {path}:3 (" in report.summary() and "more" not in report.summary()
 
 
-def test_token_ids_outside_the_model_vocabulary_are_rejected_naming_the_example(tmp_path):
+def test_token_ids_outside_the_model_vocabulary_are_rejected_naming_the_example(tmp_path, tiny_tokenizer):
     from deft_jax.data import DataError, check_token_range, tokenize_examples
-    from deft_jax.data.testing import tiny_tokenizer
 
     path = tmp_path / "d.jsonl"
     examples, cfg = _jsonl_examples(path, [{"prompt": "the quick brown fox", "response": "THE QUICK"},
                                            {"prompt": "0123456789", "response": "9"}])
-    tokenizer = tiny_tokenizer()
+    tokenizer = tiny_tokenizer
     kept, _ = tokenize_examples(examples, tokenizer=tokenizer, cfg=cfg, vocab_size=tokenizer.vocab_size)
     largest = max(int(example.tokens.max()) for example in kept)
     check_token_range(kept, vocab_size=largest + 1)  # every id inside: no error

@@ -1,15 +1,15 @@
-"""The shared-prefill sampler: greedy equals generate's per-row path, seeded sampling is independent of
+"""The shared-prefill sampler: greedy equals full recomputation, seeded sampling is independent of
 prefill sharing and batching, stop tokens and stop strings, sharded equals unsharded, kv_len attention."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from deft_jax.inference import generation as G
 from deft_jax.model import decoder as M
 from deft_jax.inference import sampler as S
 from deft_jax import sharding as sharding_lib
 from deft_jax.model import tokenizer as tokenizer_lib
+from test_generate import greedy_by_recomputation
 
 CONFIG = M.ModelConfig.tiny(vocab_size=264)  # the byte tokenizer's 259 ids, padded to split over 8 devices
 NEVER = 264  # a stop id outside the vocabulary: rows run to max_new_tokens
@@ -32,7 +32,7 @@ def _requests(tokenizer):
 
 
 def _run(params, tokenizer, requests, *, stops=None, mesh=None, rules=(), **options):
-    options.setdefault("sampling", G.SamplingConfig(max_new_tokens=NEW_TOKENS))
+    options.setdefault("sampling", S.SamplingConfig(max_new_tokens=NEW_TOKENS))
     stops = stops or S.StopCriteria(token_ids=(NEVER,))
     batches = S.sample(params, CONFIG, requests, options=S.SamplerOptions(**options), stops=stops,
                        decode_text=tokenizer.decode, pad_id=tokenizer.pad_id, mesh=mesh, rules=rules,
@@ -40,12 +40,11 @@ def _run(params, tokenizer, requests, *, stops=None, mesh=None, rules=(), **opti
     return {(s.prompt_id, s.sample_index): s for batch in batches for s in batch}
 
 
-def test_greedy_equals_generate_per_row_path(params, tokenizer):
+def test_greedy_equals_full_recomputation(params, tokenizer):
     requests = _requests(tokenizer)
-    reference = G.generate(params, CONFIG, [list(r.tokens) for r in requests], stop_ids=[NEVER],
-                           sampling=G.SamplingConfig(max_new_tokens=NEW_TOKENS), pad_id=tokenizer.pad_id)
+    reference = greedy_by_recomputation(params, CONFIG, [list(r.tokens) for r in requests], steps=NEW_TOKENS)
     got = _run(params, tokenizer, requests, n=3, max_rows=12, chunk_steps=4, kv_bucket=16)  # 3 chunks, kv_len 48 then 64
-    for request, tokens in zip(requests, reference.tokens):
+    for request, tokens in zip(requests, reference):
         for j in range(3):
             sample = got[(request.prompt_id, j)]
             assert list(sample.tokens) == tokens
@@ -55,7 +54,7 @@ def test_greedy_equals_generate_per_row_path(params, tokenizer):
 
 def test_seeded_sampling_is_independent_of_prefill_sharing_and_batching(params, tokenizer):
     requests = _requests(tokenizer)
-    sampling = G.SamplingConfig(max_new_tokens=NEW_TOKENS, temperature=1.0, top_p=0.95)
+    sampling = S.SamplingConfig(max_new_tokens=NEW_TOKENS, temperature=1.0, top_p=0.95)
     shared = _run(params, tokenizer, requests, n=4, max_rows=16, sampling=sampling, seed=3)
     per_row = _run(params, tokenizer, requests, n=4, max_rows=4, sampling=sampling, seed=3, share_prefill=False)
     one_by_one = {}
@@ -101,7 +100,7 @@ def test_sharded_equals_unsharded(params, tokenizer):
     requests = _requests(tokenizer)
     mesh = sharding_lib.make_mesh(data=2, fsdp=2, tensor=2)
     rules = M.DEFAULT_LOGICAL_RULES
-    sampling = G.SamplingConfig(max_new_tokens=NEW_TOKENS, temperature=1.0)
+    sampling = S.SamplingConfig(max_new_tokens=NEW_TOKENS, temperature=1.0)
     plain = _run(params, tokenizer, requests, n=3, max_rows=12, sampling=sampling)
     shardings = sharding_lib.logical_to_shardings(logical_axes=M.param_logical_axes(CONFIG), mesh=mesh, rules=rules)
     sharded_params = jax.device_put(params, shardings)
@@ -128,3 +127,35 @@ def test_length_batches_group_by_bucket_and_bound_rows():
     assert [[r.prompt_id for r in b] for b in batches] == [[2, 0], [4], [3, 1], [5]]
     with pytest.raises(ValueError, match="n=0"):
         S.SamplerOptions(n=0)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"sliding_window": 6}])
+def test_chunked_prefill_equals_one_shot(overrides):
+    config = M.ModelConfig.tiny(vocab_size=264, **overrides)
+    params = M.init_params(config, rng=jax.random.key(5))
+    rng = np.random.default_rng(2)
+    prompts = [rng.integers(3, 250, size=n).tolist() for n in (5, 29, 13)]
+    tokens, positions, segment_ids = S.left_pad(prompts, pad_id=0, bucket=32)
+    logits, cache = S.prefill(params, tokens, positions, segment_ids, config=config, max_len=48)
+    for chunk in (8, 16):  # 4 and 2 chunks of the 32-token bucket
+        chunked_logits, chunked = S.prefill(params, tokens, positions, segment_ids, config=config, max_len=48,
+                                            chunk=chunk)
+        np.testing.assert_allclose(np.asarray(chunked_logits), np.asarray(logits), rtol=1e-5, atol=1e-5)
+        for key in ("k", "v"):
+            np.testing.assert_allclose(np.asarray(chunked[key]), np.asarray(cache[key]), rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(np.asarray(chunked["segment_ids"]), np.asarray(cache["segment_ids"]))
+        assert int(chunked["end"]) == int(cache["end"]) == 32
+    with pytest.raises(ValueError, match="chunk=12 must be >= 1 and divide"):
+        S.prefill(params, tokens, positions, segment_ids, config=config, max_len=48, chunk=12)
+
+
+def test_chunked_prefill_samples_equal_one_shot(params, tokenizer):
+    requests = _requests(tokenizer)
+    sampling = S.SamplingConfig(max_new_tokens=NEW_TOKENS, temperature=1.0)
+    one_shot = _run(params, tokenizer, requests, n=2, max_rows=8, sampling=sampling, seed=1)
+    chunked = _run(params, tokenizer, requests, n=2, max_rows=8, sampling=sampling, seed=1, prefill_chunk=8)
+    assert chunked.keys() == one_shot.keys()
+    for key in one_shot:
+        assert chunked[key].tokens == one_shot[key].tokens, key
+    with pytest.raises(ValueError, match="prefill_chunk=0"):
+        S.SamplerOptions(prefill_chunk=0)

@@ -50,11 +50,12 @@ def wait_for(path: pathlib.Path, *, process: subprocess.Popen, timeout: float) -
         time.sleep(0.2)
 
 
-def test_sweep_killed_in_the_middle_resumes_without_redoing_finished_runs(tmp_path, tmp_path_factory):
+@pytest.mark.slow
+def test_sweep_killed_in_the_middle_resumes_without_redoing_finished_runs(tmp_path):
     config_file = tmp_path / "tiny_sweep.py"
     config_file.write_text(TINY_SWEEP_CONFIG)
     workdir = tmp_path / "sweep"
-    env = subprocess_env(cache_root=tmp_path_factory.getbasetemp())  # runs share one compiled step
+    env = subprocess_env()  # runs share one compiled step (the session's compilation cache)
     first_marker = workdir / "seed=0" / sweep.DONE_MARKER
 
     with open(tmp_path / "first_launch.log", "wb") as log:
@@ -99,6 +100,7 @@ def test_sweep_killed_in_the_middle_resumes_without_redoing_finished_runs(tmp_pa
     assert (workdir / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_print_commands_and_commands_file(tmp_path):
     workdir = tmp_path / "cluster"
     commands_file = tmp_path / "commands.txt"
@@ -156,8 +158,20 @@ def test_bad_sweep_input(tmp_path):
                                workdir=tmp_path / "w", points=[{"objective.alpha": 0.5}])
     with pytest.raises(sweep.SweepError, match=r"another config \(fields differing: \['total_steps'\]\)"):
         sweep.check_same_config(rerun)
+    # A run started before the project added a field is the same config while the sweep leaves it at its
+    # default (the run was trained with that behaviour), and another config once the sweep sets it.
+    point_file = run.workdir / sweep.POINT_FILE
+    stored = json.loads(point_file.read_text())
+    del stored["config"]["distributed"]["heartbeat_timeout_seconds"]
+    point_file.write_text(json.dumps(stored))
+    sweep.check_same_config(run)
+    stored["config"]["distributed"]["heartbeat_timeout_seconds"] = 5
+    point_file.write_text(json.dumps(stored))
+    with pytest.raises(sweep.SweepError, match="distributed.heartbeat_timeout_seconds"):
+        sweep.check_same_config(run)
 
 
+@pytest.mark.slow
 def test_cli_bad_input_is_a_message(tmp_path):
     no_sweep = tmp_path / "no_sweep.py"
     no_sweep.write_text(f"import sys\nsys.path.insert(0, {str(REPO_ROOT)!r})\nfrom configs import nll\n"

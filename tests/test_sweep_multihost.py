@@ -12,6 +12,8 @@ import pytest
 from deft_jax import sweeping as sweep
 from test_train_utils import REPO_ROOT, subprocess_env
 
+pytestmark = pytest.mark.slow  # processes
+
 TWO_POINT_SWEEP = f"""
 import sys
 sys.path.insert(0, {str(REPO_ROOT)!r})

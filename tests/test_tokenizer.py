@@ -9,7 +9,11 @@ import pytest
 from deft_jax.model import pretrained
 from deft_jax.model.tokenizer import CHATML_TEMPLATE, Tokenizer, load_tokenizer
 
-transformers = pytest.importorskip("transformers")
+
+
+def _transformers():
+    """transformers, the independent reference: only the tests comparing against it need it."""
+    return pytest.importorskip("transformers")
 
 MIXED_TEXT = (
     "def area(r):\n    return 3.14159 * r ** 2  # cm²\n\n\n1\n\n2\t\t3   4"
@@ -48,7 +52,7 @@ def default_tokenizer(default_gguf_path):
 @pytest.fixture(scope="module")
 def transformers_gguf_tokenizer(default_gguf_path):
     """Independent reference: transformers' own GGUF -> tokenizer conversion."""
-    return transformers.AutoTokenizer.from_pretrained(
+    return _transformers().AutoTokenizer.from_pretrained(
         str(default_gguf_path.parent), gguf_file=default_gguf_path.name
     )
 
@@ -119,7 +123,8 @@ def test_default_splits_digits_one_per_token(default_tokenizer):
 
 
 def test_default_matches_transformers_gguf_conversion(default_tokenizer, transformers_gguf_tokenizer):
-    """transformers' GGUF conversion lacks only the digit split (DESIGN §3): equal on text without digits."""
+    """transformers' GGUF conversion lacks only the pre-tokenizer's split of digits into single digits: equal on
+    text without digits."""
     for text in TEXTS_WITHOUT_DIGITS:
         expected = transformers_gguf_tokenizer.encode(text, add_special_tokens=False)
         assert default_tokenizer.encode(text) == expected, text
@@ -224,7 +229,7 @@ def test_template_environment_matches_transformers(tmp_path, saved_hf_dir, trans
 def test_save_hf_roundtrip_through_transformers(default_tokenizer, saved_hf_dir):
     assert sorted(p.name for p in saved_hf_dir.iterdir()) == [
         "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json"]
-    reference = transformers.AutoTokenizer.from_pretrained(str(saved_hf_dir))
+    reference = _transformers().AutoTokenizer.from_pretrained(str(saved_hf_dir))
     assert reference.encode(MIXED_TEXT, add_special_tokens=False) == default_tokenizer.encode(MIXED_TEXT)
     assert reference.encode(MIXED_TEXT) == default_tokenizer.encode(MIXED_TEXT, add_special_tokens=True)
     assert reference.decode(default_tokenizer.encode(MIXED_TEXT)) == MIXED_TEXT

@@ -1,6 +1,7 @@
 """The train step and loop: accumulation, schedule, non-finite skipping, bad input, kill/resume, SIGTERM, CLI."""
 import json
 import math
+import os
 import signal
 
 import jax
@@ -14,6 +15,7 @@ from deft_jax.training import checkpointing
 from deft_jax.training import loop as train
 from deft_jax import data as data_lib
 from deft_jax import sharding as sharding_lib
+from helpers.checkpoints import latest_restorable_step
 from test_train_utils import (CONFIGS, kill, losses_by_step, params_leaves, run_in_process, smoke_config,
                               start_cli, wait_for_step)
 
@@ -21,13 +23,13 @@ from test_train_utils import (CONFIGS, kill, losses_by_step, params_leaves, run_
 # ------------------------------------------------------------------------------------------------
 # The step on one device.
 
-def _one_device_run(workdir, **overrides):
+def _one_device_run(**overrides):
     config = smoke_config("deft", **{"mesh.data": 1, "batch_size": 8, "micro_batch_size": 8, **overrides})
-    return train.setup_run(config, workdir, devices=jax.devices()[:1])
+    return build.setup(config, devices=jax.devices()[:1])
 
 
 def _first_batch(run):
-    iterator = data_lib.train_iterator_from_config(run.train_examples, cfg=run.config.data,
+    iterator = data_lib.train_iterator_from_config(train.tokenized_split(run, split="train"), cfg=run.config.data,
                                                    batch_size=run.config.batch_size)
     return sharding_lib.put_batch(next(iterator), mesh=run.mesh, global_rows=run.config.batch_size,
                                   keys=data_lib.BATCH_KEYS)
@@ -35,16 +37,16 @@ def _first_batch(run):
 
 def _one_step(run, batch, state=None):
     with sharding_lib.mesh_context(run.mesh, run.rules):
-        state = train.initial_state(run) if state is None else state
+        state = run.initial_state() if state is None else state
         before = params_leaves(state)
-        step = build.jitted_train_step(run.spec, run.mesh, run.rules)
-        new_state, metrics = step(state, batch, run.schedule.as_arrays())
+        step = run.train_step()
+        new_state, metrics = step(state, batch, run.schedule(total_steps=run.config.total_steps).as_arrays())
         return before, new_state, jax.device_get(metrics)
 
 
 def test_four_micro_batches_of_two_equal_one_batch_of_eight(tmp_path):
-    whole = _one_device_run(tmp_path / "whole")
-    micro = _one_device_run(tmp_path / "micro", micro_batch_size=2)
+    whole = _one_device_run()
+    micro = _one_device_run(micro_batch_size=2)
     assert (whole.spec.num_micro_batches, micro.spec.num_micro_batches) == (1, 4)
     batch = _first_batch(whole)
     counts = np.asarray(batch["loss_mask"]).reshape(2, 4, -1).swapaxes(0, 1).sum(axis=(1, 2))
@@ -61,13 +63,13 @@ def test_four_micro_batches_of_two_equal_one_batch_of_eight(tmp_path):
 
 
 def test_mean_of_micro_means_is_the_official_normalisation(tmp_path):
-    run = _one_device_run(tmp_path, micro_batch_size=2, **{"loss.accumulation": "mean_of_micro_means"})
+    run = _one_device_run(micro_batch_size=2, **{"loss.accumulation": "mean_of_micro_means"})
     batch = _first_batch(run)
     _, _, metrics = _one_step(run, batch)
     # Independent reference: each micro-batch's token mean of the DEFT loss, averaged.
     loss_fn = jax.jit(lambda params, micro: step_lib.loss_fn(params, micro, loss=run.spec.loss))
     with sharding_lib.mesh_context(run.mesh, run.rules):
-        params = train.initial_state(run).params
+        params = run.initial_state().params
         means, totals, dens = [], [], []
         for m in range(4):
             micro = {k: np.asarray(v)[m::4] for k, v in batch.items()}
@@ -81,7 +83,7 @@ def test_mean_of_micro_means_is_the_official_normalisation(tmp_path):
 
 
 def test_non_finite_step_is_skipped_and_counted(tmp_path):
-    run = _one_device_run(tmp_path)
+    run = _one_device_run()
     batch = _first_batch(run)
     targets = np.asarray(batch["targets"]).copy()
     row, col = np.argwhere(np.asarray(batch["loss_mask"]) > 0)[0]
@@ -164,13 +166,14 @@ def _reference_cosine(step, *, lr, total, warmup_ratio, min_ratio=0.0):
 @pytest.mark.parametrize("min_ratio", [0.0, 0.1])
 def test_cosine_schedule_with_warmup(min_ratio):
     for step in (0, 1, 5, 9, 10, 11, 50, 99, 100):
-        got = float(step_lib.learning_rate(step, lr=5e-5, total_steps=100, warmup_ratio=0.1, min_lr_ratio=min_ratio))
+        schedule = step_lib.Schedule(lr=5e-5, total_steps=100, warmup_ratio=0.1, min_lr_ratio=min_ratio)
+        got = float(step_lib.scheduled_learning_rate(step, schedule.as_arrays()))
         assert got == pytest.approx(_reference_cosine(step, lr=5e-5, total=100, warmup_ratio=0.1,
                                                       min_ratio=min_ratio), rel=1e-5, abs=1e-12)
 
 
 def test_loss_impl_is_never_a_silent_fallback(tmp_path):
-    run = _one_device_run(tmp_path)
+    run = _one_device_run()
     bad = step_lib.LossSpec(model_config=run.model_config, objective=run.spec.loss.objective, impl="fancy")
     with pytest.raises(ValueError, match="config.loss.impl='fancy'"):
         step_lib.forward_objective({}, {"inputs": None, "targets": None, "loss_mask": None, "positions": None,
@@ -223,8 +226,9 @@ LONG_FLAGS = ["--config.total_steps=40", "--config.checkpoint.every_steps=4"]
 
 
 @pytest.fixture(scope="module")
-def compilation_cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("xla_cache")
+def compilation_cache():
+    """The session's cache (conftest.py), passed again through the config field the trainer reads."""
+    return os.environ["JAX_COMPILATION_CACHE_DIR"]
 
 
 @pytest.fixture(scope="module")
@@ -251,6 +255,7 @@ def _kill_during_a_checkpoint_write(process, workdir, *, give_up_at_step):
     raise AssertionError(f"the run ended (rc {process.returncode}) before it could be killed")
 
 
+@pytest.mark.slow
 def test_sigterm_resume_and_sigkill_mid_write_end_exactly_as_an_uninterrupted_run(
         tmp_path, uninterrupted, compilation_cache):
     workdir = tmp_path / "run"
@@ -266,10 +271,9 @@ def test_sigterm_resume_and_sigkill_mid_write_end_exactly_as_an_uninterrupted_ru
     assert train.read_final(workdir)["preempted"] is True and train.read_final(workdir)["step"] == stopped_at
     saved = json.loads((workdir / "config.json").read_text())
     assert saved["total_steps"] == 40 and saved["objective"]["name"] == "deft"
-    run = train.setup_run(smoke_config("deft", **LONG), workdir)
-    target = sharding_lib.with_shardings(run.abstract_state, run.state_shardings)
+    target = build.setup(smoke_config("deft", **LONG)).state_target
     directory = checkpointing.checkpoint_dir(workdir)
-    assert checkpointing.check_restorable(directory=directory, target=target) == stopped_at
+    assert latest_restorable_step(directory=directory, target=target) == stopped_at
     # 2. The same command resumes from there; SIGKILL it while it writes a checkpoint.
     process = start_cli(*command, log_path=tmp_path / "second.log")
     wait_for_step(process, workdir, step=stopped_at + 2)
@@ -303,7 +307,7 @@ def test_a_refused_resume_leaves_the_runs_config_record_and_checkpoints_usable(t
         run_in_process(changed, workdir)
     assert (workdir / "config.json").read_text() == record
     config = build.load_run_config(workdir)
-    setup = build.model_setup(config)
+    setup = build.setup(config, mesh_fallback=True)
     params = checkpointing.restore_params(workdir=workdir, step=2, abstract_params=setup.abstract_params,
                                           shardings=setup.param_shardings)
     assert jax.tree.structure(params) == jax.tree.structure(setup.abstract_params)
@@ -328,3 +332,23 @@ def test_resume_falls_back_from_a_corrupt_latest_checkpoint_and_ends_as_an_unint
     assert final["step"] == 4
     for got, want in zip(params_leaves(final["state"]), params_leaves(reference["state"])):
         assert np.array_equal(got, want)
+
+
+def test_program_counter_counts_the_lowerings_of_its_function_only():
+    """jax.monitoring's lowering events, attributed by function name while counting: one per new shape."""
+    from deft_jax.training import metrics as metrics_lib
+
+    counter = metrics_lib.ProgramCounter(fun_name="train_step")
+
+    def train_step(x):
+        return x * 2
+
+    def other(x):
+        return x + 1
+
+    step, other_step = jax.jit(train_step), jax.jit(other)
+    with counter.counting():
+        step(np.ones(3)), step(np.ones(3)), other_step(np.ones(3)), step(np.ones(4))
+    step(np.ones(5))  # not counted: outside counting()
+    assert counter.count == 2
+    assert step._cache_size() == 3  # JAX's own (private) count of the three programs, as a cross-check

@@ -4,12 +4,14 @@ import socket
 
 import jax
 import numpy as np
+import pytest
 
 from deft_jax.training import checkpointing
-from deft_jax import sharding as sharding_lib
-from deft_jax.training import loop as train
+from deft_jax.training import setup as build
 from test_train_utils import (CONFIGS, REPO_ROOT, cli_command, losses_by_step, params_leaves, read_metrics,
                               run_in_process, smoke_config, subprocess_env)
+
+pytestmark = pytest.mark.slow  # processes
 
 STEPS = 3  # as test_sharding's one-device reference (the compiled step is shared in one session)
 
@@ -49,8 +51,7 @@ def test_two_processes_match_one_process(tmp_path):
     assert relative <= 1e-5, relative
 
     # The checkpoint written by the two processes restores in this one (8 devices), matching the reference.
-    run = train.setup_run(smoke_config("deft", total_steps=STEPS), workdir)
-    target = sharding_lib.with_shardings(run.abstract_state, run.state_shardings)
+    target = build.setup(smoke_config("deft", total_steps=STEPS)).state_target
     manager = checkpointing.make_manager(directory=checkpointing.checkpoint_dir(workdir), read_only=True)
     state, data_state, step = checkpointing.restore(manager, target=target)
     manager.close()

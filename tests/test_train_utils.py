@@ -2,6 +2,7 @@
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -38,16 +39,14 @@ def losses_by_step(workdir):
     return {r["step"]: r["train/loss"] for r in read_metrics(workdir) if "train/loss" in r}
 
 
-def subprocess_env(*, devices=8, extra=None, cache_root=None):
-    """The test environment for a subprocess: `devices` fake CPU devices, the repo on PYTHONPATH, and with
-    `cache_root` a session-wide JAX compilation cache (so repeated tiny runs compile once)."""
+def subprocess_env(*, devices=8, extra=None):
+    """The test environment for a subprocess: `devices` fake CPU devices, the repo on PYTHONPATH, and the
+    session's JAX compilation cache (inherited from os.environ, set by conftest.py), so the programs a
+    tiny run compiles are compiled once per session, whichever process asks first."""
     env = dict(os.environ)
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    if cache_root is not None:
-        env["JAX_COMPILATION_CACHE_DIR"] = str(pathlib.Path(cache_root) / "jax_compilation_cache")
-        env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     env.update(extra or {})
     return env
 
@@ -88,26 +87,33 @@ def kill(process, sig=signal.SIGKILL):
     return process.wait(timeout=120)
 
 
-# ---- A shared tiny trained run for the evaluate/export tests (subprocess, session-wide compile cache). ----
-SMOKE_ARGS = ["--config=configs/deformed_log.py:smoke", "--config.eval.at_end=True"]
-
-
-
 def run_module(module: str, *args: str, env: dict[str, str], timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO_ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
 
+# ---- A shared tiny trained run for the evaluate/export tests. ----
+
+def session_dir(tmp_path_factory) -> pathlib.Path:
+    """A folder shared by every process of one test session: the xdist workers' base folders are
+    <root>/popen-gw<N>, so theirs is <root>."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 def trained_smoke_run(tmp_path_factory) -> pathlib.Path:
-    """A tiny deformed-log run trained for 2 steps on 8 fake devices with the trainer's final eval, shared by
-    the test modules of one session (read-only; trained by whichever module asks first)."""
-    workdir = tmp_path_factory.getbasetemp() / "shared_smoke_run"
-    if (workdir / "TRAINED").is_file():
-        return workdir
-    done = run_module("deft_jax.train", *SMOKE_ARGS, f"--workdir={workdir}",
-                      env=subprocess_env(cache_root=tmp_path_factory.getbasetemp()))
-    assert done.returncode == 0, done.stderr[-3000:]
-    (workdir / "TRAINED").write_text("ok")
+    """A tiny deformed-log run trained (in this process) for 2 steps on 8 fake devices with the trainer's
+    final eval, shared by the test modules and xdist workers of one session: read-only, trained by
+    whichever asks first."""
+    import filelock
+
+    workdir = session_dir(tmp_path_factory) / "shared_smoke_run"
+    with filelock.FileLock(f"{workdir}.lock"):
+        if not (workdir / "TRAINED").is_file():
+            shutil.rmtree(workdir, ignore_errors=True)  # what a failed first attempt left
+            final = run_in_process(smoke_config("deformed_log", **{"eval.at_end": True}), workdir)
+            assert final["step"] == 2 and not final["preempted"], final
+            (workdir / "TRAINED").write_text("ok")
     return workdir
 
 

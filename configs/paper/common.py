@@ -23,6 +23,7 @@ import dataclasses
 import ml_collections
 
 from configs import base
+from deft_jax.training import config as config_lib
 
 REGIMES = ("math", "medical", "figfont")
 MAX_LENGTH = {"math": 3072, "medical": 800, "figfont": 800}
@@ -59,14 +60,14 @@ def paper_config(arg: str | None, *, preset: str, lr: float, default_regime: str
     parsed = base.parse_arg(arg, regime=default_regime, objective="deft", model_path="", eval_path="",
                             impl="chunked", topology=default_topology)
     if parsed.regime not in REGIMES:
-        raise ValueError(f"config argument regime={parsed.regime!r} is not one of {REGIMES}")
+        raise config_lib.ConfigError(f"config argument regime={parsed.regime!r} is not one of {REGIMES}")
     if parsed.runlocal or parsed.smoke or parsed.model or parsed.task:
-        raise ValueError("paper configs take regime=, objective=, model_path=, data_path=, eval_path=, impl=, "
+        raise config_lib.ConfigError("paper configs take regime=, objective=, model_path=, data_path=, eval_path=, impl=, "
                          "topology= (runlocal, smoke, model= and task= belong to the small configs)")
     regime_kind = "math" if parsed.regime == "math" else "short"
     available = plans[regime_kind]
     if parsed.topology not in available:
-        raise ValueError(f"config argument topology={parsed.topology!r}: this config is planned for "
+        raise config_lib.ConfigError(f"config argument topology={parsed.topology!r}: this config is planned for "
                          f"{sorted(available)}; compile another with deft_jax.compile and --config.mesh.* / "
                          f"--config.micro_batch_size")
     plan = available[parsed.topology]

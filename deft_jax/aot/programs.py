@@ -9,8 +9,10 @@ It builds the programs that `deft_jax.train` and `deft_jax.evaluate` run for the
 architecture alone (no weights, no data: ShapeDtypeStructs carrying their shardings):
   train    the jitted train step (micro-batch scan, clip, AdamW) with the trainer's shardings, state donated;
   eval     the trainer's eval step on `eval.batch_size` rows;
-  prefill  generation's prompt pass, filling a KV cache of prompt_len + max_new_tokens slots;
-  decode   generation's while-loop of cached single-token steps.
+  prefill  the engine's prompt pass (deft_jax.inference.sampler.prefill), filling a KV cache of
+           prompt_len + max_new_tokens slots (rounded up to the engine's kv_bucket);
+  decode   one of the engine's decode chunks (sampler.decode_chunk: a while-loop of cached single-token
+           steps, temperature 1), attending over the whole cache: its costliest chunk.
 Each is lowered and compiled for the devices of `jax.experimental.topologies.get_topology_desc`, and
 `compiled.memory_analysis()` gives the bytes per chip.
 
@@ -51,9 +53,10 @@ from deft_jax import data as data_lib  # noqa: E402
 from deft_jax import errors  # noqa: E402
 from deft_jax import sharding as sharding_lib  # noqa: E402
 from deft_jax.evaluation import evaluator as evaluate  # noqa: E402
-from deft_jax.inference import generation as generate  # noqa: E402
+from deft_jax.inference import sampler  # noqa: E402
+from deft_jax.model import attention as attention_lib  # noqa: E402
 from deft_jax.model import decoder as model_lib  # noqa: E402
-from deft_jax.training import config as config_lib  # noqa: E402
+from deft_jax.training.metrics import TPU_PEAK_FLOPS  # noqa: E402
 from deft_jax.training import setup as build  # noqa: E402
 from deft_jax.training import step as step_lib  # noqa: E402
 
@@ -82,11 +85,11 @@ class Chip:
     chip_config: str  # get_topology_desc's chip_config_name: one device per chip
 
 
-CHIPS = {
-    "v4": Chip("v4", 32 * GIB, 275e12, 1.2e12, cores_in_slice_name=2, dims=3, chip_config="megacore"),
-    "v5e": Chip("v5e", 16 * GIB, 197e12, 0.82e12, cores_in_slice_name=1, dims=2, chip_config="default"),
-    "v5p": Chip("v5p", 95 * GIB, 459e12, 2.8e12, cores_in_slice_name=2, dims=3, chip_config="megacore"),
-    "v6e": Chip("v6e", 32 * GIB, 918e12, 1.6e12, cores_in_slice_name=1, dims=2, chip_config="default"),
+CHIPS = {  # peak FLOP/s: training.metrics.TPU_PEAK_FLOPS
+    "v4": Chip("v4", 32 * GIB, TPU_PEAK_FLOPS["v4"], 1.2e12, cores_in_slice_name=2, dims=3, chip_config="megacore"),
+    "v5e": Chip("v5e", 16 * GIB, TPU_PEAK_FLOPS["v5e"], 0.82e12, cores_in_slice_name=1, dims=2, chip_config="default"),
+    "v5p": Chip("v5p", 95 * GIB, TPU_PEAK_FLOPS["v5p"], 2.8e12, cores_in_slice_name=2, dims=3, chip_config="megacore"),
+    "v6e": Chip("v6e", 32 * GIB, TPU_PEAK_FLOPS["v6e"], 1.6e12, cores_in_slice_name=1, dims=2, chip_config="default"),
 }
 
 # Chips -> JAX topology shape, for the slice sizes Cloud TPU offers.
@@ -161,19 +164,21 @@ class GenerationShape:
     max_new_tokens: int
 
 
-@dataclasses.dataclass
-class Target:
-    """Everything needed to lower the programs of one config on one device set (no arrays)."""
+@dataclasses.dataclass(frozen=True, eq=False)
+class Programs:
+    """What the programs of one config are lowered from: its Setup (built on the target's devices, nothing
+    executed) and generation's batch shape."""
 
-    config: Any
-    mesh: Any
-    rules: Any
-    model_config: model_lib.ModelConfig
-    spec: Any  # step.StepSpec
-    seq_len: int
-    abstract_state: Any  # step.TrainState of ShapeDtypeStructs carrying shardings
+    setup: build.Setup
     generation: GenerationShape
-    eos_id: int
+
+    @property
+    def seq_len(self) -> int:
+        return data_lib.row_length(self.setup.config.data)
+
+    @property
+    def eos_id(self) -> int:
+        return self.setup.model_config.vocab_size - 1  # a stand-in: the stop id is a constant of decode, not a shape
 
 
 def shard_bytes(tree) -> int:
@@ -204,89 +209,87 @@ def default_generation(config) -> GenerationShape:
     new-token budget for the task."""
     task = str(config.data.task).split(":")[0]
     new_tokens = evaluate.DEFAULT_MAX_NEW_TOKENS.get(task, evaluate.DEFAULT_MAX_NEW_TOKENS["reasoning_gym"])
-    prompt_len = -(-data_lib.row_length(config.data) // generate.PROMPT_BUCKET) * generate.PROMPT_BUCKET
+    prompt_len = -(-data_lib.row_length(config.data) // sampler.PROMPT_BUCKET) * sampler.PROMPT_BUCKET
     return GenerationShape(batch_size=config.eval.batch_size, prompt_len=prompt_len, max_new_tokens=new_tokens)
 
 
-def build_target(config, *, devices: Sequence[Any], generation: GenerationShape | None = None) -> Target:
-    """Validate `config` against `devices`, then mesh, architecture, step spec and abstract sharded state
-    (the trainer's own builders; nothing is executed)."""
+def build_programs(config, *, devices: Sequence[Any], generation: GenerationShape | None = None) -> Programs:
+    """`config`'s Setup on `devices` (validated against them; architecture only, no tokenizer, no weights;
+    nothing is executed), with generation's shape."""
     try:
-        config_lib.validate(config, num_devices=len(devices))
-        mesh = build.build_mesh(config, devices=devices)
-        model_config = build.architecture(config)
-        spec = build.build_step_spec(config, model_config=model_config)
-        rules = build.build_rules(config)
-        abstract, shardings = build.state_layout(model_config, spec.optimizer, mesh, rules)
+        setup = build.setup(config, devices=devices, load_tokenizer=False)
     except ValueError as error:  # a bad field, or a parameter dimension the mesh does not divide
         raise CompileError(f"{error} (the topology has {len(devices)} chips)") from None
-    eos = model_config.vocab_size - 1  # a stand-in: the stop id is a constant of decode, not a shape
-    return Target(config=config, mesh=mesh, rules=rules, model_config=model_config, spec=spec,
-                  seq_len=data_lib.row_length(config.data),
-                  abstract_state=sharding_lib.with_shardings(abstract, shardings),
-                  generation=generation or default_generation(config), eos_id=eos)
+    return Programs(setup=setup, generation=generation or default_generation(setup.config))
 
 
-def lower_train(target: Target):
-    replicated = sharding_lib.replicated(target.mesh)
+def lower_train(target: Programs):
+    replicated = sharding_lib.replicated(target.setup.mesh)
     schedule = {key: _abstract((), jnp.float32, replicated)
-                for key in step_lib.Schedule(lr=1.0, total_steps=1).as_arrays()}
-    batch = train_batch(mesh=target.mesh, rows=target.config.batch_size, seq_len=target.seq_len)
-    with sharding_lib.mesh_context(target.mesh, target.rules):
-        step = build.jitted_train_step(target.spec, target.mesh, target.rules)
-        return step.lower(target.abstract_state, batch, schedule), {"batch": batch}
+                for key in target.setup.schedule(total_steps=1).as_arrays()}
+    batch = train_batch(mesh=target.setup.mesh, rows=target.setup.config.batch_size, seq_len=target.seq_len)
+    with sharding_lib.mesh_context(target.setup.mesh, target.setup.rules):
+        step = target.setup.train_step()
+        return step.lower(target.setup.state_target, batch, schedule), {"batch": batch}
 
 
-def lower_eval(target: Target):
-    batch = train_batch(mesh=target.mesh, rows=target.config.eval.batch_size, seq_len=target.seq_len,
+def lower_eval(target: Programs):
+    batch = train_batch(mesh=target.setup.mesh, rows=target.setup.config.eval.batch_size, seq_len=target.seq_len,
                         with_weights=True)
-    with sharding_lib.mesh_context(target.mesh, target.rules):
-        step = step_lib.jitted_eval_sums(target.spec.loss, target.mesh)
-        return step.lower(target.abstract_state.params, batch), {"batch": batch}
+    with sharding_lib.mesh_context(target.setup.mesh, target.setup.rules):
+        step = step_lib.jitted_eval_sums(target.setup.spec.loss, target.setup.mesh)
+        return step.lower(target.setup.state_target.params, batch), {"batch": batch}
 
 
-def _generation_params(target: Target):
-    if target.model_config.scan_layers:
-        return target.abstract_state.params, target.model_config
+def _generation_params(target: Programs):
+    if target.setup.model_config.scan_layers:
+        return target.setup.state_target.params, target.setup.model_config
     # generate() stacks unscanned params first; the stacked layout has its own shardings.
-    config = target.model_config.replace(scan_layers=True)
-    abstract, shardings = model_lib.param_layout(config, mesh=target.mesh, rules=target.rules)
+    config = target.setup.model_config.replace(scan_layers=True)
+    abstract, shardings = model_lib.param_layout(config, mesh=target.setup.mesh, rules=target.setup.rules)
     return sharding_lib.with_shardings(abstract, shardings), config
 
 
-def _prompt_arrays(target: Target):
+def _prompt_arrays(target: Programs):
     g = target.generation
-    replicated = sharding_lib.replicated(target.mesh)
+    replicated = sharding_lib.replicated(target.setup.mesh)
     return tuple(_abstract((g.batch_size, g.prompt_len), jnp.int32, replicated) for _ in range(3))
 
 
-def lower_prefill(target: Target):
-    params, config = _generation_params(target)
+def _cache_length(target: Programs) -> int:
     g = target.generation
-    lowered = generate.prefill.lower(params, *_prompt_arrays(target), config=config,
-                                     max_len=g.prompt_len + g.max_new_tokens)
+    return sampler.cache_length(prompt_len=g.prompt_len, max_new_tokens=g.max_new_tokens,
+                                kv_bucket=sampler.SamplerOptions().kv_bucket)
+
+
+def lower_prefill(target: Programs):
+    params, config = _generation_params(target)
+    lowered = sampler.prefill.lower(params, *_prompt_arrays(target), config=config, max_len=_cache_length(target))
     return lowered, {"batch": _prompt_arrays(target)}
 
 
-def lower_decode(target: Target, *, prefill_compiled):
-    """decode() on prefill's outputs, with the shardings the compiled prefill gives them."""
+def lower_decode(target: Programs, *, prefill_compiled):
+    """decode_chunk() on prefill's outputs, with the shardings the compiled prefill gives them: one chunk of
+    the engine's chunk_steps (at most max_new_tokens) steps, attending over every cache slot."""
     params, config = _generation_params(target)
     g = target.generation
-    shapes = jax.eval_shape(lambda p, *a: generate.prefill(p, *a, config=config,
-                                                           max_len=g.prompt_len + g.max_new_tokens),
+    max_len = _cache_length(target)
+    shapes = jax.eval_shape(lambda p, *a: sampler.prefill(p, *a, config=config, max_len=max_len),
                             params, *_prompt_arrays(target))
     logits, cache = jax.tree.map(lambda s, sharding: _abstract(s.shape, s.dtype, sharding), shapes,
                                  prefill_compiled.output_shardings)
-    replicated = sharding_lib.replicated(target.mesh)
-    rng = jax.eval_shape(lambda: jax.random.key(0))
-    scalars = dict(
-        next_positions=_abstract((g.batch_size,), jnp.int32, replicated),
-        rng=jax.ShapeDtypeStruct(rng.shape, rng.dtype, sharding=replicated),
-        temperature=_abstract((), jnp.float32, replicated), top_p=_abstract((), jnp.float32, replicated))
-    lowered = generate.decode.lower(params, logits, cache, scalars["next_positions"], scalars["rng"],
-                                    scalars["temperature"], scalars["top_p"], config=config,
-                                    max_new_tokens=g.max_new_tokens, stop_ids=(target.eos_id,), pad_id=0)
-    return lowered, {"batch": {"logits": logits, "cache": cache, **scalars}}
+    replicated = sharding_lib.replicated(target.setup.mesh)
+    keys = jax.eval_shape(lambda: sampler.row_keys(seed=0, prompt_ids=[0] * g.batch_size,
+                                                   sample_indices=[0] * g.batch_size))
+    rows = dict(positions=_abstract((g.batch_size,), jnp.int32, replicated),
+                done=_abstract((g.batch_size,), jnp.bool_, replicated),
+                keys=jax.ShapeDtypeStruct(keys.shape, keys.dtype, sharding=replicated),
+                first_step=_abstract((), jnp.int32, replicated), limit=_abstract((), jnp.int32, replicated))
+    lowered = sampler.decode_chunk.lower(
+        params, logits, cache, rows["positions"], rows["done"], rows["keys"], rows["first_step"], rows["limit"],
+        config=config, steps=min(sampler.SamplerOptions().chunk_steps, g.max_new_tokens), kv_len=max_len,
+        stop_ids=(target.eos_id,), pad_id=0, temperature=1.0, top_p=1.0)
+    return lowered, {"batch": {"logits": logits, "cache": cache, **rows}}
 
 
 # ====================================================================================================
@@ -350,12 +353,12 @@ def summarise_oom(text: str, *, allocations: int = 3) -> str:
     return " | ".join(kept)
 
 
-def compile_target(target: Target, *, programs: Sequence[str] = PROGRAMS) -> dict[str, ProgramReport]:
+def compile_target(target: Programs, *, programs: Sequence[str] = PROGRAMS) -> dict[str, ProgramReport]:
     """Lower and compile the requested programs; their per-chip memory reports, by name."""
     unknown = sorted(set(programs) - set(PROGRAMS))
     if unknown:
         raise CompileError(f"unknown program(s) {unknown}; choose from {PROGRAMS}")
-    state = target.abstract_state
+    state = target.setup.state_target
     reports: dict[str, ProgramReport] = {}
     if "train" in programs:
         lowered, extra = lower_train(target)
@@ -383,18 +386,18 @@ def compile_target(target: Target, *, programs: Sequence[str] = PROGRAMS) -> dic
 # ====================================================================================================
 # Cost model.
 
-def step_costs(target: Target, *, chip: Chip, chips: int) -> dict[str, float]:
+def step_costs(target: Programs, *, chip: Chip, chips: int) -> dict[str, float]:
     """Analytic FLOPs, roofline lower bound and tokens/s at fixed MFU of one train step."""
-    c = target.model_config
+    c = target.setup.model_config
     per_token = model_lib.flops_per_token(c, seq_len=target.seq_len)
-    tokens = target.config.batch_size * target.seq_len
+    tokens = target.setup.config.batch_size * target.seq_len
     per_step = per_token * tokens
     compute_seconds = per_step / (chips * chip.peak_flops)
     n_params = model_lib.count_non_embedding_params(c) + c.vocab_size * c.d_model * (1 if c.tie_embeddings else 2)
-    tensor = target.mesh.shape["tensor"]
-    passes = 2 + int(c.remat)
-    streamed = target.spec.num_micro_batches * passes * n_params / tensor * jnp.dtype(c.dtype).itemsize
-    state = shard_bytes(target.abstract_state.params) + shard_bytes(target.abstract_state.opt_state)
+    tensor = target.setup.mesh.shape["tensor"]
+    passes = 2 + int(c.remat_name != "none")
+    streamed = target.setup.spec.num_micro_batches * passes * n_params / tensor * jnp.dtype(c.dtype).itemsize
+    state = shard_bytes(target.setup.state_target.params) + shard_bytes(target.setup.state_target.opt_state)
     hbm_bytes = 2 * state + streamed
     memory_seconds = hbm_bytes / chip.hbm_bandwidth
     costs = {"params": float(n_params), "flops_per_token": per_token, "tokens_per_step": float(tokens),
@@ -406,10 +409,10 @@ def step_costs(target: Target, *, chip: Chip, chips: int) -> dict[str, float]:
     return costs
 
 
-def advice(target: Target, report: ProgramReport, *, capacity: int) -> str:
+def advice(target: Programs, report: ProgramReport, *, capacity: int) -> str:
     """One message for a program that does not fit: the largest buffers and what to change."""
-    config, c = target.config, target.model_config
-    mesh = target.mesh.shape
+    config, c = target.setup.config, target.setup.model_config
+    mesh = target.setup.mesh.shape
     if report.out_of_memory:
         head = f"{report.name} does not fit: the TPU compiler ran out of HBM: {report.out_of_memory}"
     else:
@@ -429,8 +432,8 @@ def advice(target: Target, report: ProgramReport, *, capacity: int) -> str:
         fixes.append(f"more fsdp (config.mesh.fsdp, now {mesh['fsdp']}) to shard params and optimizer state")
     if report.name == "train":
         fixes.append(f"more micro-batches (config.micro_batch_size smaller, now {config.micro_batch_size or config.batch_size} rows)")
-        if not c.remat:
-            fixes.append("remat (config.model.remat=True)")
+        if c.remat_name == "none":
+            fixes.append("remat (config.model.remat_policy='full', or a lighter policy)")
         if config.loss.impl == "naive":
             fixes.append("the chunked head (config.loss.impl='chunked')")
     elif report.name in ("prefill", "decode"):
@@ -446,15 +449,17 @@ def compile_report(config, *, topology: str, programs: Sequence[str] = PROGRAMS,
     parsed = parse_topology(topology)
     devices = topology_devices(parsed)
     start = time.perf_counter()
-    target = build_target(config, devices=devices, generation=generation)
+    target = build_programs(config, devices=devices, generation=generation)
     reports = compile_target(target, programs=programs)
     capacity = parsed.chip.hbm_bytes
     result: dict[str, Any] = {
         "topology": parsed.name, "jax_topology": parsed.jax_name, "chip": parsed.chip.kind, "chips": parsed.chips,
         "hosts": len({d.process_index for d in devices}), "hbm_capacity_gib": capacity / GIB,
         "model": str(config.model.name), "objective": str(config.objective.name), "loss_impl": config.loss.impl,
-        "remat": bool(target.model_config.remat), "mesh": dict(target.mesh.shape),
-        "batch_size": int(config.batch_size), "micro_batches": int(target.spec.num_micro_batches),
+        "remat": target.setup.model_config.remat_name != "none", "remat_policy": target.setup.model_config.remat_name,
+        "attention": attention_lib.resolve(target.setup.model_config.attention_spec, platform="tpu",
+                                           seq_len=target.seq_len), "mesh": dict(target.setup.mesh.shape),
+        "batch_size": int(config.batch_size), "micro_batches": int(target.setup.spec.num_micro_batches),
         "seq_len": int(target.seq_len), "generation": dataclasses.asdict(target.generation), "programs": {},
         "problems": []}
     for name, report in reports.items():
@@ -470,8 +475,8 @@ def compile_report(config, *, topology: str, programs: Sequence[str] = PROGRAMS,
             result["problems"].append(advice(target, report, capacity=capacity))
         result["programs"][name] = entry
     result["costs"] = step_costs(target, chip=parsed.chip, chips=parsed.chips)
-    result["state_gib"] = {"params": shard_bytes(target.abstract_state.params) / GIB,
-                           "optimizer": shard_bytes(target.abstract_state.opt_state) / GIB}
+    result["state_gib"] = {"params": shard_bytes(target.setup.state_target.params) / GIB,
+                           "optimizer": shard_bytes(target.setup.state_target.opt_state) / GIB}
     result["fits"] = not result["problems"] if reports else None  # None: nothing compiled
     result["seconds"] = round(time.perf_counter() - start, 1)
     return result
@@ -486,7 +491,8 @@ def format_report(result: Mapping[str, Any]) -> str:
     mesh = " x ".join(f"{k}={v}" for k, v in result["mesh"].items())
     lines = [
         f"{result['model']} ({costs['params'] / 1e9:.2f}B params), {result['objective']} ({result['loss_impl']} head"
-        f"{', remat' if result['remat'] else ''}), {result['batch_size']} rows x {result['seq_len']} tokens in "
+        f"{', remat ' + result['remat_policy'] if result['remat'] else ''}, attention {result['attention']}), "
+        f"{result['batch_size']} rows x {result['seq_len']} tokens in "
         f"{result['micro_batches']} micro-batch(es)",
         f"topology {result['topology']} ({result['jax_topology']}): {result['chips']} {result['chip']} chips on "
         f"{result['hosts']} host(s), {result['hbm_capacity_gib']:.0f} GiB HBM each; mesh {mesh}",

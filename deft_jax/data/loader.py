@@ -22,6 +22,11 @@ packing, buckets) guards against restoring onto different data or settings.
 
 Evaluation batches are in fixed order (no shuffle), padded, with "weights" (1.0 real row, 0.0 padding
 row) and "example_index" (-1 for padding rows); every process gets the same number of batches.
+
+grain provides the shuffle only. Its per-host pipeline (shard the examples by process, then `.batch` or
+first-fit packing per host, with a per-host iterator state) would make each global batch depend on
+process_count and change the example order of runs already saved; the global layout above, a pure
+function of one stream position, is what keeps a resume on another number of hosts exact.
 """
 from __future__ import annotations
 

@@ -88,18 +88,6 @@ def assemble_batch(
     return batch
 
 
-def padded_batch(
-    examples: Sequence[TokenizedExample], *, batch_size: int, buckets: Sequence[int], pad_id: int = 0
-) -> dict[str, np.ndarray]:
-    """One example per row, padded to the smallest bucket that holds the longest; empty rows pad."""
-    if len(examples) > batch_size:
-        raise DataError(f"{len(examples)} examples do not fit {batch_size} rows")
-    longest = max((slots(e) for e in examples), default=1)
-    seq_len = choose_bucket(longest, buckets=buckets)
-    placements = [(row, 0) for row in range(len(examples))]
-    return assemble_batch(examples, placements, batch_size=batch_size, seq_len=seq_len, pad_id=pad_id)
-
-
 def packing_efficiency(batch: dict[str, np.ndarray]) -> float:
     """Fraction of non-padding slots: mean(segment_ids > 0)."""
     return float(np.mean(batch["segment_ids"] > 0))

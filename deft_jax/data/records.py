@@ -6,14 +6,14 @@ TokenizedExample token ids of prompt + response + EOS and the prompt length (the
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 
-ROLES = ("system", "user", "assistant")
+from deft_jax import errors
 
 
-class DataError(ValueError):
+class DataError(errors.UserError):
     """Bad input data or data config; the message says what, where (file:line, field) and what to do."""
 
 
@@ -67,25 +67,3 @@ class TokenizedExample:
         """float32 [n - 1]: 1.0 where targets = tokens[1:] is a response token or the EOS."""
         positions = np.arange(1, self.length)
         return (positions >= self.prompt_length).astype(np.float32)
-
-
-def validate_messages(messages: Sequence[Any], *, where: str) -> tuple[dict[str, str], ...]:
-    """Check a list of chat turns (dicts with a known role and str content) and return a tuple copy."""
-    if not isinstance(messages, (list, tuple)):
-        raise DataError(f"{where}: messages must be a list of {{role, content}} dicts, got {type(messages).__name__}")
-    checked = []
-    for turn_number, turn in enumerate(messages):
-        if not isinstance(turn, Mapping) or "role" not in turn or "content" not in turn:
-            fields = sorted(turn) if isinstance(turn, Mapping) else type(turn).__name__
-            raise DataError(
-                f"{where}: message {turn_number} must have 'role' and 'content' fields, found {fields}"
-            )
-        role, content = turn["role"], turn["content"]
-        if role not in ROLES:
-            raise DataError(f"{where}: message {turn_number} has role {role!r}; expected one of {ROLES}")
-        if not isinstance(content, str):
-            raise DataError(
-                f"{where}: message {turn_number} content must be a string, got {type(content).__name__}"
-            )
-        checked.append({"role": role, "content": content})
-    return tuple(checked)

@@ -20,7 +20,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from deft_jax.data.records import DataError, Example, validate_messages
+from deft_jax import chat, errors
+from deft_jax.data.records import DataError, Example
 
 # Detection order for records without configured field names: (prompt field, response field).
 LAYOUTS: tuple[tuple[str, str], ...] = (("prompt", "response"), ("question", "answer"), ("problem", "solution"))
@@ -56,7 +57,7 @@ class Layout:
 
 def _check_file(path: pathlib.Path) -> None:
     if not path.exists():
-        raise FileNotFoundError(f"data file {path} does not exist (check data.path / data.eval_path)")
+        raise errors.MissingPathError(f"data file {path} does not exist (check data.path / data.eval_path)")
     if not path.is_file():
         raise DataError(f"{path} is not a file")
 
@@ -222,7 +223,8 @@ def prompt_and_response(record: Record, *, layout: Layout) -> tuple[tuple[dict[s
         prompt = _text_field(record, layout.prompt_field, layout=layout)
         response = _text_field(record, layout.response_field, layout=layout)
         return ({"role": "user", "content": prompt},), response
-    messages = validate_messages(_field(record, layout.messages_field, layout=layout), where=record.source)
+    messages = chat.validate_messages(_field(record, layout.messages_field, layout=layout), where=record.source,
+                                      roles=chat.ROLES, error=DataError)
     assistant_turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
     if not assistant_turns:
         raise DataError(f"{record.source}: messages have no assistant turn to use as the target")

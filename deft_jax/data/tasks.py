@@ -36,7 +36,7 @@ DEFAULT_RG_NUM_TRAIN = 40_000
 DEFAULT_RG_NUM_EVAL = 5_000
 TASK_SYSTEM_PROMPTS = {"figfont": FIGFONT_SYSTEM_PROMPT}
 SPLITS = ("train", "eval")
-_BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_BOX_COMMAND = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -166,15 +166,29 @@ def gsm8k_reference(record: sources.Record, response: str) -> str:
 
 
 def last_boxed(text: str) -> str | None:
-    """Content of the last \\boxed{...} (or \\fbox{...}) with balanced braces, else None."""
-    starts = [m.end() for m in _BOXED.finditer(text)]
-    if not starts:
+    """The answer in the last \\boxed or \\fbox of `text`, read as the MATH, Qwen2.5-Math and math-verify
+    graders read it; None when there is none.
+
+      \\boxed{...}  the text between the brace and its matching brace (nested braces kept). Every { and }
+                    counts, escaped \\{ \\} included, as those graders count them (a \\{...\\} set is
+                    balanced, so it stays whole). Whitespace may precede the brace: \\boxed {3}.
+      \\boxed 5     (no brace, old MATH style) the text up to the next $ (or the end), stripped.
+
+    None also when the last box's brace never closes (a generation cut off inside it), and for commands
+    that only start like one (\\boxedx)."""
+    commands = list(_BOX_COMMAND.finditer(text))
+    if not commands:
         return None
-    depth, start = 1, starts[-1]
-    for position in range(start, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[position], 0)
+    rest = text[commands[-1].end():]
+    content = rest.lstrip()
+    if not content.startswith("{"):
+        answer = content.split("$", 1)[0].strip()
+        return answer or None
+    depth = 0
+    for position, char in enumerate(content):
+        depth += {"{": 1, "}": -1}.get(char, 0)
         if depth == 0:
-            return text[start:position]
+            return content[1:position]
     return None
 
 

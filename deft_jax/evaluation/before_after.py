@@ -56,12 +56,12 @@ def compare(config, *, workdir: str | pathlib.Path, num_prompts: int, devices=No
     held-out prompts; writes the report and returns it ({'rows', 'results', 'step', paths})."""
     workdir = pathlib.Path(workdir)
     step = checkpointing.resolve_steps(workdir=workdir, requested="latest")[-1]
-    setup = build.model_setup(config, devices=devices)
+    setup = build.setup(config, devices=devices, mesh_fallback=True)
     examples = evaluator.eval_examples(config, num_eval=num_prompts)
     options = evaluator.EvalOptions(num_eval=num_prompts)
     results = {}
-    for label, load in (("base", lambda: evaluator.base_params(setup)),
-                        (f"step {step}", lambda: evaluator.restore_params(setup, workdir=workdir, step=step))):
+    for label, load in (("base", setup.initial_params),
+                        (f"step {step}", lambda: setup.restore_params(workdir=workdir, step=step))):
         params = load()
         results[label] = evaluator.evaluate_params(setup, params, examples=examples, options=options)
         del params

@@ -38,11 +38,12 @@ from deft_jax import data as data_lib
 from deft_jax import errors, reporting
 from deft_jax import sharding as sharding_lib
 from deft_jax.evaluation import scoring
-from deft_jax.inference import generation as generate_lib
+from deft_jax.inference import sampler
 from deft_jax.training import checkpointing
 from deft_jax.training import config as config_lib
 from deft_jax.training import setup as build
 from deft_jax.training import step as step_lib
+from deft_jax.training import teacher_forced
 
 DEFAULT_MAX_NEW_TOKENS = {"figfont": 5, "gsm8k": 256, "math": 1024, "reasoning_gym": 64}
 
@@ -52,50 +53,15 @@ class EvaluationError(errors.UserError):
 
 
 # ====================================================================================================
-# Runs, configs and checkpoints on disk.
-
-# ====================================================================================================
-# Model, mesh and parameters.
-
-def restore_params(setup: build.ModelSetup, *, workdir: str | pathlib.Path, step: int) -> Any:
-    """The params of checkpoint `step` on the setup's mesh."""
-    return checkpointing.restore_params(workdir=workdir, step=step, abstract_params=setup.abstract_params,
-                                        shardings=setup.param_shardings)
-
-
-def base_params(setup: build.ModelSetup) -> Any:
-    """The run's weights before fine-tuning: exactly the trainer's step-0 parameters."""
-    return build.initial_params(setup.config, model_config=setup.model_config, mesh=setup.mesh, rules=setup.rules)
-
-
-# ====================================================================================================
 # Teacher-forced metrics.
 
-def eval_token_batches(setup: build.ModelSetup, tokenized: Sequence[Any], *, batch_size: int) -> list[dict]:
-    """The eval batches (fixed order, one example per row, weights 0 for padding rows) as the trainer
-    builds them, with `batch_size` rows per global batch."""
-    config = setup.config
-    return data_lib.make_eval_batches(list(tokenized), batch_size=batch_size,
-                                      seq_len=data_lib.row_length(config.data),
-                                      buckets=tuple(config.data.bucket_lengths), pad_id=setup.tokenizer.pad_id)
-
-
-def eval_batch_size(requested: int, *, mesh) -> int:
-    """`requested` rounded up to a multiple of the data-parallel size (extra rows are zero-weight padding)."""
-    shards = sharding_lib.data_parallel_size(mesh)
-    return -(-requested // shards) * shards
-
-
-def teacher_forced_metrics(setup: build.ModelSetup, params, tokenized: Sequence[Any], *,
+def teacher_forced_metrics(setup: build.Setup, params, tokenized: Sequence[Any], *,
                            batch_size: int | None = None) -> dict[str, float]:
-    """Token means over every supervised eval token (see the module docstring)."""
-    batch_size = eval_batch_size(batch_size or setup.config.eval.batch_size, mesh=setup.mesh)
-    batches = eval_token_batches(setup, tokenized, batch_size=batch_size)
-    with sharding_lib.mesh_context(setup.mesh, setup.rules):
-        totals = step_lib.eval_totals(params, batches, loss=setup.loss, mesh=setup.mesh, global_rows=batch_size)
-    means = step_lib.eval_means(totals)
+    """Token means over every supervised eval token (see the module docstring), by the trainer's own
+    teacher-forced path (each process feeds its rows of each global batch)."""
+    means = teacher_forced.eval_means(setup, params, tokenized, batch_size=batch_size)
     return {**{name: means.get(name, float("nan")) for name in step_lib.TEACHER_FORCED_METRICS},
-            "supervised_tokens": totals["supervised_tokens"], "examples": len(tokenized)}
+            "supervised_tokens": means["supervised_tokens"], "examples": len(tokenized)}
 
 
 # ====================================================================================================
@@ -120,13 +86,14 @@ def score_predictions(prompts: Sequence[Any], predictions: Sequence[str]) -> lis
             for prompt, prediction in zip(prompts, predictions)]
 
 
-def generate_predictions(setup: build.ModelSetup, params, prompts: Sequence[Any], *, max_new_tokens: int,
+def generate_predictions(setup: build.Setup, params, prompts: Sequence[Any], *, max_new_tokens: int,
                          batch_size: int) -> tuple[list[str], dict[str, float]]:
     """Greedy continuations (text, special tokens skipped) of each prompt, in the prompts' order, and
     timing: 'seconds' (all, compilation included), 'examples_per_second' (all), and
     'steady_examples_per_second' (batches after the first, i.e. without most compilation; NaN with one
     batch). Prompts are batched by length (less padding)."""
-    sampling = generate_lib.SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.0)
+    options = sampler.SamplerOptions(sampling=sampler.SamplingConfig(max_new_tokens=max_new_tokens))
+    stops = sampler.StopCriteria(token_ids=(setup.tokenizer.eos_id,))
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i].prompt_ids))
     texts: list[str | None] = [None] * len(prompts)
     new_tokens = 0
@@ -134,21 +101,22 @@ def generate_predictions(setup: build.ModelSetup, params, prompts: Sequence[Any]
     for first in range(0, len(order), batch_size):
         chunk = order[first:first + batch_size]
         start = time.perf_counter()
-        result = generate_lib.generate(params, setup.model_config, [prompts[i].prompt_ids.tolist() for i in chunk],
-                                       stop_ids=[setup.tokenizer.eos_id], sampling=sampling,
-                                       pad_id=setup.tokenizer.pad_id)
+        samples = sampler.generate(params, setup.model_config, [prompts[i].prompt_ids.tolist() for i in chunk],
+                                   stops=stops, pad_id=setup.tokenizer.pad_id, options=options,
+                                   decode_text=lambda ids: setup.tokenizer.decode(ids, skip_special_tokens=True),
+                                   mesh=setup.mesh, rules=setup.rules)
         batch_seconds.append(time.perf_counter() - start)
         batch_rows.append(len(chunk))
-        new_tokens += result.generated_tokens
-        for index, tokens in zip(chunk, result.tokens):
-            texts[index] = setup.tokenizer.decode(tokens, skip_special_tokens=True)
+        new_tokens += sum(s.num_tokens for s in samples)
+        for index, sample in zip(chunk, samples):
+            texts[index] = sample.text
     seconds = sum(batch_seconds)
     steady = sum(batch_rows[1:]) / sum(batch_seconds[1:]) if len(batch_rows) > 1 else float("nan")
     return texts, {"seconds": seconds, "examples_per_second": len(prompts) / seconds if seconds else float("nan"),
                    "steady_examples_per_second": steady, "new_tokens": new_tokens}
 
 
-def generation_metrics(setup: build.ModelSetup, params, examples: Sequence[Any], *, max_new_tokens: int | None,
+def generation_metrics(setup: build.Setup, params, examples: Sequence[Any], *, max_new_tokens: int | None,
                        batch_size: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """(summary, per-example records) of greedy generation scored by deft_jax.scoring; the summary is
     {'skipped': reason} when the task has no scorer or reference."""
@@ -197,7 +165,7 @@ def eval_examples(config, *, num_eval: int | None) -> list[Any]:
     return examples
 
 
-def evaluate_params(setup: build.ModelSetup, params, *, examples: Sequence[Any], options: EvalOptions) -> dict[str, Any]:
+def evaluate_params(setup: build.Setup, params, *, examples: Sequence[Any], options: EvalOptions) -> dict[str, Any]:
     """Teacher-forced and generation scores of `params` on `examples`."""
     result: dict[str, Any] = {}
     if options.teacher_forced:
@@ -215,7 +183,7 @@ def evaluate_params(setup: build.ModelSetup, params, *, examples: Sequence[Any],
     return result
 
 
-def run_description(setup: build.ModelSetup, *, workdir, step: int | None) -> dict[str, Any]:
+def run_description(setup: build.Setup, *, workdir, step: int | None) -> dict[str, Any]:
     config = setup.config
     return {"workdir": None if workdir is None else str(workdir), "step": step, "base": step is None,
             "model": config.model.name, "objective": str(setup.loss.objective), "task": config.data.task,
@@ -280,7 +248,9 @@ def evaluate_run(*, workdir: str | pathlib.Path | None = None, config=None, step
                  options: EvalOptions = EvalOptions(), devices: Sequence[Any] | None = None,
                  write: bool = True) -> list[dict[str, Any]]:
     """Evaluate the checkpoints `steps` of the run in `workdir` (or its base model, or the base model of
-    `config` without a workdir); returns one result dict per evaluation and writes its reports."""
+    `config` without a workdir); returns one result dict per evaluation and writes its reports (process 0).
+    Across several processes (config.distributed or $DEFT_COORDINATOR_ADDRESS ...), each feeds its own rows
+    of every teacher-forced batch and all get the same result."""
     if workdir is None and config is None:
         raise EvaluationError("pass --workdir (a training run) or --config with --base.")
     if workdir is None and not base:
@@ -290,20 +260,21 @@ def evaluate_run(*, workdir: str | pathlib.Path | None = None, config=None, step
         config = build.load_run_config(workdir)
     else:
         config_lib.validate(config)  # --config.* overrides are applied after get_config
+    sharding_lib.maybe_initialize_distributed(config.distributed)  # several hosts: each feeds its own rows
     if out_dir is None:
         if workdir is None:
             raise EvaluationError("--base with --config and no --workdir needs --out_dir for its reports.")
         out_dir = pathlib.Path(workdir) / "eval"
     step_list = [None] if base else checkpointing.resolve_steps(workdir=workdir, requested=steps)
-    setup = build.model_setup(config, devices=devices)
+    setup = build.setup(config, devices=devices, mesh_fallback=True)
     examples = eval_examples(config, num_eval=options.num_eval)
     results = []
     for step in step_list:
-        params = base_params(setup) if step is None else restore_params(setup, workdir=workdir, step=step)
+        params = setup.initial_params() if step is None else setup.restore_params(workdir=workdir, step=step)
         result = run_description(setup, workdir=workdir, step=step)
         result.update(evaluate_params(setup, params, examples=examples, options=options))
         result["time"] = time.time()
-        if write:
+        if write and jax.process_index() == 0:
             result["reports"] = [str(path) for path in write_reports(result, out_dir=out_dir)]
         results.append(result)
         del params

@@ -4,14 +4,15 @@
   `figfont_metrics` adds exact and case-insensitive match.
 - GSM8K: exact match of the final number (the `#### N` line, "the answer is N", \\boxed{N}, else the
   last number), after normalisation (commas, `$`, `%`, trailing zeros: 3.50 == 3.5).
-- MATH: the last \\boxed{...} (or \\fbox{...}) of the prediction, checked for mathematical equivalence
+- MATH: the last \\boxed{...} (or \\fbox{...}, "\\boxed 5") of the prediction, read by the same
+  `deft_jax.data.tasks.last_boxed` that reads training references, checked for mathematical equivalence
   with the reference answer by the maintained `math-verify` package (parse + verify).
 - Medical multiple choice: the option letter of the last \\boxed{} or of the last option-letter phrase
   ("the answer is (C)", "Answer: C", "**C.**", a response that starts with "C."), equal to the reference.
 - reasoning-gym tasks: the dataset's own `score_answer(answer, entry)`.
 
 All scores are floats in [0, 1]. `score(task, prediction=..., reference=..., entry=...)` dispatches by
-task name through `SCORERS`. Pure Python; no JAX.
+task name through `SCORERS`. Pure Python: no JAX computation.
 """
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ import decimal
 import functools
 import re
 from typing import Any, Callable, Mapping
+
+from deft_jax.data.tasks import last_boxed
 
 # ----------------------------------------------------------------------------------------------------
 # Jaro-Winkler (FigFont)
@@ -117,7 +120,7 @@ def extract_final_number(text: str) -> str | None:
         matches = list(pattern.finditer(text))
         if matches:
             return _match_to_number(matches[-1])
-    boxed = extract_boxed(text)
+    boxed = last_boxed(text)
     if boxed is not None:
         match = _NUMBER_RE.search(boxed)
         if match:
@@ -150,41 +153,6 @@ def gsm8k_score(*, prediction: str, reference: str) -> float:
 # MATH
 # ----------------------------------------------------------------------------------------------------
 
-_BOXED_START_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
-
-
-def _boxed_content(text: str, start: int) -> str | None:
-    """Content of the box command ending at `start`: "{...}" with balanced braces or "\\boxed 5"."""
-    rest = text[start:]
-    stripped = rest.lstrip()
-    if stripped.startswith("{"):
-        offset = start + len(rest) - len(stripped)
-        depth = 0
-        for i in range(offset, len(text)):
-            if text[i] == "{" and text[i - 1] != "\\":
-                depth += 1
-            elif text[i] == "}" and text[i - 1] != "\\":
-                depth -= 1
-                if depth == 0:
-                    return text[offset + 1 : i]
-        return None  # unbalanced: the answer was cut off
-    if rest[:1] == " ":  # "\boxed 5" (old MATH style): up to the next `$` or whitespace
-        match = re.match(r"\s*([^\s$]+)", rest)
-        return match.group(1) if match else None
-    return None
-
-
-def extract_boxed(text: str) -> str | None:
-    """Content of the last \\boxed{...} or \\fbox{...} (balanced braces; also "\\boxed 5"), else None.
-
-    None also when the last box is unbalanced (e.g. generation cut off inside it).
-    """
-    starts = [match.end() for match in _BOXED_START_RE.finditer(text)]
-    if not starts:
-        return None
-    return _boxed_content(text, starts[-1])
-
-
 def math_score(*, prediction: str, reference: str) -> float:
     """1.0 if math-verify finds the prediction's answer equivalent to the reference answer, else 0.0.
 
@@ -198,7 +166,7 @@ def math_score(*, prediction: str, reference: str) -> float:
     gold = math_verify.parse("\\boxed{" + reference + "}")
     if not gold:
         raise ValueError(f"math-verify could not parse the MATH reference answer {reference!r}")
-    boxed = extract_boxed(prediction)
+    boxed = last_boxed(prediction)
     predicted = math_verify.parse("\\boxed{" + boxed + "}" if boxed is not None else prediction)
     if not predicted:
         return 0.0
@@ -237,7 +205,7 @@ def extract_choice_letter(text: str, *, letters: str = DEFAULT_OPTION_LETTERS) -
     else a response that starts with the letter ("C", "C. Aspirin ...", "(C) ..."). Letters outside
     `letters` (the options present) never count.
     """
-    boxed = extract_boxed(text)
+    boxed = last_boxed(text)
     if boxed is not None:
         content = re.sub(r"\\text(?:bf)?\{([^}]*)\}", r"\1", boxed).strip()
         match = re.match(rf"\(?(?P<letter>[{letters}])\)?(?![A-Za-z0-9])", content)

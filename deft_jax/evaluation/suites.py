@@ -22,7 +22,6 @@ the report of a run is itself computed from the saved files, so both agree bit f
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import math
 import os
@@ -34,12 +33,10 @@ from typing import Any
 from deft_jax import errors, reporting
 from deft_jax.data import FIGFONT_SYSTEM_PROMPT, sources, tasks
 from deft_jax.evaluation import aggregation, scoring
-from deft_jax.inference import generation as generate_lib
 from deft_jax.inference import sampler
 from deft_jax.training import checkpointing
 from deft_jax.training import setup as build
 
-STOP_STRINGS = ("</s>", "<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>")
 BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 CHOICE_INSTRUCTION = "Answer with the letter of the correct option, and put it within \\boxed{}."
 
@@ -117,20 +114,16 @@ for _benchmark in BENCHMARKS:
     SUITES[_benchmark.suite] += (_benchmark.name,)
 
 
-def _unknown(kind: str, name: str, known: Sequence[str]) -> SuiteError:
-    close = difflib.get_close_matches(name, list(known), n=3, cutoff=0.5)
-    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-    return SuiteError(f"unknown {kind} {name!r}{hint} (known: {', '.join(known)})")
-
-
 def select_benchmarks(suite: str, names: Sequence[str] | None = None) -> list[Benchmark]:
     """The benchmarks of `suite` (all of them, or those named, in the suite's order)."""
     if suite not in SUITES:
-        raise _unknown("suite", suite, sorted(SUITES))
+        raise SuiteError(f"unknown suite {suite!r}{errors.did_you_mean(suite, SUITES)}; known: "
+                         f"{', '.join(sorted(SUITES))}")
     members = SUITES[suite]
     for name in names or ():
         if name not in members:
-            raise _unknown(f"benchmark of suite {suite!r}", name, members)
+            raise SuiteError(f"unknown benchmark {name!r} of suite {suite!r}{errors.did_you_mean(name, members)}; "
+                             f"known: {', '.join(members)}")
     by_name = {b.name: b for b in BENCHMARKS}
     return [by_name[name] for name in members if not names or name in names]
 
@@ -180,7 +173,8 @@ TEMPLATES: dict[str, Callable[[str, Any], str]] = {
 
 def check_template(name: str) -> str:
     if name not in TEMPLATES:
-        raise _unknown("prompt template", name, sorted(TEMPLATES))
+        raise SuiteError(f"unknown prompt template {name!r}{errors.did_you_mean(name, TEMPLATES)}; known: "
+                         f"{', '.join(sorted(TEMPLATES))}")
     return name
 
 
@@ -204,7 +198,7 @@ def _reference(fields: Mapping[str, Any], benchmark: Benchmark, where: str) -> s
     if benchmark.answer_from == "first":
         value = value[0] if isinstance(value, (list, tuple)) else value
     if benchmark.answer_from == "boxed":
-        boxed = scoring.extract_boxed(str(value))
+        boxed = tasks.last_boxed(str(value))
         if boxed is None:
             raise SuiteError(f"{where}: field {benchmark.answer_field!r} has no \\boxed{{}} answer to extract")
         value = boxed
@@ -320,12 +314,6 @@ def _settings(benchmark: Benchmark, decoding: Decoding, template: str, num_probl
             "scorer": benchmark.scorer, "aggregation": benchmark.aggregation, "problems": num_problems}
 
 
-def _write_atomically(path: pathlib.Path, text: str) -> None:
-    temporary = path.with_suffix(path.suffix + ".tmp")
-    temporary.write_text(text)
-    temporary.replace(path)
-
-
 def read_generations(path: pathlib.Path) -> dict[int, dict[int, dict[str, Any]]]:
     """{prompt_id: {sample_index: record}} of a generations file; a torn last line (a kill mid-write) is
     ignored, any other bad line is an error naming file:line."""
@@ -405,8 +393,8 @@ def markdown_report(report: Mapping[str, Any]) -> str:
 def write_report(report: Mapping[str, Any], *, out_dir: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
     """<out_dir>/report.json and report.md."""
     paths = (out_dir / "report.json", out_dir / "report.md")
-    _write_atomically(paths[0], json.dumps(report, indent=2, sort_keys=True) + "\n")
-    _write_atomically(paths[1], markdown_report(report))
+    reporting.write_text(paths[0], json.dumps(report, indent=2, sort_keys=True) + "\n")
+    reporting.write_text(paths[1], markdown_report(report))
     return paths
 
 
@@ -469,11 +457,11 @@ def run_suite(*, params, model_config, tokenizer, suite: str, benchmarks: Sequen
     for benchmark, decoding, name, problems in plans:
         paths = _paths(directory, benchmark)
         if not paths["settings.json"].is_file():
-            _write_atomically(paths["problems.jsonl"],
-                              "".join(json.dumps(dataclasses.asdict(p)) + "\n" for p in problems))
-            _write_atomically(paths["settings.json"], json.dumps(_settings(benchmark, decoding, name, len(problems)),
-                                                                 indent=2, sort_keys=True) + "\n")
-    stops = sampler.stop_criteria(tokenizer, stop_strings=STOP_STRINGS)
+            reporting.write_text(paths["problems.jsonl"],
+                                 "".join(json.dumps(dataclasses.asdict(p)) + "\n" for p in problems))
+            reporting.write_text(paths["settings.json"], json.dumps(
+                _settings(benchmark, decoding, name, len(problems)), indent=2, sort_keys=True) + "\n")
+    stops = sampler.stop_criteria(tokenizer)
     for benchmark, decoding, name, problems in plans:
         paths = _paths(directory, benchmark)
         saved = read_generations(paths["generations.jsonl"])
@@ -486,8 +474,8 @@ def run_suite(*, params, model_config, tokenizer, suite: str, benchmarks: Sequen
                     for p in todo]
         options = sampler.SamplerOptions(
             n=decoding.n, seed=decoding.seed, max_rows=max_rows,
-            sampling=generate_lib.SamplingConfig(max_new_tokens=decoding.max_new_tokens,
-                                                 temperature=decoding.temperature, top_p=decoding.top_p))
+            sampling=sampler.SamplingConfig(max_new_tokens=decoding.max_new_tokens,
+                                            temperature=decoding.temperature, top_p=decoding.top_p))
         started = time.perf_counter()
         generated = 0
         with paths["generations.jsonl"].open("a") as handle:
@@ -544,13 +532,10 @@ def evaluate_run_suite(*, suite: str, benchmarks: Sequence[str] | None = None, w
                 for s in steps]
     if config is None:
         config = build.load_run_config(workdir)
-    setup = build.model_setup(config, devices=devices)
+    setup = build.setup(config, devices=devices, mesh_fallback=True)
     reports = []
     for one in steps:
-        params = (build.initial_params(config, model_config=setup.model_config, mesh=setup.mesh, rules=setup.rules)
-                  if one is None else
-                  checkpointing.restore_params(workdir=workdir, step=one, abstract_params=setup.abstract_params,
-                                               shardings=setup.param_shardings))
+        params = setup.initial_params() if one is None else setup.restore_params(workdir=workdir, step=one)
         reports.append(run_suite(params=params, model_config=setup.model_config, tokenizer=setup.tokenizer,
                                  suite=suite, benchmarks=benchmarks, data_dir=data_dir,
                                  out_dir=pathlib.Path(out_dir) / reporting.report_name(one), n=n, num_eval=num_eval,

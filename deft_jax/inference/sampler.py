@@ -1,13 +1,18 @@
-"""n samples per prompt with one prefill per prompt: the evaluation sampler.
+"""The generation engine: prefill a batch of prompts into a KV cache, then decode n samples per prompt.
 
-For a batch of prompts (similar lengths, left-padded to a shared bucket):
-  1. prefill the P prompts once, filling a KV cache of P rows;
+Every generation of the project goes through here (the generate CLI, the evaluator, the benchmark suites,
+the experiments). For a batch of prompts (similar lengths, left-padded to a shared bucket):
+  1. prefill the P prompts once, filling a KV cache of P rows (`prefill`; with `prefill_chunk` c, c prompt
+     tokens at a time, so its temporaries are bounded for any prompt length);
   2. repeat each cache row n times (P*n rows: sample j of prompt i is row i*n + j);
-  3. decode all rows together in chunks of `chunk_steps` single-token steps (a jitted lax.while_loop that
-     also ends as soon as every row has stopped), attending only over the cache slots written so far
-     (rounded up to `kv_bucket`);
+  3. decode all rows together in chunks of `chunk_steps` single-token steps (`decode_chunk`, a jitted
+     lax.while_loop that also ends as soon as every row has stopped), attending only over the cache slots
+     written so far (rounded up to `kv_bucket`);
   4. between chunks, decode each row's new text on the host and stop rows whose text contains a stop
      string; a row also stops at a stop token id or after max_new_tokens tokens.
+
+Sampling: p ∝ softmax(logits / T), restricted to the smallest set of tokens whose probability mass reaches
+top_p (the nucleus, always keeping the most likely token); T = 0 is greedy argmax.
 
 Randomness: sample j of prompt i draws its t-th token with key fold_in(fold_in(fold_in(key(seed), i), j), t),
 so a row's tokens do not depend on which other rows share its batch, on the batch size, or on whether its
@@ -21,15 +26,34 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import math
+import time
 from collections.abc import Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deft_jax.inference import generation as generate_lib
+from deft_jax import errors
 from deft_jax.model import decoder as model_lib
 from deft_jax.model.decoder import ModelConfig
+
+
+class SamplingError(errors.UserError):
+    """A sampling setting or prompt out of range (max_new_tokens, temperature, top_p, n, chunk sizes, empty prompts)."""
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+    """The whole value of `x` on this host: also for an array whose rows live on other processes' devices
+    (generation under a multi-host mesh), gathered with `multihost_utils.process_allgather`."""
+    if x.is_fully_addressable or x.is_fully_replicated:
+        return np.array(x) if x.is_fully_addressable else np.array(x.addressable_data(0))
+    from jax.experimental import multihost_utils
+
+    return np.array(multihost_utils.process_allgather(x, tiled=True))
+
+
+PROMPT_BUCKET = 32  # prompt lengths are padded up to a multiple of this, to limit recompilation
 
 # The reference's stop strings for math sampling; the model's EOS is added to them.
 DEFAULT_STOP_STRINGS = ("</s>", "<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>")
@@ -86,24 +110,44 @@ def stop_criteria(tokenizer, *, stop_strings: Sequence[str] = DEFAULT_STOP_STRIN
 
 
 @dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    """temperature 0 = greedy; top_p in (0, 1] keeps the nucleus of that probability mass."""
+
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    top_p: float = 1.0
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise SamplingError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise SamplingError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise SamplingError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+@dataclasses.dataclass(frozen=True)
 class SamplerOptions:
     """How to sample: n per prompt, the decoding (temperature 0 = greedy), the batching."""
 
     n: int = 1
-    sampling: generate_lib.SamplingConfig = generate_lib.SamplingConfig()
+    sampling: SamplingConfig = SamplingConfig()
     seed: int = 0
     max_rows: int = 64          # rows (prompts x n) decoded together at most
     chunk_steps: int = 64       # decode steps per compiled call between host-side stop-string checks
     kv_bucket: int = 256        # attended cache length is rounded up to a multiple of this
-    prompt_bucket: int = generate_lib.PROMPT_BUCKET
+    prompt_bucket: int = PROMPT_BUCKET
     share_prefill: bool = True  # False: every sample row prefills its own copy of the prompt (reference path)
+    prefill_chunk: int | None = None  # prefill the prompts this many tokens at a time (None: in one pass)
 
     def __post_init__(self):
         if self.n < 1:
-            raise ValueError(f"n={self.n}: the number of samples per prompt must be >= 1")
+            raise SamplingError(f"n={self.n}: the number of samples per prompt must be >= 1")
         for name in ("max_rows", "chunk_steps", "kv_bucket", "prompt_bucket"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+                raise SamplingError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.prefill_chunk is not None and self.prefill_chunk < 1:
+            raise SamplingError(f"prefill_chunk={self.prefill_chunk} must be >= 1 (or None: one pass)")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -117,9 +161,32 @@ def length_batches(requests: Sequence[Request], *, n: int, max_rows: int, bucket
     by_bucket: dict[int, list[Request]] = {}
     for request in sorted(requests, key=lambda r: (len(r.tokens), r.prompt_id)):
         if not request.tokens:
-            raise ValueError(f"prompt {request.prompt_id} is empty: every prompt needs at least one token")
+            raise SamplingError(f"prompt {request.prompt_id} is empty: every prompt needs at least one token")
         by_bucket.setdefault(-(-len(request.tokens) // bucket), []).append(request)
     return [group[i:i + per_batch] for _, group in sorted(by_bucket.items()) for i in range(0, len(group), per_batch)]
+
+
+def left_pad(prompts: Sequence[Sequence[int]], *, pad_id: int, bucket: int = PROMPT_BUCKET):
+    """(tokens, positions, segment_ids) int32 [B, P]: prompts right-aligned, P a multiple of `bucket`;
+    positions count from 0 at each prompt's first token; padding has segment 0 (never attended to)."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise SamplingError("every prompt needs at least one token")
+    longest = max(len(p) for p in prompts)
+    length = -(-longest // bucket) * bucket
+    tokens = np.full((len(prompts), length), pad_id, np.int32)
+    positions = np.zeros((len(prompts), length), np.int32)
+    segment_ids = np.zeros((len(prompts), length), np.int32)
+    for row, prompt in enumerate(prompts):
+        n = len(prompt)
+        tokens[row, length - n:] = prompt
+        positions[row, length - n:] = np.arange(n)
+        segment_ids[row, length - n:] = 1
+    return tokens, positions, segment_ids
+
+
+def cache_length(*, prompt_len: int, max_new_tokens: int, kv_bucket: int) -> int:
+    """Cache slots of a batch: prompt_len + max_new_tokens rounded up to a multiple of kv_bucket."""
+    return -(-(prompt_len + max_new_tokens) // kv_bucket) * kv_bucket
 
 
 def row_keys(*, seed: int, prompt_ids: Sequence[int], sample_indices: Sequence[int]) -> jax.Array:
@@ -134,6 +201,19 @@ def row_keys(*, seed: int, prompt_ids: Sequence[int], sample_indices: Sequence[i
 # Compiled pieces.
 
 
+def top_p_filter(logits: jax.Array, *, top_p: float) -> jax.Array:
+    """Logits [..., V] with every token outside the top-p nucleus set to -inf.
+
+    A token is kept iff the probability mass of the tokens strictly more likely than it is < top_p
+    (so the most likely token is always kept, and the kept mass is the smallest reaching top_p)."""
+    sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
+    sorted_probs = jax.nn.softmax(sorted_logits, axis=-1)
+    mass_before = jnp.cumsum(sorted_probs, axis=-1) - sorted_probs
+    kept = mass_before < top_p
+    threshold = jnp.min(jnp.where(kept, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+    return jnp.where(logits >= threshold, logits, -jnp.inf)
+
+
 def sample_rows(logits: jax.Array, *, keys: jax.Array, temperature: float, top_p: float) -> jax.Array:
     """int32 [R]: argmax when temperature == 0, else row r draws from softmax(logits_r / T) restricted to its
     top-p nucleus with its own key keys[r] (so a row's draw ignores the other rows)."""
@@ -141,8 +221,37 @@ def sample_rows(logits: jax.Array, *, keys: jax.Array, temperature: float, top_p
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     tempered = logits.astype(jnp.float32) / temperature
     if top_p < 1.0:
-        tempered = generate_lib.top_p_filter(tempered, top_p=top_p)
+        tempered = top_p_filter(tempered, top_p=top_p)
     return jax.vmap(lambda key, row: jax.random.categorical(key, row))(keys, tempered).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "max_len", "chunk"))
+def prefill(params, tokens, positions, segment_ids, *, config: ModelConfig, max_len: int, chunk: int | None = None):
+    """Fill a fresh cache of max_len slots with the prompts [B, P]; returns (last-token logits [B, V], cache).
+
+    chunk: prefill c tokens at a time (P a multiple of c), each chunk written into the cache and attending
+    over it (a lax.scan), so attention's temporaries are [B, H, c, max_len] whatever P is; None (or c >= P):
+    the whole prompt in one pass ([B, H, P, P])."""
+    batch, length = tokens.shape
+    cache = model_lib.init_cache(config, batch_size=batch, max_len=max_len)
+    if chunk is None or chunk >= length:
+        hidden, cache = model_lib.forward(params, config, tokens, positions=positions, segment_ids=segment_ids,
+                                          return_hidden=True, cache=cache, fresh_cache=True)
+        return model_lib.logits_from_hidden(hidden[:, -1], params=params, config=config), cache
+    if chunk < 1 or length % chunk:
+        raise ValueError(f"prefill chunk={chunk} must be >= 1 and divide the padded prompt length {length}")
+
+    def chunks(x):  # [B, P] -> [P / c, B, c]
+        return x.reshape(batch, length // chunk, chunk).swapaxes(0, 1)
+
+    def step(cache, part):
+        tokens, positions, segment_ids = part
+        hidden, cache = model_lib.forward(params, config, tokens, positions=positions, segment_ids=segment_ids,
+                                          return_hidden=True, cache=cache)
+        return cache, hidden[:, -1]
+
+    cache, last = jax.lax.scan(step, cache, (chunks(tokens), chunks(positions), chunks(segment_ids)))
+    return model_lib.logits_from_hidden(last[-1], params=params, config=config), cache
 
 
 @functools.partial(jax.jit, static_argnames=("repeats",))
@@ -252,17 +361,36 @@ def mesh_rules(mesh, rules):
         yield
 
 
+@dataclasses.dataclass
+class Timing:
+    """Wall-clock seconds spent in prefill (repeat and placement included) and in decoding, accumulated
+    over the batches of the calls it is passed to (the first calls include compilation)."""
+
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
+
+
 def sample_batch(params, config: ModelConfig, requests: Sequence[Request], *, options: SamplerOptions,
-                 stops: StopCriteria, decode_text: Callable[[Sequence[int]], str], pad_id: int, mesh=None,
-                 rules=(), on_step: Callable[[int], None] | None = None) -> list[Sample]:
+                 stops: StopCriteria, decode_text: Callable[[Sequence[int]], str] | None, pad_id: int, mesh=None,
+                 rules=(), on_step: Callable[[int], None] | None = None, timing: Timing | None = None) -> list[Sample]:
     """All n samples of each request (one batch; see the module docstring). Sample order: request order,
-    then sample index."""
+    then sample index. decode_text turns a row's tokens into its text (None: texts are empty; then there
+    may be no stop strings)."""
+    if decode_text is None:
+        if stops.strings:
+            raise ValueError(f"stop strings {stops.strings} need decode_text (the rows' text is matched)")
+        decode_text = _no_text
     with mesh_rules(mesh, rules):
         return _sample_batch(params, config, requests, options=options, stops=stops, decode_text=decode_text,
-                             pad_id=pad_id, mesh=mesh, rules=rules, on_step=on_step)
+                             pad_id=pad_id, mesh=mesh, rules=rules, on_step=on_step,
+                             timing=Timing() if timing is None else timing)
 
 
-def _sample_batch(params, config, requests, *, options, stops, decode_text, pad_id, mesh, rules, on_step):
+def _no_text(tokens: Sequence[int]) -> str:
+    return ""
+
+
+def _sample_batch(params, config, requests, *, options, stops, decode_text, pad_id, mesh, rules, on_step, timing):
     n, sampling = options.n, options.sampling
     rows = [_Row(r.prompt_id, j) for r in requests for j in range(n)]
     prompt_tokens = [list(r.tokens) for r in requests]
@@ -276,20 +404,26 @@ def _sample_batch(params, config, requests, *, options, stops, decode_text, pad_
     while padded_prompts * repeats % multiple:
         padded_prompts += 1
     prompt_tokens = prompt_tokens + [prompt_tokens[-1]] * (padded_prompts - len(prompt_tokens))
-    tokens, positions, segment_ids = generate_lib.left_pad(prompt_tokens, pad_id=pad_id, bucket=options.prompt_bucket)
+    bucket = options.prompt_bucket if options.prefill_chunk is None else math.lcm(options.prompt_bucket,
+                                                                                   options.prefill_chunk)
+    tokens, positions, segment_ids = left_pad(prompt_tokens, pad_id=pad_id, bucket=bucket)
     prompt_len = tokens.shape[1]
-    max_len = prompt_len + sampling.max_new_tokens
-    max_len = -(-max_len // options.kv_bucket) * options.kv_bucket
+    max_len = cache_length(prompt_len=prompt_len, max_new_tokens=sampling.max_new_tokens, kv_bucket=options.kv_bucket)
     total_rows = padded_prompts * repeats
 
     if config.scan_layers is False:
         params = model_lib.stacked_params(params, config)
         config = config.replace(scan_layers=True)
-    logits, cache = generate_lib.prefill(params, tokens, positions, segment_ids, config=config, max_len=max_len)
+    started = time.perf_counter()
+    logits, cache = prefill(params, tokens, positions, segment_ids, config=config, max_len=max_len,
+                            chunk=options.prefill_chunk)
     if repeats > 1:
         logits, cache = repeat_rows(logits, cache, repeats=repeats)
     if mesh is not None:
         logits, cache = _place((logits, cache), mesh, _cache_spec(mesh, rules))
+    jax.block_until_ready(logits)
+    timing.prefill_seconds += time.perf_counter() - started
+    started = time.perf_counter()
     lengths = [len(t) for t in prompt_tokens]
     next_positions = np.repeat(np.asarray(lengths, np.int32), repeats)
     prompt_ids = [row.prompt_id for row in rows] + [rows[-1].prompt_id] * (total_rows - len(rows))
@@ -307,7 +441,7 @@ def _sample_batch(params, config, requests, *, options, stops, decode_text, pad_
             params, logits, cache, positions_dev, jnp.asarray(done), keys, jnp.int32(step),
             jnp.int32(sampling.max_new_tokens - step), config=config, steps=steps, kv_len=kv_len,
             stop_ids=stop_ids, pad_id=pad_id, temperature=float(sampling.temperature), top_p=float(sampling.top_p))
-        out, taken, device_done = np.asarray(out), int(taken), np.array(done_dev)
+        out, taken, device_done = to_host(out), int(to_host(taken)), to_host(done_dev)
         for index, row in enumerate(rows):
             if done[index]:
                 continue
@@ -335,12 +469,25 @@ def _sample_batch(params, config, requests, *, options, stops, decode_text, pad_
         num_tokens = len(row.tokens) + (reason == STOP_TOKEN)
         samples.append(Sample(prompt_id=row.prompt_id, sample_index=row.sample_index, tokens=tuple(row.tokens),
                               text=text, stop_reason=reason, num_tokens=num_tokens))
+    timing.decode_seconds += time.perf_counter() - started
     return samples
 
 
+def generate(params, config: ModelConfig, prompts: Sequence[Sequence[int]], *, stops: StopCriteria,
+             pad_id: int, options: SamplerOptions = SamplerOptions(),
+             decode_text: Callable[[Sequence[int]], str] | None = None, mesh=None, rules=(),
+             timing: Timing | None = None) -> list[Sample]:
+    """The n samples of each prompt (token ids), all prompts in one batch: sample_batch with prompt_id = the
+    prompt's index. Order: prompt order, then sample index."""
+    requests = [Request(prompt_id=index, tokens=tuple(int(t) for t in prompt)) for index, prompt in enumerate(prompts)]
+    return sample_batch(params, config, requests, options=options, stops=stops, decode_text=decode_text,
+                        pad_id=pad_id, mesh=mesh, rules=rules, timing=timing)
+
+
 def sample(params, config: ModelConfig, requests: Sequence[Request], *, options: SamplerOptions,
-           stops: StopCriteria, decode_text: Callable[[Sequence[int]], str], pad_id: int, mesh=None, rules=(),
-           progress: bool = True, description: str = "sampling") -> Iterator[list[Sample]]:
+           stops: StopCriteria, decode_text: Callable[[Sequence[int]], str] | None, pad_id: int, mesh=None,
+           rules=(), progress: bool = True, description: str = "sampling",
+           timing: Timing | None = None) -> Iterator[list[Sample]]:
     """Yield the samples of each length batch as soon as it is done (n per request; see sample_batch), with
     a tqdm bar over the decoded tokens' upper bound (rows x max_new_tokens) and its ETA."""
     from tqdm import tqdm
@@ -357,5 +504,5 @@ def sample(params, config: ModelConfig, requests: Sequence[Request], *, options:
                 bar.update(taken * rows)
 
             yield sample_batch(params, config, batch, options=options, stops=stops, decode_text=decode_text,
-                               pad_id=pad_id, mesh=mesh, rules=rules, on_step=on_step)
+                               pad_id=pad_id, mesh=mesh, rules=rules, on_step=on_step, timing=timing)
             bar.update(budget - paid[0])  # rows that stopped early free the rest of their budget

@@ -5,6 +5,9 @@ RMSNorm(x) = w * x / sqrt(mean(x^2) + eps), computed in float32.
 RoPE is HF's rotate-half form: x' = x*cos(p*f) + rotate_half(x)*sin(p*f), f_i = theta^(-2i/head_dim)
 (optionally rescaled by the Llama-3 rule). Attention is grouped-query: kv head j serves query heads
 j*G .. j*G+G-1 with G = n_heads / n_kv_heads; softmax in float32, scale 1/sqrt(head_dim).
+`attention` picks the kernel (deft_jax.model.attention: the XLA einsum, splash on TPU, cuDNN on GPU;
+'auto' by platform); cached decoding always uses the einsum. `remat_policy` names what the backward pass
+keeps of each layer (deft_jax.model.remat; the projections carry checkpoint names).
 
 Masking: query i sees key j iff j <= i (by index in the row), segment_ids equal (packed examples never see
 each other; 0 = padding), and, with a sliding window W, i - j < W. Positions (RoPE) are given separately so
@@ -28,7 +31,8 @@ KV-cache decoding (functional, see `init_cache`): the cache is a dict
 Heads come before positions so that attention reads the cache as stored (no per-step transposed copy).
 `Decoder(...)(inputs, positions=..., segment_ids=..., cache=cache, kv_len=None)` writes the T new keys/values
 at indices end .. end+T-1 of every row, attends over the cache (its first kv_len slots when given, which
-must hold every written slot) with the same mask rules (key index as above), and returns (logits, new_cache) with end advanced by T. Left-pad prompts of unequal length with
+must hold every written slot) with the same mask rules (key index as above), and returns (logits, new_cache) with end advanced by T.
+`fresh_cache=True` promises an empty cache (end 0, a prefill): the new tokens then attend to each other with the `attention` kernel. Left-pad prompts of unequal length with
 segment id 0 so every row writes at the same index; the sliding-window rule stays exact because each row's
 real tokens are contiguous.
 """
@@ -42,8 +46,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.ad_checkpoint import checkpoint_name
 
 from deft_jax import sharding as sharding_lib
+from deft_jax.model import ModelError
+from deft_jax.model import attention as attention_lib
+from deft_jax.model import remat as remat_lib
+from deft_jax.model.attention import attention_mask, grouped_query_attention  # noqa: F401 (public here too)
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 LLAMA3_ROPE_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
@@ -92,38 +101,60 @@ class ModelConfig:
     max_position_embeddings: int = 2048
     param_dtype: str = "float32"
     dtype: str = "float32"
-    remat: bool = False
+    remat: bool = False  # the old switch: True = remat_policy 'full'
+    remat_policy: str = ""  # deft_jax.model.remat.POLICIES; '' follows remat
+    attention: str = "auto"  # auto | xla | splash | cudnn (deft_jax.model.attention); cached decoding uses xla
+    attention_block_q: int = 512  # splash query block (clamped to the row length)
+    attention_block_kv: int = 512  # splash key/value block
+    attention_interpret: bool = False  # splash in Pallas interpret mode (runs on CPU; tests)
     scan_layers: bool = True
     scan_unroll: int = 1  # layers per nn.scan iteration; >= n_layers unrolls fully (same numbers)
 
     def __post_init__(self):
         if self.model_type not in SUPPORTED_MODEL_TYPES:
-            raise ValueError(f"model_type {self.model_type!r} is not supported; expected one of {SUPPORTED_MODEL_TYPES}")
+            raise ModelError(f"model_type {self.model_type!r} is not supported; expected one of {SUPPORTED_MODEL_TYPES}")
         if self.scan_unroll < 1:
-            raise ValueError(f"scan_unroll={self.scan_unroll} must be >= 1 (layers per scan iteration)")
+            raise ModelError(f"scan_unroll={self.scan_unroll} must be >= 1 (layers per scan iteration)")
         if self.n_heads % self.n_kv_heads:
-            raise ValueError(f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.n_kv_heads}")
+            raise ModelError(f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.n_kv_heads}")
         if self.rope_scaling is not None:
             scaling = dict(self.rope_scaling)
             kind = scaling.get("rope_type", scaling.get("type"))
             if kind not in ("llama3", "default"):
-                raise ValueError(f"rope_scaling type {kind!r} is not supported (only 'llama3'): {self.rope_scaling}")
+                raise ModelError(f"rope_scaling type {kind!r} is not supported (only 'llama3'): {self.rope_scaling}")
             kept = {"rope_type": kind}
             if kind == "llama3":
                 missing = [k for k in LLAMA3_ROPE_KEYS if k not in scaling]
                 if missing:
-                    raise ValueError(f"llama3 rope_scaling {scaling} lacks {missing}")
+                    raise ModelError(f"llama3 rope_scaling {scaling} lacks {missing}")
                 kept.update({k: scaling[k] for k in LLAMA3_ROPE_KEYS})
             # A sorted tuple of the relevant keys: hashable (jit static argument) and comparable.
             object.__setattr__(self, "rope_scaling", None if kind == "default" else tuple(sorted(kept.items())))
+        remat_lib.resolve_name(remat=self.remat, remat_policy=self.remat_policy)
+        if self.attention not in attention_lib.IMPLEMENTATIONS:
+            raise ValueError(f"attention={self.attention!r}: expected one of {attention_lib.IMPLEMENTATIONS}")
+        for name in ("attention_block_q", "attention_block_kv"):
+            if getattr(self, name) < attention_lib.SPLASH_LANES or getattr(self, name) % attention_lib.SPLASH_LANES:
+                raise ValueError(f"{name}={getattr(self, name)} must be a positive multiple of "
+                                 f"{attention_lib.SPLASH_LANES}")
         for name in ("param_dtype", "dtype"):
             if getattr(self, name) not in ("float32", "bfloat16", "float16"):
-                raise ValueError(f"{name}={getattr(self, name)!r}: expected 'float32', 'bfloat16' or 'float16'")
+                raise ModelError(f"{name}={getattr(self, name)!r}: expected 'float32', 'bfloat16' or 'float16'")
 
     @classmethod
     def tiny(cls, **overrides) -> "ModelConfig":
         """A 2-layer, d=64 model for tests: V=256, 4 heads, 2 kv heads, head_dim 16, d_ff 128."""
         return cls(**overrides)
+
+    @property
+    def remat_name(self) -> str:
+        """The rematerialisation policy in force (remat_policy, or 'full'/'none' from remat)."""
+        return remat_lib.resolve_name(remat=self.remat, remat_policy=self.remat_policy)
+
+    @property
+    def attention_spec(self) -> attention_lib.AttentionSpec:
+        return attention_lib.AttentionSpec(implementation=self.attention, block_q=self.attention_block_q,
+                                           block_kv=self.attention_block_kv, interpret=self.attention_interpret)
 
     @property
     def rope_scaling_dict(self) -> dict | None:
@@ -195,39 +226,6 @@ def logits_from_hidden(hidden: jax.Array, *, params: dict, config: "ModelConfig"
                             lm_head=None if config.tie_embeddings else params["lm_head"])
 
 
-def attention_mask(*, q_index, k_index, q_segment_ids, k_segment_ids, sliding_window) -> jax.Array:
-    """[B, T, S] bool: k_index <= q_index, same segment, and q_index - k_index < window if windowed."""
-    mask = k_index[None, None, :] <= q_index[None, :, None]
-    mask = mask & (q_segment_ids[:, :, None] == k_segment_ids[:, None, :])
-    if sliding_window is not None:
-        mask = mask & ((q_index[:, None] - k_index[None, :]) < sliding_window)[None]
-    return mask
-
-
-def grouped_query_attention(*, q, k, v, mask, heads_first: bool = False) -> jax.Array:
-    """softmax(q k^T / sqrt(hd) masked) v with q [B,T,H,hd], mask [B,T,S] -> [B,T,H,hd]; k/v [B,S,Hkv,hd], or
-    with `heads_first` the cache layout [B,Hkv,S,hd], which both contractions then read as stored (no
-    per-step transpose of the cache).
-
-    The G = H / Hkv query heads sharing a kv head are merged with the query positions into one dim
-    M = G·T, so both products are plain batched matmuls over (B, Hkv) and their gradients contract over
-    one dim (contracting over (G, T) separately made XLA:CPU transpose the scores' gradient).
-    """
-    batch, length, n_heads, head_dim = q.shape
-    n_kv_heads = k.shape[1 if heads_first else 2]
-    groups = n_heads // n_kv_heads
-    if not heads_first:
-        k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)  # [B, Hkv, S, hd]
-    q = q.reshape(batch, length, n_kv_heads, groups, head_dim).transpose(0, 2, 3, 1, 4)
-    q = q.reshape(batch, n_kv_heads, groups * length, head_dim)  # [B, Hkv, G·T, hd]
-    scores = jnp.einsum("bkmd,bksd->bkms", q, k, preferred_element_type=jnp.float32) * (head_dim**-0.5)
-    scores = scores.reshape(batch, n_kv_heads, groups, length, -1)
-    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(batch, n_kv_heads, groups * length, -1)
-    out = jnp.einsum("bkms,bksd->bkmd", probs, v).reshape(batch, n_kv_heads, groups, length, head_dim)
-    return out.transpose(0, 3, 1, 2, 4).reshape(batch, length, n_heads, head_dim)
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Modules.
 
@@ -265,6 +263,7 @@ class Projection(nn.Module):
     in_rank: int = 1
     bias_shape: tuple | None = None
     bias_axes: tuple | None = None
+    tag: str | None = None  # checkpoint_name of the output (what a remat policy may save)
 
     @nn.compact
     def __call__(self, x):
@@ -277,20 +276,22 @@ class Projection(nn.Module):
         y = y.reshape(*tokens, *out_shape)
         if self.bias_shape is not None:
             y = y + _param(self, "bias", self.bias_shape, self.bias_axes, nn.initializers.zeros).astype(dtype)
-        return y
+        return y if self.tag is None else checkpoint_name(y, self.tag)
 
 
 class Attention(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x, *, positions, segment_ids, layer_cache, kv_segment_ids, cache_end, kv_len=None):
+    def __call__(self, x, *, positions, segment_ids, layer_cache, kv_segment_ids, cache_end, kv_len=None,
+                 fresh_cache=False):
         c = self.config
         d, h, hkv, hd = c.d_model, c.n_heads, c.n_kv_heads, c.head_dim
 
         def proj(name, n, axis):
             bias = dict(bias_shape=(n, hd), bias_axes=(axis, "head_dim")) if c.qkv_bias else {}
-            return Projection(c, (d, n, hd), ("embed", axis, "head_dim"), name=name, **bias)(x)
+            tag = {"q_proj": "query_proj", "k_proj": "key_proj", "v_proj": "value_proj"}[name]
+            return Projection(c, (d, n, hd), ("embed", axis, "head_dim"), name=name, tag=tag, **bias)(x)
 
         q, k, v = proj("q_proj", h, "heads"), proj("k_proj", hkv, "kv_heads"), proj("v_proj", hkv, "kv_heads")
         if c.qk_norm:
@@ -304,15 +305,16 @@ class Attention(nn.Module):
 
         length = x.shape[1]
         if layer_cache is None:
-            index = jnp.arange(length)
-            mask = attention_mask(q_index=index, k_index=index, q_segment_ids=segment_ids,
-                                  k_segment_ids=segment_ids, sliding_window=c.sliding_window)
             new_cache = None
-            out = grouped_query_attention(q=q, k=k, v=v, mask=mask)
+            # Initialising only needs shapes: the einsum, whatever the platform.
+            spec = attention_lib.AttentionSpec("xla") if self.is_initializing() else c.attention_spec
+            out = attention_lib.self_attention(q=q, k=k, v=v, segment_ids=segment_ids,
+                                               sliding_window=c.sliding_window, spec=spec)
         else:
             # The whole [L, B, Hkv, S, hd] cache travels in the carry and only the new slots are written,
             # so XLA updates it in place (no per-step copy of the cache).
             all_k, all_v, layer = layer_cache  # [L, B, Hkv, S, hd]
+            fresh_k, fresh_v = k, v
             new_k = jnp.swapaxes(k, 1, 2)[None].astype(all_k.dtype)
             new_v = jnp.swapaxes(v, 1, 2)[None].astype(all_v.dtype)
             all_k = jax.lax.dynamic_update_slice(all_k, new_k, (layer, 0, 0, cache_end, 0))
@@ -326,9 +328,14 @@ class Attention(nn.Module):
                                   q_segment_ids=segment_ids, k_segment_ids=kv_segment_ids[:, :kv_len_read],
                                   sliding_window=c.sliding_window)
             new_cache = (all_k, all_v, layer + 1)
-            out = grouped_query_attention(q=q, k=k, v=v, mask=mask, heads_first=True)
+            if fresh_cache:  # a prefill: the new tokens see only each other, so the chosen kernel applies
+                out = attention_lib.self_attention(q=q, k=fresh_k, v=fresh_v, segment_ids=segment_ids,
+                                                   sliding_window=c.sliding_window, spec=c.attention_spec)
+            else:
+                out = grouped_query_attention(q=q, k=k, v=v, mask=mask, heads_first=True)
         out = nn.with_logical_constraint(out, ("batch", "length", "act_heads", "head_dim"))
-        out = Projection(c, (h, hd, d), ("heads", "head_dim", "embed"), in_rank=2, name="o_proj")(out)
+        out = Projection(c, (h, hd, d), ("heads", "head_dim", "embed"), in_rank=2, name="o_proj",
+                         tag="out_proj")(out)
         return out, new_cache
 
 
@@ -338,10 +345,10 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x):
         c = self.config
-        gate = Projection(c, (c.d_model, c.d_ff), ("embed", "mlp"), name="gate_proj")(x)
-        up = Projection(c, (c.d_model, c.d_ff), ("embed", "mlp"), name="up_proj")(x)
+        gate = Projection(c, (c.d_model, c.d_ff), ("embed", "mlp"), name="gate_proj", tag="mlp_gate")(x)
+        up = Projection(c, (c.d_model, c.d_ff), ("embed", "mlp"), name="up_proj", tag="mlp_up")(x)
         hidden = nn.with_logical_constraint(nn.silu(gate) * up, ("batch", "length", "act_mlp"))
-        return Projection(c, (c.d_ff, c.d_model), ("mlp", "embed"), name="down_proj")(hidden)
+        return Projection(c, (c.d_ff, c.d_model), ("mlp", "embed"), name="down_proj", tag="mlp_down")(hidden)
 
 
 class DecoderLayer(nn.Module):
@@ -351,6 +358,7 @@ class DecoderLayer(nn.Module):
 
     config: ModelConfig
     kv_len: int | None = None  # cached decoding: attend over the first kv_len cache slots only
+    fresh_cache: bool = False  # the cache holds nothing yet (a prefill from end 0)
 
     @nn.compact
     def __call__(self, carry, positions, segment_ids, kv_segment_ids, cache_end):
@@ -358,7 +366,8 @@ class DecoderLayer(nn.Module):
         c = self.config
         attn_out, new_cache = Attention(c, name="attn")(
             RMSNorm(c, name="attn_norm")(x), positions=positions, segment_ids=segment_ids,
-            layer_cache=layer_cache, kv_segment_ids=kv_segment_ids, cache_end=cache_end, kv_len=self.kv_len)
+            layer_cache=layer_cache, kv_segment_ids=kv_segment_ids, cache_end=cache_end, kv_len=self.kv_len,
+            fresh_cache=self.fresh_cache)
         x = x + attn_out
         x = x + MLP(c, name="mlp")(RMSNorm(c, name="mlp_norm")(x))
         x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
@@ -371,7 +380,8 @@ class Decoder(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, inputs, *, positions=None, segment_ids=None, return_hidden=False, cache=None, kv_len=None):
+    def __call__(self, inputs, *, positions=None, segment_ids=None, return_hidden=False, cache=None, kv_len=None,
+                 fresh_cache=False):
         c = self.config
         if kv_len is not None and cache is not None and not 0 < kv_len <= cache["k"].shape[3]:
             raise ValueError(f"kv_len={kv_len} must lie in [1, {cache['k'].shape[3]}] (the cache length)")
@@ -394,18 +404,18 @@ class Decoder(nn.Module):
             layer_cache = (cache["k"], cache["v"], jnp.zeros((), jnp.int32))
 
         layer_cls = DecoderLayer
-        if c.remat:
-            layer_cls = nn.remat(layer_cls, prevent_cse=not c.scan_layers)
+        if c.remat_name != "none":  # deft_jax.model.remat: which intermediates the backward keeps
+            layer_cls = nn.remat(layer_cls, prevent_cse=not c.scan_layers, policy=remat_lib.policy(c.remat_name))
         if c.scan_layers:
             stack = nn.scan(layer_cls, variable_axes={"params": 0}, split_rngs={"params": True},
                             in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
                             length=c.n_layers, unroll=min(c.scan_unroll, c.n_layers),
                             metadata_params={nn.PARTITION_NAME: "layers"})
-            (x, layer_cache), _ = stack(c, kv_len, name="layers")((x, layer_cache), positions, segment_ids,
-                                                                  kv_segment_ids, cache_end)
+            layers = stack(c, kv_len, fresh_cache, name="layers")
+            (x, layer_cache), _ = layers((x, layer_cache), positions, segment_ids, kv_segment_ids, cache_end)
         else:
             for i in range(c.n_layers):
-                (x, layer_cache), _ = layer_cls(c, kv_len, name=f"layers_{i}")(
+                (x, layer_cache), _ = layer_cls(c, kv_len, fresh_cache, name=f"layers_{i}")(
                     (x, layer_cache), positions, segment_ids, kv_segment_ids, cache_end)
 
         hidden = RMSNorm(c, name="final_norm")(x)

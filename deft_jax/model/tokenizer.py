@@ -32,7 +32,10 @@ import jinja2.sandbox
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, processors
 
+from deft_jax import chat
 from deft_jax.model import pretrained
+from deft_jax import errors
+from deft_jax.model import ModelError
 
 logger = logging.getLogger(__name__)
 
@@ -85,13 +88,13 @@ def _gguf_field(reader, key: str, *, default: Any, kinds: tuple[str, ...], array
     field = reader.fields.get(key)
     if field is None:
         if default is _REQUIRED:
-            raise ValueError(f"{where}: GGUF metadata key {key!r} is missing")
+            raise ModelError(f"{where}: GGUF metadata key {key!r} is missing")
         return None
     type_names = [value_type.name for value_type in field.types]
     is_array = type_names[0] == "ARRAY"
     if is_array != array or not type_names[-1].startswith(kinds):
         wanted = f"ARRAY of {kinds}" if array else f"one of {kinds}"
-        raise ValueError(f"GGUF metadata {key!r} in {where} has type {type_names}, expected {wanted}")
+        raise ModelError(f"GGUF metadata {key!r} in {where} has type {type_names}, expected {wanted}")
     return field
 
 
@@ -135,18 +138,6 @@ def compile_chat_template(template: str) -> jinja2.Template:
     return environment.from_string(template)
 
 
-def validate_messages(messages: Sequence[dict]) -> None:
-    """Each message needs a string 'role' and a string 'content'."""
-    if not isinstance(messages, (list, tuple)) or not messages:
-        raise ValueError(f"messages must be a non-empty list of {{'role', 'content'}} dicts, got {messages!r}")
-    for index, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            raise ValueError(f"messages[{index}] must be a dict with a string 'role', got {message!r}")
-        if not isinstance(message.get("content"), str):
-            raise ValueError(f"messages[{index}] (role {message['role']!r}) needs a string 'content', got "
-                             f"{message.get('content')!r}")
-
-
 # -------------------------------------------------------------------------------------------------- Tokenizer
 
 
@@ -188,7 +179,7 @@ class Tokenizer:
     def _required_id(self, token: str, *, role: str) -> int:
         token_id = self.backend.token_to_id(token)
         if token_id is None:
-            raise ValueError(f"{role} token {token!r} is not in the vocabulary of {self.source}; "
+            raise ModelError(f"{role} token {token!r} is not in the vocabulary of {self.source}; "
                              f"fix the {role}_token entry of the checkpoint's tokenizer config.")
         return token_id
 
@@ -229,7 +220,7 @@ class Tokenizer:
 
     def apply_chat_template(self, messages: list[dict], *, add_generation_prompt: bool = True) -> str:
         """Render messages [{"role", "content"}] with the checkpoint's template (ChatML if it has none)."""
-        validate_messages(messages)
+        chat.validate_messages(messages)
         return self._compiled_template.render(
             messages=list(messages),
             add_generation_prompt=add_generation_prompt,
@@ -256,7 +247,7 @@ class Tokenizer:
         """from_gguf() on an already opened gguf.GGUFReader (the weights loader can share one reader)."""
         tokenizer_model = gguf_string(reader, "tokenizer.ggml.model")
         if tokenizer_model != "gpt2":
-            raise NotImplementedError(
+            raise errors.UnsupportedError(
                 f"{source}: tokenizer.ggml.model = {tokenizer_model!r}; only byte-level BPE ('gpt2') GGUF "
                 f"tokenizers are rebuilt. Use the model's Hugging Face directory (tokenizer.json) instead."
             )
@@ -265,7 +256,7 @@ class Tokenizer:
         merges = gguf_string_array(reader, "tokenizer.ggml.merges")
         token_types = gguf_int_array(reader, "tokenizer.ggml.token_type", default=[GGUF_TOKEN_NORMAL] * len(tokens))
         if len(token_types) != len(tokens):
-            raise ValueError(f"{source}: {len(tokens)} tokens but {len(token_types)} token types")
+            raise ModelError(f"{source}: {len(tokens)} tokens but {len(token_types)} token types")
         backend = build_byte_level_bpe(tokens=tokens, merges=merges, token_types=token_types, pre=pre, source=source)
 
         def token_for(key: str) -> str | None:
@@ -273,17 +264,17 @@ class Tokenizer:
             if token_id is None:
                 return None
             if not 0 <= token_id < len(tokens):
-                raise ValueError(f"{source}: {key} = {token_id} is outside the vocabulary (size {len(tokens)})")
+                raise ModelError(f"{source}: {key} = {token_id} is outside the vocabulary (size {len(tokens)})")
             return tokens[token_id]
 
         bos_token = token_for("tokenizer.ggml.bos_token_id")
         eos_token = token_for("tokenizer.ggml.eos_token_id")
         if eos_token is None:
-            raise ValueError(f"{source}: GGUF metadata has no tokenizer.ggml.eos_token_id; cannot end sequences.")
+            raise ModelError(f"{source}: GGUF metadata has no tokenizer.ggml.eos_token_id; cannot end sequences.")
         add_bos = bool(gguf_scalar(reader, "tokenizer.ggml.add_bos_token", default=False))
         add_eos = bool(gguf_scalar(reader, "tokenizer.ggml.add_eos_token", default=False))
         if (add_bos and bos_token is None):
-            raise ValueError(f"{source}: tokenizer.ggml.add_bos_token is set but there is no bos_token_id")
+            raise ModelError(f"{source}: tokenizer.ggml.add_bos_token is set but there is no bos_token_id")
         backend.post_processor = special_tokens_post_processor(
             backend=backend, bos_token=bos_token if add_bos else None, eos_token=eos_token if add_eos else None
         )
@@ -303,7 +294,7 @@ class Tokenizer:
         directory = pathlib.Path(path)
         tokenizer_file = directory / "tokenizer.json"
         if not tokenizer_file.is_file():
-            raise FileNotFoundError(
+            raise errors.MissingPathError(
                 f"{directory} has no tokenizer.json (only fast tokenizers are supported). Create one with "
                 f"`transformers.AutoTokenizer.from_pretrained('{directory}').save_pretrained('{directory}')`."
             )
@@ -316,12 +307,12 @@ class Tokenizer:
             if isinstance(value, dict):
                 value = value.get("content")
             if value is not None and not isinstance(value, str):
-                raise ValueError(f"{directory}/tokenizer_config.json: {role}_token must be a string, got {value!r}")
+                raise ModelError(f"{directory}/tokenizer_config.json: {role}_token must be a string, got {value!r}")
             return value
 
         eos_token = token_for("eos")
         if eos_token is None:
-            raise ValueError(
+            raise ModelError(
                 f"{directory}: neither tokenizer_config.json nor special_tokens_map.json defines eos_token; "
                 f"add \"eos_token\": \"<the end-of-turn token>\" to tokenizer_config.json."
             )
@@ -363,6 +354,19 @@ class Tokenizer:
 # ------------------------------------------------------------------------------------------------ builders
 
 
+def format_prompt(tokenizer, text: str, *, chat: bool, system: str | None = None) -> str:
+    """The text fed to the model: the tokenizer's chat template around `text` when chat, else `text`."""
+    if not chat:
+        return text
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+
+
+def chat_by_default(tokenizer) -> bool:
+    """Instruct checkpoints carry a chat template; base models (and the ChatML fallback) get raw text."""
+    return getattr(tokenizer, "chat_template_source", None) == "checkpoint"
+
+
 def gguf_pre_tokenizer(pre: str, *, source: str = "<gguf>") -> pre_tokenizers.PreTokenizer:
     """Pre-tokenizer for a GGUF `tokenizer.ggml.pre` value (only the byte-level ones verified exact)."""
     if pre == "smollm":
@@ -372,7 +376,7 @@ def gguf_pre_tokenizer(pre: str, *, source: str = "<gguf>") -> pre_tokenizers.Pr
         ])
     if pre in ("gpt-2", "gpt2", "default"):
         return pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    raise NotImplementedError(
+    raise errors.UnsupportedError(
         f"{source}: GGUF pre-tokenizer {pre!r} is not supported (supported: 'smollm', 'gpt-2'); its split regex "
         f"differs, so a rebuild would not be exact. Use the model's Hugging Face directory (tokenizer.json)."
     )
@@ -385,12 +389,12 @@ def build_byte_level_bpe(
     control tokens as special added tokens, user-defined tokens as plain added tokens."""
     vocab = {token: index for index, token in enumerate(tokens)}
     if len(vocab) != len(tokens):
-        raise ValueError(f"{source}: tokenizer.ggml.tokens has duplicate entries")
+        raise ModelError(f"{source}: tokenizer.ggml.tokens has duplicate entries")
     merge_pairs = []
     for line_number, merge in enumerate(merges):
         left, separator, right = merge.partition(" ")
         if not separator or not left or not right:
-            raise ValueError(f"{source}: tokenizer.ggml.merges[{line_number}] = {merge!r} is not 'left right'")
+            raise ModelError(f"{source}: tokenizer.ggml.merges[{line_number}] = {merge!r} is not 'left right'")
         merge_pairs.append((left, right))
     backend = tokenizers.Tokenizer(models.BPE(vocab=vocab, merges=merge_pairs, fuse_unk=False, byte_fallback=False))
     backend.pre_tokenizer = gguf_pre_tokenizer(pre, source=source)
@@ -427,7 +431,7 @@ def _read_json(path: pathlib.Path) -> dict:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
-        raise ValueError(f"{path}:{error.lineno}: invalid JSON ({error.msg}); fix or delete the file") from error
+        raise ModelError(f"{path}:{error.lineno}: invalid JSON ({error.msg}); fix or delete the file") from error
 
 
 def _hf_chat_template(*, directory: pathlib.Path, config: dict) -> str | None:
@@ -443,9 +447,9 @@ def _hf_chat_template(*, directory: pathlib.Path, config: dict) -> str | None:
         named = {entry.get("name"): entry.get("template") for entry in template if isinstance(entry, dict)}
         if "default" in named:
             return named["default"]
-        raise ValueError(f"{directory}/tokenizer_config.json: chat_template is a list without a 'default' entry "
+        raise ModelError(f"{directory}/tokenizer_config.json: chat_template is a list without a 'default' entry "
                          f"(names: {sorted(map(str, named))}); add one.")
-    raise ValueError(f"{directory}/tokenizer_config.json: chat_template must be a string or a list, got "
+    raise ModelError(f"{directory}/tokenizer_config.json: chat_template must be a string or a list, got "
                      f"{type(template).__name__}")
 
 

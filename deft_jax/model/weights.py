@@ -29,6 +29,8 @@ import jax
 import numpy as np
 
 from deft_jax.model import decoder as model_lib
+from deft_jax import errors
+from deft_jax.model import ModelError
 from deft_jax.model import pretrained
 from deft_jax.model.decoder import ModelConfig
 from deft_jax.model.gguf_file import open_gguf
@@ -193,10 +195,10 @@ def _rope_settings(hf: dict) -> tuple[float, dict | None]:
     if kind == "default":
         return theta, None
     if kind != "llama3":
-        raise ValueError(f"rope type {kind!r} is not supported (only default and llama3): {params}")
+        raise ModelError(f"rope type {kind!r} is not supported (only default and llama3): {params}")
     missing = [k for k in model_lib.LLAMA3_ROPE_KEYS if k not in params]
     if missing:
-        raise ValueError(f"llama3 rope scaling {params} lacks {missing}")
+        raise ModelError(f"llama3 rope scaling {params} lacks {missing}")
     return theta, {"rope_type": "llama3", **{k: params[k] for k in model_lib.LLAMA3_ROPE_KEYS}}
 
 
@@ -209,34 +211,34 @@ def hf_field(hf: dict, key: str, *, source: str, kind: type, default=_REQUIRED):
     value = hf.get(key)
     if value is None:
         if default is _REQUIRED:
-            raise ValueError(f"{source}: required field {key!r} is missing")
+            raise ModelError(f"{source}: required field {key!r} is missing")
         return default
     expected = "a positive integer" if kind is int else "a positive number"
     numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
     if not numeric or (kind is int and not isinstance(value, int)) or not math.isfinite(value) or value <= 0:
         shown = f"the string {value!r}" if isinstance(value, str) else repr(value)
-        raise ValueError(f"{source}: field {key!r} must be {expected}, got {shown}")
+        raise ModelError(f"{source}: field {key!r} must be {expected}, got {shown}")
     return kind(value)
 
 
 def config_from_hf(hf: dict, *, source: str = "config.json", **overrides) -> ModelConfig:
     """ModelConfig from a Hugging Face config dict (llama, mistral, qwen2, qwen3)."""
     if not isinstance(hf, dict):
-        raise ValueError(f"{source}: expected a JSON object of model settings, got {type(hf).__name__}")
+        raise ModelError(f"{source}: expected a JSON object of model settings, got {type(hf).__name__}")
     model_type = hf.get("model_type")
     if model_type not in model_lib.SUPPORTED_MODEL_TYPES:
-        raise ValueError(f"{source}: model_type {model_type!r} is not supported; deft_jax loads "
+        raise ModelError(f"{source}: model_type {model_type!r} is not supported; deft_jax loads "
                          f"{', '.join(model_lib.SUPPORTED_MODEL_TYPES)}")
     if hf.get("hidden_act", "silu") != "silu":
-        raise ValueError(f"{source}: hidden_act {hf['hidden_act']!r} is not supported (expected 'silu')")
+        raise ModelError(f"{source}: hidden_act {hf['hidden_act']!r} is not supported (expected 'silu')")
     for flag in ("mlp_bias",) + (("attention_bias",) if model_type != "qwen2" else ()):
         if hf.get(flag):
-            raise ValueError(f"{source}: {flag}=true is not supported for {model_type}")
+            raise ModelError(f"{source}: {flag}=true is not supported for {model_type}")
     sliding_window = None
     if model_type == "mistral":
         sliding_window = hf.get("sliding_window")
     elif hf.get("use_sliding_window") or "sliding_attention" in (hf.get("layer_types") or ()):
-        raise ValueError(f"{source}: per-layer sliding windows ({model_type} use_sliding_window / layer_types) "
+        raise ModelError(f"{source}: per-layer sliding windows ({model_type} use_sliding_window / layer_types) "
                          "are not supported; set use_sliding_window=false")
     def size(key, default=_REQUIRED):
         return hf_field(hf, key, source=source, kind=int, default=default)
@@ -296,22 +298,22 @@ class SafetensorsSource:
         if index.exists():
             weight_map = _read_json(index).get("weight_map")
             if not isinstance(weight_map, dict):
-                raise ValueError(f"{index}: no 'weight_map' object; expected {{tensor name: shard file}}")
+                raise ModelError(f"{index}: no 'weight_map' object; expected {{tensor name: shard file}}")
             files = sorted(set(weight_map.values()))
         else:
             files = sorted(p.name for p in directory.glob("*.safetensors"))
             if not files:
-                raise FileNotFoundError(f"{directory}: no *.safetensors file (and no model.safetensors.index.json)")
+                raise errors.MissingPathError(f"{directory}: no *.safetensors file (and no model.safetensors.index.json)")
             weight_map = None
         self._handles, self._file_of = {}, {}
         for file in files:
             path = directory / file
             if not path.exists():
-                raise FileNotFoundError(f"{path}: listed in {index.name} but missing")
+                raise errors.MissingPathError(f"{path}: listed in {index.name} but missing")
             try:
                 handle = safetensors.safe_open(str(path), framework="numpy")
             except Exception as e:  # noqa: BLE001 - re-raised with the file named
-                raise ValueError(f"{path}: not a readable safetensors file ({e}); it may be truncated") from e
+                raise ModelError(f"{path}: not a readable safetensors file ({e}); it may be truncated") from e
             self._handles[file] = handle
             for name in handle.keys():
                 if weight_map is not None and weight_map.get(name) != file:
@@ -320,7 +322,7 @@ class SafetensorsSource:
         if weight_map is not None:
             for name, file in weight_map.items():
                 if name not in self._file_of:
-                    raise ValueError(f"{directory / file}: tensor {name!r} is listed in {index.name} but absent")
+                    raise ModelError(f"{directory / file}: tensor {name!r} is listed in {index.name} but absent")
         self.directory = directory
 
     @property
@@ -362,18 +364,18 @@ class GGUFSource:
         try:
             data = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
         except Exception as e:  # noqa: BLE001
-            raise ValueError(f"{self.path}: tensor {name!r} ({tensor.tensor_type.name}) could not be "
+            raise ModelError(f"{self.path}: tensor {name!r} ({tensor.tensor_type.name}) could not be "
                              f"dequantised: {e}") from e
         return np.asarray(data, dtype=np.float32).reshape(self.shape(name))
 
 
 def _read_json(path: pathlib.Path) -> dict:
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: file not found")
+        raise errors.MissingPathError(f"{path}: file not found")
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from e
+        raise ModelError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from e
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -419,12 +421,12 @@ def load_params(source, config: ModelConfig, *, name_map, mesh=None, rules=None,
         if rule is None:
             if any(p.fullmatch(name) for p in IGNORED_NAMES):
                 continue
-            raise ValueError(f"{source.where(name)}: unexpected tensor {name!r}; no name-map entry for a "
+            raise ModelError(f"{source.where(name)}: unexpected tensor {name!r}; no name-map entry for a "
                              f"{config.model_type} model (is the config right?)")
         if rule not in active:
             if rule.when == "untied":  # a tied checkpoint that also stores the output matrix: unused
                 continue
-            raise ValueError(f"{source.where(name)}: tensor {name!r} exists but the config has "
+            raise ModelError(f"{source.where(name)}: tensor {name!r} exists but the config has "
                              f"{rule.when}=False; the checkpoint and its config disagree")
         claimed.add(name)
 
@@ -436,11 +438,11 @@ def load_params(source, config: ModelConfig, *, name_map, mesh=None, rules=None,
         pieces = []
         for name in names:
             if name not in claimed:
-                raise ValueError(f"{getattr(source, 'directory', getattr(source, 'path', '?'))}: missing tensor "
+                raise ModelError(f"{getattr(source, 'directory', getattr(source, 'path', '?'))}: missing tensor "
                                  f"{name!r} (expected shape {expected}) for parameter {'/'.join(rule.target)}")
             shape = source.shape(name)
             if shape != expected:
-                raise ValueError(f"{source.where(name)}: tensor {name!r} has shape {shape}, expected {expected} "
+                raise ModelError(f"{source.where(name)}: tensor {name!r} has shape {shape}, expected {expected} "
                                  f"for {config.model_type} d_model={config.d_model} n_heads={config.n_heads} "
                                  f"n_kv_heads={config.n_kv_heads} head_dim={config.head_dim} d_ff={config.d_ff} "
                                  f"vocab={config.vocab_size}")
@@ -467,7 +469,7 @@ def load_hf_dir(path, *, mesh=None, rules=None, param_dtype: str = "float32", **
     """(ModelConfig, params) from a Hugging Face directory (config.json + safetensors, sharded or not)."""
     directory = pathlib.Path(path)
     if not directory.is_dir():
-        raise FileNotFoundError(f"{directory}: model directory not found")
+        raise errors.MissingPathError(f"{directory}: model directory not found")
     config_path = directory / "config.json"
     config = config_from_hf(_read_json(config_path), source=str(config_path), param_dtype=param_dtype,
                             **config_overrides)
@@ -479,7 +481,7 @@ def _gguf_field(reader, key: str, *, path, default=None, required=True):
     field = reader.fields.get(key)
     if field is None:
         if required:
-            raise ValueError(f"{path}: GGUF metadata key {key!r} is missing")
+            raise ModelError(f"{path}: GGUF metadata key {key!r} is missing")
         return default
     value = field.contents()
     if isinstance(value, float):  # GGUF stores float32: keep its shortest repr (1e-06, not 9.99999997e-07)
@@ -494,11 +496,11 @@ def config_from_gguf(reader, *, path, **overrides) -> ModelConfig:
     """ModelConfig from GGUF metadata ({arch}.block_count, embedding_length, attention.head_count, ...)."""
     arch = _gguf_field(reader, "general.architecture", path=path)
     if arch not in GGUF_ARCHITECTURES:
-        raise ValueError(f"{path}: GGUF architecture {arch!r} is not supported; expected one of "
+        raise ModelError(f"{path}: GGUF architecture {arch!r} is not supported; expected one of "
                          f"{sorted(GGUF_ARCHITECTURES)}")
     tensor_names = {t.name for t in reader.tensors}
     if "rope_freqs.weight" in tensor_names:
-        raise ValueError(f"{path}: tensor 'rope_freqs.weight' (GGUF rope scaling factors) is not supported; "
+        raise ModelError(f"{path}: tensor 'rope_freqs.weight' (GGUF rope scaling factors) is not supported; "
                          "load the Hugging Face directory instead")
 
     def field(key, default=None, required=True):
@@ -508,7 +510,7 @@ def config_from_gguf(reader, *, path, **overrides) -> ModelConfig:
     n_heads = int(field("attention.head_count"))
     embed = next((t for t in reader.tensors if t.name == "token_embd.weight"), None)
     if embed is None:
-        raise ValueError(f"{path}: tensor 'token_embd.weight' is missing")
+        raise ModelError(f"{path}: tensor 'token_embd.weight' is missing")
     values = dict(
         model_type=GGUF_ARCHITECTURES[arch], vocab_size=int(embed.shape[-1]), d_model=d_model,
         n_layers=int(field("block_count")), n_heads=n_heads,

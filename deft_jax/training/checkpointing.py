@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+import tensorstore as ts
 from etils import epath
 
 from deft_jax import errors
@@ -125,10 +126,11 @@ _LANE_SEEDS = (0x9E3779B9, 0x7F4A7C15)  # two independent 32-bit lanes: a 64-bit
 
 
 def path_name(path) -> str:
-    """'/'-joined key path of a pytree leaf ('params/layers/attn/q_proj/kernel', 'opt_state/0/mu/...'); the
-    same name for a dataclass / namedtuple field, a dict key or a list index, so a state restored without
-    its target (plain dicts and lists) names its tensors as the saved state did."""
-    return "/".join(str(getattr(key, "key", getattr(key, "name", getattr(key, "idx", key)))) for key in path)
+    """'/'-joined key path of a pytree leaf ('params/layers/attn/q_proj/kernel', 'opt_state/0/mu/...'):
+    jax.tree_util.keystr(simple=True), which names a dataclass / namedtuple field, a dict key and a list
+    index alike, so a state restored without its target (plain dicts and lists) names its tensors as the
+    saved state did."""
+    return jax.tree_util.keystr(path, simple=True, separator="/")
 
 
 def _mix32(x: jax.Array) -> jax.Array:
@@ -297,10 +299,41 @@ def check_step_files(directory: str | pathlib.Path | epath.Path, step: int) -> N
         raise CheckpointCorruptError(step=step, where=str(metadata), reason=f"not valid JSON ({error})") from None
     if not isinstance(parsed, dict) or "tree_metadata" not in parsed:
         raise CheckpointCorruptError(step=step, where=str(metadata), reason="no 'tree_metadata' entry")
+    check_tensor_index(state_dir, step=step)
 
 
-_READ_ERROR = re.compile(r"DATA_LOSS|OUT_OF_RANGE|NOT_FOUND|FAILED_PRECONDITION|Error reading|Error decoding|"
-                         r"Encountered error while reading")
+def check_tensor_index(state_dir: str | pathlib.Path | epath.Path, *, step: int) -> None:
+    """Walk the step's OCDBT b-tree (every node is CRC-32C checked) synchronously, before orbax reads.
+
+    A damaged node met inside orbax's asynchronous restore fails one read while others are in flight;
+    those complete into an event loop orbax has closed, and print a stray 'Event loop is closed'
+    traceback after the one-line error. Found here, the error is raised before any read starts.
+    """
+    if not (epath.Path(state_dir) / "manifest.ocdbt").exists():
+        return  # not an OCDBT checkpoint: orbax reports what it finds
+    try:
+        base = str(state_dir) if "://" in str(state_dir) else f"file://{state_dir}"
+        store = ts.KvStore.open({"driver": "ocdbt", "base": base.rstrip("/") + "/"}).result()
+        store.list().result()
+    except Exception as error:  # noqa: BLE001 (classified: a damaged step, or re-raised untouched)
+        corrupt = _unreadable(error, step=int(step), step_dir=epath.Path(state_dir).parent)
+        if corrupt is None:
+            raise
+        raise corrupt from None
+
+
+# Neither orbax nor TensorStore has an exception type for a damaged file: TensorStore raises a plain
+# ValueError whose message starts with the absl status code of the read ("DATA_LOSS: Error reading ...").
+# So a ValueError is classified by that leading code (the only place the status survives); JSON and UTF-8
+# decoding errors by their types; anything else (a TypeError, a target that does not fit) is not corruption.
+_READ_STATUS = re.compile(r"^(DATA_LOSS|OUT_OF_RANGE|NOT_FOUND|FAILED_PRECONDITION): ")
+
+
+def _is_read_error(error: BaseException) -> bool:
+    """A decoding error, or TensorStore's ValueError for a read that failed on the data itself."""
+    if isinstance(error, (json.JSONDecodeError, UnicodeDecodeError)):
+        return True
+    return type(error) is ValueError and bool(_READ_STATUS.match(str(error)))
 
 
 def _unreadable(error: BaseException, *, step: int, step_dir: epath.Path) -> CheckpointCorruptError | None:
@@ -312,8 +345,7 @@ def _unreadable(error: BaseException, *, step: int, step_dir: epath.Path) -> Che
         seen.add(id(error))
         chain.append(error)
         error = error.__cause__ or error.__context__
-    messages = [str(e) for e in chain
-                if isinstance(e, (json.JSONDecodeError, UnicodeDecodeError)) or _READ_ERROR.search(str(e))]
+    messages = [str(e) for e in chain if _is_read_error(e)]
     if not messages:
         return None
     message = messages[-1].split(" [tensorstore_spec")[0].split(". See full TensorStore details")[0]
@@ -341,7 +373,7 @@ def restore(manager: ocp.CheckpointManager, *, target: Any, step: int | None = N
     if step is None:
         step = manager.latest_step()
     if step is None:
-        raise FileNotFoundError(f"no complete checkpoint under {manager.directory}.")
+        raise errors.MissingPathError(f"no complete checkpoint under {manager.directory}.")
     state_args = ocp.args.PyTreeRestore(target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
                                         partial_restore=partial)
     state, data_state, record = _restore_items(manager, step=int(step), state_args=state_args, verify=verify)
@@ -391,32 +423,6 @@ def state_metadata(directory: str | pathlib.Path | epath.Path, step: int) -> Any
         raise corrupt from error
 
 
-def verify_step(directory: str | pathlib.Path, step: int, *, target: Any = None) -> int:
-    """Check checkpoint `step` under `directory` (a workdir's checkpoints/): its files, that every tensor
-    reads, matches the checksum written at save time and is finite. Returns the number of tensors whose
-    checksum matched (0 for a step saved before checksums were recorded); raises CheckpointCorruptError.
-
-    Without `target` the tensors are read as host numpy arrays in the layout the metadata describes (for
-    tools and tests; a large state needs a sharded `target`, as `restore` takes)."""
-    manager = make_manager(directory=directory, read_only=True, async_save=False)
-    try:
-        if int(step) not in manager.all_steps():
-            raise FileNotFoundError(f"no complete checkpoint for step {step} under {manager.directory} "
-                                    f"(steps: {sorted(manager.all_steps())}).")
-        if target is None:
-            tree = state_metadata(manager.directory, step)
-            restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-            state_args = ocp.args.PyTreeRestore(restore_args=restore_args)
-        else:
-            state_args = ocp.args.PyTreeRestore(
-                target, restore_args=ocp.checkpoint_utils.construct_restore_args(target))
-        state, _, record = _restore_items(manager, step=int(step), state_args=state_args, verify=True)
-        return verify_tensors(state, record=record, step=int(step),
-                              where=str(step_directory(manager.directory, step) / STATE_ITEM))
-    finally:
-        manager.close()
-
-
 def restore_latest_intact(manager_or_dir: ocp.CheckpointManager | str | pathlib.Path, *, target: Any,
                           log: Callable[[str], None] | None = None
                           ) -> tuple[Any, dict[str, Any], int, list[str]]:
@@ -433,13 +439,13 @@ def restore_latest_intact(manager_or_dir: ocp.CheckpointManager | str | pathlib.
         manager.reload()
         steps = sorted(manager.all_steps(), reverse=True)
         if not steps:
-            raise FileNotFoundError(f"no complete checkpoint under {manager.directory}.")
-        skipped, errors = [], []
+            raise errors.MissingPathError(f"no complete checkpoint under {manager.directory}.")
+        skipped, corrupt = [], []
         for position, step in enumerate(steps):
             try:
                 state, data_state, step = restore(manager, target=target, step=step)
             except CheckpointCorruptError as error:
-                errors.append(error)
+                corrupt.append(error)
                 if position + 1 < len(steps):
                     line = f"{error}; falling back to step {steps[position + 1]}"
                     skipped.append(line)
@@ -447,7 +453,7 @@ def restore_latest_intact(manager_or_dir: ocp.CheckpointManager | str | pathlib.
                         log(line)
                 continue
             return state, data_state, step, skipped
-        raise NoIntactCheckpointError(directory=str(manager.directory), errors=errors)
+        raise NoIntactCheckpointError(directory=str(manager.directory), errors=corrupt)
     finally:
         if manager is not manager_or_dir:
             manager.close()
@@ -463,17 +469,6 @@ def set_aside(directory: str | pathlib.Path, step: int) -> pathlib.Path | None:
     target = source.with_name(f"{source.name}.corrupt-{int(time.time())}")
     source.rename(target)
     return target
-
-
-def check_restorable(*, directory: str | pathlib.Path, target: Any) -> int:
-    """Restore the latest checkpoint under `directory` onto `target`; returns its step (for tools/tests)."""
-    manager = make_manager(directory=directory, read_only=True, async_save=False)
-    try:
-        state, _, step = restore(manager, target=target)
-        jax.block_until_ready(state)
-        return step
-    finally:
-        manager.close()
 
 
 # ====================================================================================================

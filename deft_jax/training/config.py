@@ -28,13 +28,13 @@ import numpy as np
 from deft_jax import data as data_lib
 from deft_jax import errors, objectives
 from deft_jax import sharding as sharding_lib
+from deft_jax.model import attention as attention_lib
 from deft_jax.model import decoder as model_lib
+from deft_jax.training.step import ACCUMULATION_MODES, LOSS_IMPLS, SCHEDULES
+from deft_jax.model import remat as remat_lib
 
 TINY_MODEL = "tiny"
 DTYPES = ("float32", "bfloat16", "float16")
-LOSS_IMPLS = ("naive", "chunked")
-ACCUMULATION_MODES = ("exact", "mean_of_micro_means")
-SCHEDULES = ("cosine", "constant")
 PROGRESS_MODES = ("auto", "bar", "lines", "off")
 OWNED_SECTIONS = ("data", "objective", "model.overrides")  # validated as a whole by their owners
 
@@ -80,6 +80,13 @@ def one_of(*choices) -> Callable[[Any], str | None]:
     def check(value):
         return None if value in choices else f"must be one of {choices}, got {value!r}"
     return check
+
+
+def lane_multiple(value) -> str | None:
+    """A splash block size: a positive multiple of the TPU lane width (128)."""
+    if not _is_int(value) or value < 128 or value % 128:
+        return f"must be a positive multiple of 128 (the TPU lane width), got {value!r}"
+    return None
 
 
 def boolean(value) -> str | None:
@@ -141,7 +148,13 @@ FIELDS: dict[str, Field] = {
                              "(a fresh optimizer state; replaces model.init)"),
     "model.dtype": Field("bfloat16", one_of(*DTYPES), "compute dtype"),
     "model.param_dtype": Field("float32", one_of(*DTYPES), "parameters and optimizer state"),
-    "model.remat": Field(False, boolean, "rematerialise each layer in the backward pass"),
+    "model.remat": Field(False, boolean, "rematerialise each layer in the backward pass (= remat_policy 'full')"),
+    "model.remat_policy": Field("", one_of("", *remat_lib.POLICIES),
+                                "what the backward keeps of each layer (deft_jax.model.remat); '' follows remat"),
+    "model.attention": Field("auto", one_of(*attention_lib.IMPLEMENTATIONS),
+                             "'auto' (splash on TPU, cudnn on GPU, else xla) | 'xla' einsum | 'splash' | 'cudnn'"),
+    "model.attention_block_q": Field(512, lane_multiple, "splash query block (clamped to the row length)"),
+    "model.attention_block_kv": Field(512, lane_multiple, "splash key/value block (clamped to the row length)"),
     "model.scan_layers": Field(True, boolean, "layers under nn.scan"),
     "model.scan_unroll": Field(1, integer(1), "layers per scan iteration (>= n_layers: fully unrolled)"),
     "model.overrides": Field(ml_collections.ConfigDict(), mapping,
@@ -180,6 +193,12 @@ FIELDS: dict[str, Field] = {
     "distributed.num_processes": Field(0, integer(0), "0 = from the environment"),
     "distributed.process_id": Field(-1, integer(-1), "-1 = from the environment"),
     "distributed.cpu_collectives": Field("gloo", one_of("gloo", "mpi", ""), "CPU collectives implementation"),
+    "distributed.heartbeat_timeout_seconds": Field(
+        60, integer(1), "a process silent this long counts as lost: every process then ends, exit 75"),
+    "distributed.initialization_timeout_seconds": Field(
+        300, integer(1), "how long the processes wait for each other at start"),
+    "distributed.shutdown_timeout_seconds": Field(
+        60, integer(1), "how long a finished process waits for the others at exit"),
     "checkpoint.every_steps": Field(500, integer(1), "steps between checkpoints"),
     "checkpoint.keep": Field(3, integer(1), "checkpoints kept"),
     "checkpoint.async_save": Field(True, boolean, "write checkpoints in the background"),
@@ -196,6 +215,25 @@ FIELDS: dict[str, Field] = {
     "tensorboard": Field(True, boolean, "also write TensorBoard event files"),
     "compilation_cache_dir": Field("", string, "persistent XLA compilation cache ('' = off)"),
 }
+
+
+# Fields added after runs were saved with config.json: a saved config without them takes the default.
+LATER_FIELDS = ("model.attention", "model.attention_block_q", "model.attention_block_kv", "model.remat_policy")
+
+
+def with_later_fields(config) -> ml_collections.ConfigDict:
+    """A copy of a saved config with every missing LATER_FIELDS entry set to its default (old runs load)."""
+    config = copy.deepcopy(config)
+    for name in LATER_FIELDS:
+        *parents, leaf = name.split(".")
+        node = config
+        for parent in parents:
+            if parent not in node:
+                node[parent] = ml_collections.ConfigDict()
+            node = node[parent]
+        if leaf not in node:
+            node[leaf] = copy.deepcopy(FIELDS[name].default)
+    return config
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -262,6 +300,9 @@ def validate(config, *, num_devices: int | None = None) -> None:
     if bad:
         raise ConfigError(f"config.model.overrides.{bad[0]} is not a ModelConfig field"
                           f"{errors.did_you_mean(bad[0], known_model_fields)}")
+    if config.model.remat and config.model.remat_policy == "none":
+        raise ConfigError("config.model.remat=True contradicts config.model.remat_policy='none'; "
+                          "set remat=False or another policy")
     micro = config.micro_batch_size or config.batch_size
     if config.batch_size % micro:
         raise ConfigError(f"config.batch_size={config.batch_size} is not a multiple of "

@@ -17,11 +17,8 @@ Owns: the loop and the run's files. Must not be imported by library modules (onl
 """
 from __future__ import annotations
 
-import copy
-import dataclasses
 import json
 import logging
-import math
 import os
 import pathlib
 import signal
@@ -32,17 +29,19 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh
 
 from deft_jax import data as data_lib
+from deft_jax import errors
 from deft_jax import reporting
 from deft_jax import sharding as sharding_lib
 from deft_jax.model import decoder as model_lib
 from deft_jax.training import checkpointing
 from deft_jax.training import config as config_lib
+from deft_jax.training import hosts
 from deft_jax.training import metrics as metrics_lib
 from deft_jax.training import setup as build
 from deft_jax.training import step as step_lib
+from deft_jax.training import teacher_forced
 
 logger = logging.getLogger(__name__)
 
@@ -54,25 +53,6 @@ EXIT_PREEMPTED = 75  # EX_TEMPFAIL: try again (resume)
 # ====================================================================================================
 # Setting a run up.
 
-@dataclasses.dataclass
-class Run:
-    """What `setup_run` builds: everything the loop needs (also handy for tests and benchmarks)."""
-
-    config: Any
-    workdir: pathlib.Path
-    mesh: Mesh
-    rules: Any
-    tokenizer: Any
-    model_config: model_lib.ModelConfig
-    spec: step_lib.StepSpec
-    schedule: step_lib.Schedule
-    abstract_state: step_lib.TrainState
-    state_shardings: step_lib.TrainState
-    train_examples: list
-    eval_examples: list
-    total_steps: int
-
-
 def prepare_workdir(workdir: str | os.PathLike) -> pathlib.Path:
     """Create `workdir` and check that it is writable (clear error before anything is compiled)."""
     path = pathlib.Path(workdir).expanduser().absolute()
@@ -82,54 +62,18 @@ def prepare_workdir(workdir: str | os.PathLike) -> pathlib.Path:
         probe.write_text("ok")
         probe.unlink()
     except OSError as error:
-        raise PermissionError(f"workdir {str(path)!r} is not writable ({error.strerror or error}); choose "
+        raise errors.NotWritableError(f"workdir {str(path)!r} is not writable ({error.strerror or error}); choose "
                               f"another --workdir.") from None
     return path
 
 
-def total_train_steps(config, *, num_examples: int) -> int:
-    if config.total_steps:
-        return int(config.total_steps)
-    return max(1, int(math.ceil(config.num_epochs * num_examples / config.batch_size)))
-
-
-def _tokenized_split(config, *, tokenizer, split: str, vocab_size: int) -> list:
-    examples, report = data_lib.tokenize_examples(data_lib.load_examples(config.data, split=split),
-                                                  tokenizer=tokenizer, cfg=config.data, vocab_size=vocab_size)
+def tokenized_split(setup: build.Setup, *, split: str) -> list:
+    """config.data's `split`, tokenized with the setup's tokenizer (the summary said on stderr)."""
+    examples, report = data_lib.tokenize_examples(data_lib.load_examples(setup.config.data, split=split),
+                                                  tokenizer=setup.tokenizer, cfg=setup.config.data,
+                                                  vocab_size=setup.model_config.vocab_size)
     _log(f"{split} data: {report.summary()}")
     return examples
-
-
-def setup_run(config, workdir, *, devices: Sequence[Any] | None = None) -> Run:
-    """Validate, build mesh, tokenizer, model config, data and the step's static spec (no compile)."""
-    config = copy.deepcopy(config)
-    config_lib.validate(config, num_devices=len(devices) if devices is not None else jax.device_count())
-    workdir = prepare_workdir(workdir)
-    mesh = build.build_mesh(config, devices=devices)
-    rules = build.build_rules(config)
-    tokenizer = build.build_tokenizer(config)
-    model_config = build.build_model_config(config, tokenizer=tokenizer)
-    vocab = model_config.vocab_size
-    train_examples = _tokenized_split(config, tokenizer=tokenizer, split="train", vocab_size=vocab)
-    eval_examples = []
-    if config.eval.at_end or config.eval.every_steps:
-        eval_examples = _tokenized_split(config, tokenizer=tokenizer, split="eval", vocab_size=vocab)
-    total_steps = total_train_steps(config, num_examples=len(train_examples))
-    spec = build.build_step_spec(config, model_config=model_config)
-    schedule = step_lib.Schedule(lr=float(config.optim.lr), total_steps=total_steps,
-                                 warmup_ratio=float(config.optim.warmup_ratio), kind=config.optim.schedule,
-                                 min_lr_ratio=float(config.optim.min_lr_ratio))
-    abstract_state, state_shardings = build.state_layout(model_config, spec.optimizer, mesh, rules)
-    return Run(config=config, workdir=workdir, mesh=mesh, rules=rules, tokenizer=tokenizer,
-               model_config=model_config, spec=spec, schedule=schedule, abstract_state=abstract_state,
-               state_shardings=state_shardings, train_examples=train_examples, eval_examples=eval_examples,
-               total_steps=total_steps)
-
-
-def initial_state(run: Run) -> step_lib.TrainState:
-    """Fresh state: pretrained weights (config.model.init='pretrained') or random ones from the seed."""
-    return build.init_state(run.config, model_config=run.model_config, optimizer=run.spec.optimizer,
-                            mesh=run.mesh, rules=run.rules)
 
 
 def save_config(config, *, workdir: pathlib.Path) -> None:
@@ -142,19 +86,6 @@ def save_config(config, *, workdir: pathlib.Path) -> None:
         logger.warning("%s differs from the config of this run; overwriting it (resuming with changed "
                        "settings)", path)
     reporting.write_text(path, text)
-
-
-def eval_metrics(run: Run, params) -> dict[str, float]:
-    """The teacher-forced eval means (step.eval_means) over the eval split, as 'eval/<name>'."""
-    config = run.config
-    block, blocks = sharding_lib.process_rows(run.mesh, global_rows=config.eval.batch_size)
-    batches = data_lib.make_eval_batches(run.eval_examples, batch_size=config.eval.batch_size // blocks,
-                                         seq_len=data_lib.row_length(config.data),
-                                         buckets=tuple(config.data.bucket_lengths), process_index=block,
-                                         process_count=blocks, pad_id=run.tokenizer.pad_id)
-    totals = step_lib.eval_totals(params, batches, loss=run.spec.loss, mesh=run.mesh,
-                                  global_rows=config.eval.batch_size)
-    return {f"eval/{name}": value for name, value in step_lib.eval_means(totals).items()}
 
 
 # ====================================================================================================
@@ -233,21 +164,22 @@ class Throughput:
 # ====================================================================================================
 # The loop.
 
-def restore_or_start(run: Run, manager) -> tuple[step_lib.TrainState, dict | None, int | None]:
+def restore_or_start(setup: build.Setup, manager, *,
+                     workdir: pathlib.Path) -> tuple[step_lib.TrainState, dict | None, int | None]:
     """(state, data-iterator state or None, restored step or None): the newest intact checkpoint of the
-    workdir restored onto the run's shardings (a corrupt newer one is said in one line and set aside),
+    workdir restored onto the setup's shardings (a corrupt newer one is said in one line and set aside),
     else a fresh state. A checkpoint of another parameter layout is refused before anything is read."""
     latest = manager.latest_step()
     if latest is None:
-        return initial_state(run), None, None  # (outside the mesh context: weights are placed per tensor)
+        return setup.initial_state(), None, None  # (outside the mesh context: weights are placed per tensor)
     problems = checkpointing.shape_differences(
-        stored=checkpointing.param_shapes(workdir=run.workdir, step=latest), expected=run.abstract_state.params)
+        stored=checkpointing.param_shapes(workdir=workdir, step=latest), expected=setup.abstract_params)
     if problems:
         raise config_lib.ConfigError(
             f"checkpoint {manager.directory}/{latest} holds other parameters than this config builds "
             f"({len(problems)} differ, e.g. {problems[0]}): resume with the run's own settings "
-            f"({run.workdir / CONFIG_FILE}) or train in a new --workdir.")
-    target = sharding_lib.with_shardings(run.abstract_state, run.state_shardings)
+            f"({workdir / CONFIG_FILE}) or train in a new --workdir.")
+    target = setup.state_target
     start = time.perf_counter()
     state, data_state, step, skipped = checkpointing.restore_latest_intact(manager, target=target, log=_log)
     if skipped:
@@ -269,53 +201,64 @@ def train_and_evaluate(config, workdir, *, devices: Sequence[Any] | None = None,
     sharding_lib.maybe_initialize_distributed(config.distributed)
     if config.compilation_cache_dir:
         enable_compilation_cache(config.compilation_cache_dir)
-    run = setup_run(config, workdir, devices=devices)
-    config, workdir, mesh = run.config, run.workdir, run.mesh
+    setup = build.setup(config, devices=devices)
+    config, mesh = setup.config, setup.mesh
+    workdir = prepare_workdir(workdir)
+    train_examples = tokenized_split(setup, split="train")
+    eval_examples = (tokenized_split(setup, split="eval") if config.eval.at_end or config.eval.every_steps
+                     else [])
+    total_steps = setup.total_steps(num_train_examples=len(train_examples))
     is_main = jax.process_index() == 0
     manager = checkpointing.make_manager(directory=checkpointing.checkpoint_dir(workdir),
                                          max_to_keep=config.checkpoint.keep,
                                          async_save=config.checkpoint.async_save)
+    hosts.announce_checkpoints(manager.directory)  # a supervisor names its last complete step if a host is lost
     preemption = PreemptionFlag()
     writer = None
     try:
-        state, data_state, restored = restore_or_start(run, manager)
+        state, data_state, restored = restore_or_start(setup, manager, workdir=workdir)
         save_config(config, workdir=workdir)  # only now: a refused resume leaves the run's record alone
         writer = metrics_lib.MetricWriter(workdir=workdir, enabled=is_main, tensorboard=config.tensorboard,
                                           resume_step=restored)
         step = int(jax.device_get(state.step))
-        with sharding_lib.mesh_context(mesh, run.rules):
+        with sharding_lib.mesh_context(mesh, setup.rules):
             block, blocks = sharding_lib.process_rows(mesh, global_rows=config.batch_size)
             iterator = data_lib.train_iterator_from_config(
-                run.train_examples, cfg=config.data, batch_size=config.batch_size // blocks,
-                process_index=block, process_count=blocks, pad_id=run.tokenizer.pad_id, state=data_state)
-            compiled_step = build.jitted_train_step(run.spec, mesh, run.rules)
-            schedule = run.schedule.as_arrays()
+                train_examples, cfg=config.data, batch_size=config.batch_size // blocks,
+                process_index=block, process_count=blocks, pad_id=setup.tokenizer.pad_id, state=data_state)
+            compiled_step = setup.train_step()
+            schedule = setup.schedule(total_steps=total_steps).as_arrays()
             peak = metrics_lib.assumed_peak_flops_per_device(
                 configured=config.peak_flops_per_device, device_kind=mesh.devices.flat[0].device_kind)
-            _log(f"deft_jax: {run.spec.loss.objective} on {config.model.name} "
-                 f"({model_lib.count_params(run.abstract_state.params) / 1e6:.1f}M params), task "
-                 f"{config.data.task}, {len(run.train_examples)} train examples, {run.total_steps} steps of "
+            _log(f"deft_jax: {setup.loss.objective} on {config.model.name} "
+                 f"({model_lib.count_params(setup.abstract_params) / 1e6:.1f}M params), task "
+                 f"{config.data.task}, {len(train_examples)} train examples, {total_steps} steps of "
                  f"{config.batch_size} rows; mesh {dict(mesh.shape)} on {mesh.devices.size} "
                  f"{jax.default_backend()} device(s); MFU assumes {peak:.3g} FLOP/s per device; workdir {workdir}")
-            progress = metrics_lib.Progress(total=run.total_steps, initial=step, enabled=is_main,
+            progress = metrics_lib.Progress(total=total_steps, initial=step, enabled=is_main,
                                             mode=config.progress)
-            throughput = Throughput(model_config=run.model_config, num_devices=mesh.devices.size,
+            throughput = Throughput(model_config=setup.model_config, num_devices=mesh.devices.size,
                                     peak_flops_per_device=peak)
             final: dict[str, Any] = {}
             steps_this_call, save_seconds, preempted = 0, [], False
-            while step < run.total_steps:
+            while step < total_steps:
                 batch = sharding_lib.put_batch(next(iterator), mesh=mesh, global_rows=config.batch_size,
                                                keys=data_lib.BATCH_KEYS)
+                if steps_this_call == 0 and jax.process_count() > 1:
+                    # Compile first (it takes longer on some hosts), then meet: the first step starts together.
+                    compiled_step.compile(state, batch, schedule)
+                    sharding_lib.meet("train: first step", timeout_seconds=config.distributed.get(
+                        "initialization_timeout_seconds", sharding_lib.DEFAULT_INITIALIZATION_TIMEOUT))
                 started = time.perf_counter()
                 state, step_metrics = compiled_step(state, batch, schedule)
                 step += 1
                 steps_this_call += 1
                 throughput.after_step(started=started, metrics=step_metrics, batch_shape=batch["inputs"].shape)
-                last = step == run.total_steps
+                last = step == total_steps
                 if due(step, every=config.log_every, last=last):
                     scalars = metrics_lib.to_host_scalars(step_metrics)
                     scalars.update(throughput.report(row_length=batch["inputs"].shape[1]))
-                    scalars["perf/compilations"] = float(compiled_step._cache_size())
+                    scalars["perf/compilations"] = float(compiled_step.compilations)
                     histogram = scalars.get("train/alpha_histogram")
                     histograms = ({"train/alpha": (list(step_lib.ALPHA_HISTOGRAM_EDGES), histogram)}
                                   if histogram is not None else None)
@@ -328,23 +271,24 @@ def train_and_evaluate(config, workdir, *, devices: Sequence[Any] | None = None,
                 if due(step, every=config.checkpoint.every_steps, last=last) or stop:
                     save_seconds.append(checkpointing.save(manager, step=step, state=state,
                                                            data_state=iterator.get_state(), wait=stop))
-                if run.eval_examples and ((config.eval.every_steps and step % config.eval.every_steps == 0)
+                if eval_examples and ((config.eval.every_steps and step % config.eval.every_steps == 0)
                                           or (last and config.eval.at_end)):
-                    eval_scalars = eval_metrics(run, state.params)
+                    eval_scalars = {f"eval/{name}": value for name, value in
+                                    teacher_forced.eval_means(setup, state.params, eval_examples).items()}
                     writer.write(step=step, scalars=eval_scalars)
                     final.update(eval_scalars)
                     _log("step {}: {}".format(step, ", ".join(f"{k}={v:.4g}" for k, v in eval_scalars.items())))
                     throughput.reset()
                 if stop and not last:
                     preempted = True
-                    _log(f"stopped at step {step} of {run.total_steps} (checkpoint saved); run the same command "
+                    _log(f"stopped at step {step} of {total_steps} (checkpoint saved); run the same command "
                          f"again to resume")
                     break
             progress.close()
             manager.wait_until_finished()
             final.update(step=step, preempted=preempted,
                          skipped_steps=int(jax.device_get(state.skipped_steps)),
-                         compilations=compiled_step._cache_size(), checkpoint_save_seconds=save_seconds)
+                         compilations=compiled_step.compilations, checkpoint_save_seconds=save_seconds)
             if is_main:
                 reporting.write_json(workdir / FINAL_FILE, {k: v for k, v in final.items() if k != "state"})
             final["state"] = state

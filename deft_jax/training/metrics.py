@@ -6,11 +6,13 @@ JSON line as a list.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import pathlib
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -19,16 +21,19 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-# Peak dense FLOP/s per device assumed for MFU when config.peak_flops_per_device is 0 (auto). bf16 dense
-# numbers from the vendors' data sheets. The CPU figure is float32 per core (an AVX-512 FMA core at
-# ~3 GHz); a CPU device spans the cores this process may use, shared among its local CPU devices.
+# Peak dense bf16 FLOP/s per TPU chip (one JAX device), from the vendors' data sheets; the compile tool's
+# chip table takes its figures from here.
+TPU_PEAK_FLOPS = {"v4": 275e12, "v5e": 197e12, "v5p": 459e12, "v6e": 918e12}
+# Peak dense FLOP/s per device assumed for MFU when config.peak_flops_per_device is 0 (auto), by the
+# prefix of jax's device_kind. The CPU figure is float32 per core (an AVX-512 FMA core at ~3 GHz); a CPU
+# device spans the cores this process may use, shared among its local CPU devices.
 PEAK_FLOPS_BY_DEVICE_KIND = {
-    "TPU v4": 275e12,
-    "TPU v5 lite": 197e12,
-    "TPU v5e": 197e12,
-    "TPU v5p": 459e12,
-    "TPU v6 lite": 918e12,
-    "TPU v6e": 918e12,
+    "TPU v4": TPU_PEAK_FLOPS["v4"],
+    "TPU v5 lite": TPU_PEAK_FLOPS["v5e"],
+    "TPU v5e": TPU_PEAK_FLOPS["v5e"],
+    "TPU v5p": TPU_PEAK_FLOPS["v5p"],
+    "TPU v6 lite": TPU_PEAK_FLOPS["v6e"],
+    "TPU v6e": TPU_PEAK_FLOPS["v6e"],
     "NVIDIA H100": 989e12,
     "NVIDIA H200": 989e12,
     "NVIDIA A100": 312e12,
@@ -199,3 +204,41 @@ _SHOWN = ("train/loss", "train/nll", "train/mean_p", "train/mean_alpha", "perf/t
 
 def _shown(scalars: Mapping[str, Any]) -> dict[str, float]:
     return {k: float(scalars[k]) for k in _SHOWN if k in scalars and not isinstance(scalars[k], list)}
+
+
+# ====================================================================================================
+# Compilations, through JAX's public monitoring events.
+
+LOWERING_EVENT = "/jax/core/compile/jaxpr_to_mlir_module_duration"  # one per program JAX lowers (a jit miss)
+
+
+class ProgramCounter:
+    """How many programs one jitted function has had lowered (one per new signature, whether or not the
+    persistent compilation cache then holds the compiled code): jax.monitoring reports each lowering as
+    LOWERING_EVENT with fun_name 'jit(<name>)'; those reported while `counting()` is active are counted."""
+
+    _active = threading.local()
+    _registered = False
+
+    def __init__(self, *, fun_name: str):
+        self.fun_name = f"jit({fun_name})"
+        self.count = 0
+        if not ProgramCounter._registered:
+            jax.monitoring.register_event_duration_secs_listener(ProgramCounter._listen)
+            ProgramCounter._registered = True
+
+    @staticmethod
+    def _listen(event: str, duration: float, **kwargs) -> None:
+        del duration
+        counter = getattr(ProgramCounter._active, "counter", None)
+        if event == LOWERING_EVENT and counter is not None and kwargs.get("fun_name") == counter.fun_name:
+            counter.count += 1
+
+    @contextlib.contextmanager
+    def counting(self):
+        previous = getattr(ProgramCounter._active, "counter", None)
+        ProgramCounter._active.counter = self
+        try:
+            yield self
+        finally:
+            ProgramCounter._active.counter = previous

@@ -1,17 +1,21 @@
-"""Builders: a validated config -> tokenizer, model config, mesh and rules, state layout, initial state.
+"""One Setup per config: `setup(config)` -> tokenizer, model config, mesh and rules, step spec, state
+layout and the learning-rate schedule, in one frozen object.
 
 Shapes first, then shardings, then weights: `state_layout` gives the abstract TrainState and its
 NamedShardings without executing anything (it also works on devices that cannot run programs, such as
-a TPU topology compiled for from a CPU); `init_state` then places a fresh state on those shardings.
-Used by the trainer, the evaluator, the compile tool, the benchmarks and the experiments.
+a TPU topology compiled for from a CPU); `Setup.initial_state` then places a fresh state on those
+shardings. Used by the trainer, the evaluator, the compile tool, the probe, the suites, the benchmarks
+and the experiments: none of them rebuilds this chain.
 
 Owns: turning config fields into objects. Must not import: train, evaluate, sweep.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import json
+import math
 import pathlib
 import sys
 from collections.abc import Sequence
@@ -23,11 +27,13 @@ import ml_collections
 from jax.sharding import Mesh
 
 from deft_jax import sharding as sharding_lib
+from deft_jax import errors
 from deft_jax.model import decoder as model_lib
 from deft_jax.model import presets, weights
 from deft_jax.model import tokenizer as tokenizer_lib
 from deft_jax.training import checkpointing
 from deft_jax.training import config as config_lib
+from deft_jax.training import metrics as metrics_lib
 from deft_jax.training import step as step_lib
 
 TINY_VOCAB_MULTIPLE = 8  # tiny models round the tokenizer's vocabulary up to this (shardable over tensor)
@@ -44,7 +50,9 @@ def build_tokenizer(config) -> tokenizer_lib.Tokenizer:
 def model_fields(config) -> dict[str, Any]:
     """ModelConfig fields that config.model sets on any architecture (dtypes, remat, scan, overrides)."""
     fields = dict(dtype=config.model.dtype, param_dtype=config.model.param_dtype, remat=config.model.remat,
-                  scan_layers=config.model.scan_layers, scan_unroll=config.model.scan_unroll)
+                  remat_policy=config.model.remat_policy, scan_layers=config.model.scan_layers, scan_unroll=config.model.scan_unroll,
+                  attention=config.model.attention, attention_block_q=config.model.attention_block_q,
+                  attention_block_kv=config.model.attention_block_kv)
     overrides = config.model.overrides
     fields.update(overrides.to_dict() if hasattr(overrides, "to_dict") else dict(overrides))
     return fields
@@ -136,8 +144,8 @@ def state_layout(model_config: model_lib.ModelConfig, optimizer, mesh: Mesh,
     abstract_params, shardings = model_lib.param_layout(model_config, mesh=mesh, rules=rules)
     abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
     replicated = sharding_lib.replicated(mesh)
-    opt_shardings = sharding_lib.optimizer_state_shardings(abstract_opt, abstract_params=abstract_params,
-                                                           param_shardings=shardings, other=replicated)
+    opt_shardings = sharding_lib.optimizer_state_shardings(optimizer, abstract_opt, param_shardings=shardings,
+                                                           other=replicated)
     scalar = jax.ShapeDtypeStruct((), jnp.int32)
     abstract = step_lib.TrainState(step=scalar, params=abstract_params, opt_state=abstract_opt,
                                    rng=jax.ShapeDtypeStruct((2,), jnp.uint32), skipped_steps=scalar)
@@ -146,11 +154,37 @@ def state_layout(model_config: model_lib.ModelConfig, optimizer, mesh: Mesh,
     return abstract, state_shardings
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class CountedStep:
+    """A jitted train step that counts its compiled programs (`compilations`: one per new batch shape)."""
+
+    jitted: Any
+    counter: metrics_lib.ProgramCounter
+
+    def __call__(self, state, batch, schedule):
+        with self.counter.counting():
+            return self.jitted(state, batch, schedule)
+
+    def lower(self, *args, **kwargs):
+        return self.jitted.lower(*args, **kwargs)
+
+    def compile(self, state, batch, schedule) -> None:
+        """Compile the program for these arguments now (counted); the next call runs it."""
+        with self.counter.counting():
+            self.jitted.lower(state, batch, schedule).compile()
+
+    @property
+    def compilations(self) -> int:
+        return self.counter.count
+
+
 @functools.lru_cache(maxsize=32)
-def jitted_train_step(spec: step_lib.StepSpec, mesh: Mesh, rules):
-    """step_lib.compile_train_step for (spec, mesh, rules), cached: runs in one process share it."""
+def jitted_train_step(spec: step_lib.StepSpec, mesh: Mesh, rules) -> CountedStep:
+    """step_lib.compile_train_step for (spec, mesh, rules), cached: runs in one process share it (and its
+    count of compiled programs)."""
     _, shardings = state_layout(spec.loss.model_config, spec.optimizer, mesh, rules)
-    return step_lib.compile_train_step(spec=spec, mesh=mesh, state_shardings=shardings)
+    jitted = step_lib.compile_train_step(spec=spec, mesh=mesh, state_shardings=shardings)
+    return CountedStep(jitted=jitted, counter=metrics_lib.ProgramCounter(fun_name=step_lib.train_step.__name__))
 
 
 # ====================================================================================================
@@ -204,13 +238,13 @@ def load_run_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
     """The resolved config the trainer saved as <workdir>/config.json, validated (not device-checked)."""
     workdir = pathlib.Path(workdir)
     if not workdir.is_dir():
-        raise FileNotFoundError(f"workdir {str(workdir)!r} does not exist; pass the --workdir of a training run.")
+        raise errors.MissingPathError(f"workdir {str(workdir)!r} does not exist; pass the --workdir of a training run.")
     path = workdir / "config.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: {workdir} is not a training run's workdir (the trainer "
+        raise errors.MissingPathError(f"{path} not found: {workdir} is not a training run's workdir (the trainer "
                                 f"writes config.json there once it has started).")
     try:
-        config = ml_collections.ConfigDict(json.loads(path.read_text()))
+        config = config_lib.with_later_fields(ml_collections.ConfigDict(json.loads(path.read_text())))
     except json.JSONDecodeError as error:
         raise config_lib.ConfigError(f"{path}: invalid JSON at line {error.lineno}: {error.msg}") from None
     try:
@@ -220,28 +254,91 @@ def load_run_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
     return config
 
 
-@dataclasses.dataclass
-class ModelSetup:
-    """A config's model on a mesh, without weights: what evaluation, export and generation need."""
+@dataclasses.dataclass(frozen=True, eq=False)
+class Setup:
+    """A config's run, per config and without arrays: everything the trainer, the evaluator, the compile
+    tool, the probe and the experiments build from a config (per-run things such as the workdir and the
+    data stay with their callers). Built by `setup`."""
 
-    config: Any
+    config: Any  # the validated config (a copy: later edits of the caller's config do not reach it)
+    tokenizer: tokenizer_lib.Tokenizer | None  # None when built with load_tokenizer=False
+    model_config: model_lib.ModelConfig
     mesh: Mesh
     rules: Any
-    tokenizer: tokenizer_lib.Tokenizer
-    model_config: model_lib.ModelConfig
-    loss: step_lib.LossSpec
-    abstract_params: Any
-    param_shardings: Any
+    spec: step_lib.StepSpec  # the train step's static settings: loss spec, optimizer, micro-batches, ...
+    abstract_state: step_lib.TrainState  # ShapeDtypeStructs
+    state_shardings: step_lib.TrainState  # NamedShardings (optimizer moments shard like their params)
+
+    @property
+    def loss(self) -> step_lib.LossSpec:
+        return self.spec.loss
+
+    @property
+    def abstract_params(self) -> Any:
+        return self.abstract_state.params
+
+    @property
+    def param_shardings(self) -> Any:
+        return self.state_shardings.params
+
+    @property
+    def state_target(self) -> step_lib.TrainState:
+        """The abstract state carrying its shardings (a restore target, the compile tool's arguments)."""
+        return sharding_lib.with_shardings(self.abstract_state, self.state_shardings)
+
+    def total_steps(self, *, num_train_examples: int) -> int:
+        """config.total_steps, else ceil(num_epochs · examples / batch_size) (at least 1)."""
+        config = self.config
+        if config.total_steps:
+            return int(config.total_steps)
+        return max(1, int(math.ceil(config.num_epochs * num_train_examples / config.batch_size)))
+
+    def schedule(self, *, total_steps: int) -> step_lib.Schedule:
+        """The learning-rate schedule of config.optim over `total_steps` (see `total_steps`)."""
+        optim = self.config.optim
+        return step_lib.Schedule(lr=float(optim.lr), total_steps=int(total_steps),
+                                 warmup_ratio=float(optim.warmup_ratio), kind=optim.schedule,
+                                 min_lr_ratio=float(optim.min_lr_ratio))
+
+    def train_step(self):
+        """The jitted train step (cached per spec, mesh and rules); call it under `sharding.mesh_context`."""
+        return jitted_train_step(self.spec, self.mesh, self.rules)
+
+    def initial_params(self) -> Any:
+        """The run's step-0 parameters (`initial_params`): also the evaluator's base model."""
+        return initial_params(self.config, model_config=self.model_config, mesh=self.mesh, rules=self.rules)
+
+    def initial_state(self) -> step_lib.TrainState:
+        """A fresh TrainState on the state shardings (`init_state`)."""
+        return init_state(self.config, model_config=self.model_config, optimizer=self.spec.optimizer,
+                          mesh=self.mesh, rules=self.rules)
+
+    def restore_params(self, *, workdir: str | pathlib.Path, step: int) -> Any:
+        """The params of checkpoint `step` of the run in `workdir`, on this mesh."""
+        return checkpointing.restore_params(workdir=workdir, step=step, abstract_params=self.abstract_params,
+                                            shardings=self.param_shardings)
 
 
-def model_setup(config, *, devices: Sequence[Any] | None = None) -> ModelSetup:
-    """Mesh (the config's, or data parallelism when it does not fit the devices present), tokenizer, model
-    config, loss spec and parameter shardings of `config`."""
-    mesh = build_mesh(config, devices=devices, fallback=True)
+def setup(config, *, devices: Sequence[Any] | None = None, mesh_fallback: bool = False,
+          load_tokenizer: bool = True) -> Setup:
+    """Validate a copy of `config`, then build tokenizer, model config, mesh, rules, step spec and state
+    layout. Executes nothing on the devices (jax.eval_shape and tree maps only), so `devices` may be a
+    described TPU topology.
+
+    `devices`: default all of jax.devices(). `mesh_fallback`: a config.mesh that does not fit the devices
+    becomes data parallelism over all of them (evaluation on other hardware; the batch sizes are then not
+    checked against the mesh). `load_tokenizer=False`: no tokenizer (Setup.tokenizer is None) and no check
+    of its vocabulary against the model's: the architecture alone, as the compile tool needs it.
+    """
+    config = copy.deepcopy(config)
+    devices = list(jax.devices() if devices is None else devices)
+    config_lib.validate(config, num_devices=None if mesh_fallback else len(devices))
+    mesh = build_mesh(config, devices=devices, fallback=mesh_fallback)
     rules = build_rules(config)
-    tokenizer = build_tokenizer(config)
-    model_config = build_model_config(config, tokenizer=tokenizer)
-    abstract_params, shardings = model_lib.param_layout(model_config, mesh=mesh, rules=rules)
-    return ModelSetup(config=config, mesh=mesh, rules=rules, tokenizer=tokenizer, model_config=model_config,
-                      loss=build_loss_spec(config, model_config=model_config), abstract_params=abstract_params,
-                      param_shardings=shardings)
+    tokenizer = build_tokenizer(config) if load_tokenizer else None
+    model_config = (build_model_config(config, tokenizer=tokenizer) if load_tokenizer
+                    else architecture(config))
+    spec = build_step_spec(config, model_config=model_config)
+    abstract_state, state_shardings = state_layout(model_config, spec.optimizer, mesh, rules)
+    return Setup(config=config, tokenizer=tokenizer, model_config=model_config, mesh=mesh, rules=rules, spec=spec,
+                 abstract_state=abstract_state, state_shardings=state_shardings)

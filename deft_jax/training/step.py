@@ -7,7 +7,8 @@
                                                  denominators; divides once ('exact') or averages the
                                                  per-micro-batch means as the official code does
     train_step(state, batch, schedule, spec=...) AdamW on the accumulated gradient (lr from the schedule,
-                                                 passed as data), global-norm clip, non-finite steps skipped
+                                                 passed as data), optax's global-norm clip, non-finite
+                                                 steps skipped
     eval_sums(params, batch, loss=...)           additive sums of one eval batch; `eval_totals` runs the
                                                  batches and `metric_means` turns sums into means
 
@@ -110,14 +111,6 @@ def scheduled_learning_rate(step, schedule: Mapping[str, Any]):
     ratio = schedule["min_lr_ratio"]
     decay = jnp.where(schedule["cosine"] > 0, jnp.maximum(0.0, ratio + (1.0 - ratio) * cosine), 1.0)
     return schedule["lr"] * jnp.where(step < warmup, warm, decay)
-
-
-def learning_rate(step, *, lr: float, total_steps: int, warmup_ratio: float, schedule: str = "cosine",
-                  min_lr_ratio: float = 0.0):
-    """`scheduled_learning_rate` from plain settings."""
-    arrays = Schedule(lr=lr, total_steps=total_steps, warmup_ratio=warmup_ratio, kind=schedule,
-                      min_lr_ratio=min_lr_ratio).as_arrays()
-    return scheduled_learning_rate(step, arrays)
 
 
 @functools.lru_cache(maxsize=32)  # one object per setting: it is part of the (hashable) step spec
@@ -279,25 +272,28 @@ class StepSpec:
 
 
 def global_norm(tree) -> jax.Array:
-    """sqrt(Σ x²) over every leaf, in float32."""
-    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
+    """sqrt(Σ x²) over every leaf, in float32 (optax.tree.norm of the float32 leaves)."""
+    return optax.tree.norm(optax.tree.cast(tree, jnp.float32))
 
 
-def train_step(state: TrainState, batch, schedule, *, spec: StepSpec, mesh: Mesh | None = None):
-    """(state, global batch, schedule arrays) -> (new state, metrics). Pure; `compile_train_step` jits it."""
-    loss, grads, sums = accumulate_gradients(state.params, batch, loss=spec.loss,
-                                             num_micro_batches=spec.num_micro_batches,
-                                             accumulation=spec.accumulation, mesh=mesh)
+def apply_gradients(state: TrainState, grads, schedule, *, spec: StepSpec, loss=0.0):
+    """(params, opt_state, ‖g‖, lr, finite, ‖θ‖): the optimizer half of `train_step`.
+
+    g ← g · min(1, c / ‖g‖) (optax.clip_by_global_norm), θ ← θ − lr · AdamW(g). When the loss or ‖g‖ is
+    not finite and spec.skip_nonfinite, params and moments stay as they were (optax.tree.where). The
+    loss is part of the test because a NaN loss can come with a finite gradient (a target outside the
+    vocabulary: the gather's NaN never reaches the gradient), which optax.apply_if_finite, testing the
+    update alone, would apply.
+    """
     grad_norm = global_norm(grads)
-    if spec.clip_norm > 0:  # optax.clip_by_global_norm: g · min(1, c / ‖g‖)
-        scale = jnp.where(grad_norm > spec.clip_norm, spec.clip_norm / grad_norm, 1.0)
-        grads = jax.tree.map(lambda g: g * scale.astype(g.dtype), grads)
+    if spec.clip_norm > 0:
+        grads, _ = optax.clip_by_global_norm(spec.clip_norm).update(grads, optax.EmptyState())
     lr = scheduled_learning_rate(state.step, schedule)
     direction, opt_state = spec.optimizer.update(grads, state.opt_state, state.params)
     params = jax.tree.map(lambda p, u: (p - lr * u).astype(p.dtype), state.params, direction)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     if spec.skip_nonfinite:  # as the official code: no optimizer step, the schedule still advances
-        params = jax.tree.map(lambda new, old: jnp.where(finite, new, old), params, state.params)
+        params = optax.tree.where(finite, params, state.params)
     param_norm = global_norm(params)
     # The new moments are written over the donated old ones only after every new parameter exists:
     # `written` is always True (a norm is never < 0, NaN included) but depends on all new parameters.
@@ -305,7 +301,19 @@ def train_step(state: TrainState, batch, schedule, *, spec: StepSpec, mesh: Mesh
     # keeps a copy of both old moments (2 x the parameters' bytes) for the whole step, backward included.
     written = ~(param_norm < 0)
     keep = (finite & written) if spec.skip_nonfinite else written
-    opt_state = jax.tree.map(lambda new, old: jnp.where(keep, new, old), opt_state, state.opt_state)
+    opt_state = optax.tree.where(keep, opt_state, state.opt_state)
+    return params, opt_state, grad_norm, lr, finite, param_norm
+
+
+def train_step(state: TrainState, batch, schedule, *, spec: StepSpec, mesh: Mesh | None = None):
+    """(state, global batch, schedule arrays) -> (new state, metrics). Pure; `compile_train_step` jits it.
+    The accumulated gradient goes through `apply_gradients`; a skipped step is counted, and the step
+    counter (hence the schedule) advances either way."""
+    loss, grads, sums = accumulate_gradients(state.params, batch, loss=spec.loss,
+                                             num_micro_batches=spec.num_micro_batches,
+                                             accumulation=spec.accumulation, mesh=mesh)
+    params, opt_state, grad_norm, lr, finite, param_norm = apply_gradients(state, grads, schedule,
+                                                                           spec=spec, loss=loss)
     rng, _ = jax.random.split(state.rng)
     skipped = state.skipped_steps + (~finite).astype(jnp.int32)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, rng=rng,

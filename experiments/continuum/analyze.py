@@ -1,12 +1,22 @@
 """Tables and figures of the continuum study from its per-run reports (base.json, result.json).
 
-    python -m experiments.continuum.analyze --workdir runs/continuum --out experiments/continuum
+    python -m experiments.continuum.analyze --workdir runs/continuum --out experiments/continuum/results
+    python -m experiments.continuum.analyze --results experiments/continuum/results   # from committed data
 
-Writes <out>/continuum.md (every table), <out>/runs.csv (one row per SFT run), continuum.png (score vs the
-base model's measured mean target probability, 95% intervals over seeds), paired.png (differences
-against NLL on the same seed and data order) and alpha.png (DEFT's α per step, per prior level).
-Intervals are t intervals over seeds: mean ± t(0.975, n − 1) · sd / √n; a cell marked "≈" is a paired
-difference whose interval includes zero.
+From a study directory (--workdir) it reads every sft/*/result.json and pretrain/*/base.json, copies them
+into <out>/raw/ (results.jsonl, bases.json: the raw results, small enough to commit) and writes the rest.
+From a results directory (--results) it reads <dir>/raw/ when present, else the per-run rows of
+<dir>/runs.csv and the per-level rows of <dir>/levels.json; those hold every number of the accuracy and
+mean-p tables and verdicts, not the per-step dynamics (α trajectory) or the wrong-label rows, whose
+tables are then left out with a note. It writes to runs/continuum_recomputed unless --out says otherwise.
+
+Writes <out>/continuum.md (every table), <out>/runs.csv (one row per SFT run), <out>/summary.json (the
+numbers behind the tables and every verdict), <out>/verdicts.md (experiments/continuum/verdicts.py),
+continuum.png (score vs the base model's measured mean target probability, 95% intervals over seeds),
+paired.png (differences against NLL on the same seed and data order) and alpha.png (DEFT's α per step, per
+prior level). Intervals are t intervals over seeds (experiments/continuum/stats.py): mean ± t(0.975, n − 1)
+· sd / √n; a cell marked "≈" is a paired difference whose raw interval includes zero (the tables are
+descriptive; the verdicts apply Holm's adjustment over the comparisons each rests on).
 """
 from __future__ import annotations
 
@@ -25,6 +35,8 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from experiments.continuum import stats  # noqa: E402
+
 LABEL_ORDER = ("nll", "prob", "dft", "dlog0.25", "dlog0.5", "dlog0.75", "eaft", "cayley", "deft", "deft_eps0")
 DISPLAY = {"nll": "NLL", "prob": "−p", "dft": "DFT", "dlog0.25": "dlog α=0.25", "dlog0.5": "dlog α=0.5",
            "dlog0.75": "dlog α=0.75", "eaft": "EAFT", "cayley": "Cayley", "deft": "DEFT",
@@ -40,6 +52,48 @@ def load_bases(root: pathlib.Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted((root / "pretrain").glob("*/base.json"))]
 
 
+CSV_FIELDS = {"char_accuracy": ("generation", "char_accuracy"), "jaro_winkler": ("generation", "jaro_winkler"),
+              "exact_match": ("generation", "exact_match"), "eval_nll": ("eval", "nll"),
+              "eval_mean_p": ("eval", "mean_p"), "eval_token_accuracy": ("eval", "token_accuracy")}
+
+
+def results_from_csv(path: pathlib.Path) -> list[dict]:
+    """runs.csv's rows in result.json's shape (the fields runs.csv holds)."""
+    results = []
+    with pathlib.Path(path).open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            result = {"name": row["name"], "level": int(row["level"]), "seed": int(row["seed"]),
+                      "noise": float(row["noise"]), "label": row["label"], "generation": {}, "eval": {},
+                      "train_seconds": float(row["train_seconds"]), "seconds": float(row["seconds"])}
+            for column, (group, key) in CSV_FIELDS.items():
+                result[group][key] = float(row[column])
+            results.append(result)
+    return results
+
+
+def export_raw(results: Sequence[dict], bases: Sequence[dict], out: pathlib.Path) -> None:
+    """<out>/raw/results.jsonl (one result.json per line, by name) and <out>/raw/bases.json."""
+    raw = out / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    ordered = sorted(results, key=lambda r: r["name"])
+    (raw / "results.jsonl").write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in ordered))
+    (raw / "bases.json").write_text(json.dumps(sorted(bases, key=lambda b: b["level"]), indent=1, sort_keys=True))
+
+
+def load_study(results_dir: pathlib.Path) -> tuple[list[dict], list[dict], str]:
+    """(results, bases, source) of a results directory: raw/ if present, else runs.csv + levels.json."""
+    raw = results_dir / "raw"
+    if (raw / "results.jsonl").is_file() and (raw / "bases.json").is_file():
+        results = [json.loads(line) for line in (raw / "results.jsonl").read_text().splitlines() if line]
+        return results, json.loads((raw / "bases.json").read_text()), "raw"
+    runs, levels = results_dir / "runs.csv", results_dir / "levels.json"
+    missing = [str(p) for p in (runs, levels) if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"continuum-analyze: error: {', '.join(missing)} missing and no {raw}/results.jsonl; "
+                                "point --results at experiments/continuum/results or analyse a study with --workdir")
+    return results_from_csv(runs), json.loads(levels.read_text())["levels"], "csv"
+
+
 def value(report: dict, path: Sequence[str] = SCORE) -> float:
     for key in path:
         report = report[key]
@@ -47,17 +101,8 @@ def value(report: dict, path: Sequence[str] = SCORE) -> float:
 
 
 def interval(values: Sequence[float]) -> tuple[float, float, int]:
-    """(mean, half-width of the 95% t interval, n); half-width NaN for n < 2."""
-    from scipy import stats
-
-    values = np.asarray(values, dtype=float)
-    n = len(values)
-    if n == 0:
-        return float("nan"), float("nan"), 0
-    if n < 2:
-        return float(values.mean()), float("nan"), 1
-    half = float(stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / math.sqrt(n))
-    return float(values.mean()), half, n
+    """(mean, half-width of the 95% t interval, n); half-width NaN for n < 2 (stats.interval)."""
+    return stats.interval(values).as_tuple()
 
 
 def fmt(mean: float, half: float, digits: int = 3) -> str:
@@ -96,10 +141,8 @@ def paired_difference(results: Sequence[dict], *, x: float, noise: float, label:
                       path: Sequence[str] = SCORE) -> tuple[float, float, int]:
     """Interval of score(label) − score(against) over the seeds both have (same pretrained model, data
     order and wrong labels)."""
-    mine = cell_scores(results, x=x, noise=noise, label=label, path=path)
-    theirs = cell_scores(results, x=x, noise=noise, label=against, path=path)
-    seeds = sorted(set(mine) & set(theirs))
-    return interval([mine[s] - theirs[s] for s in seeds])
+    return stats.paired_difference(cell_scores(results, x=x, noise=noise, label=label, path=path),
+                                   cell_scores(results, x=x, noise=noise, label=against, path=path)).as_tuple()
 
 
 def continuum_table(results, priors, *, noise: float, path: Sequence[str] = SCORE) -> str:
@@ -294,6 +337,8 @@ def figures(results, priors, *, out: pathlib.Path, noise_levels: Sequence[float]
     fig.savefig(written[-1], dpi=90)
     plt.close(fig)
 
+    if not all("dynamics" in r for r in results):  # runs.csv holds no per-step dynamics
+        return written
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     cmap = plt.get_cmap("viridis")
     for i, (x, prior) in enumerate(priors.items()):
@@ -335,12 +380,18 @@ def write_csv(results, path: pathlib.Path) -> None:
 
 
 def report(root: pathlib.Path, *, smoke: bool = False) -> tuple[str, dict]:
-    """The Markdown of every table, and the numbers behind it ({'priors', 'winners': {noise: rows}})."""
+    """report_of the finished runs of a study directory."""
     results, bases = load_results(root), load_bases(root)
     if not results or not bases:
         print(f"continuum-analyze: error: no finished runs under {root}; run experiments.continuum.run first",
               file=sys.stderr)
         sys.exit(2)
+    return report_of(results, bases, smoke=smoke)
+
+
+def report_of(results: Sequence[dict], bases: Sequence[dict], *, smoke: bool = False) -> tuple[str, dict]:
+    """The Markdown of every table, and the numbers behind it ({'priors', 'winners': {noise: rows}}).
+    Tables whose fields the results lack (dynamics, wrong labels: not in runs.csv) are left out with a note."""
     priors = prior_by_level(bases)
     noise_levels = sorted({r["noise"] for r in results})
     seeds = sorted({r["seed"] for r in results})
@@ -371,9 +422,16 @@ def report(root: pathlib.Path, *, smoke: bool = False) -> tuple[str, dict]:
                   "Who wins in eval mean p:", "",
                   winners_table(winners(results, priors, noise=noise, path=("eval", "mean_p")))]
         numbers["winners"][str(noise)] = winners(results, priors, noise=noise)
-    parts += ["", "## DEFT's α trajectory (noise 0, mean over seeds)", "", alpha_table(results, priors)]
+    if all("dynamics" in r for r in results):
+        parts += ["", "## DEFT's α trajectory (noise 0, mean over seeds)", "", alpha_table(results, priors)]
+    else:
+        parts += ["", "(DEFT's α trajectory needs the per-run result.json files (their `dynamics`): not in these "
+                      "results.)"]
     if any(b.get("wrong_labels") for b in bases):
         parts += ["", "## Wrong labels (20% noise)", "", wrong_label_table(bases, [r for r in results if r["noise"] > 0])]
+    else:
+        parts += ["", "(The wrong-label tables need the per-level base.json and per-run result.json files: not in "
+                      "these results.)"]
     dft = [r for r in results if r["label"] == "dft"]
     if dft:
         checks = []
@@ -385,29 +443,60 @@ def report(root: pathlib.Path, *, smoke: bool = False) -> tuple[str, dict]:
         parts += ["", f"DFT check: |score(DFT) − score(−p)| on the same seed: max {max(checks):.4f} over "
                       f"{len(checks)} levels (DFT's gradient is −p's)." if checks else ""]
     timing = [r["seconds"] for r in results]
+    pretraining = [b["seconds"] for b in bases if "seconds" in b]
     parts += ["", f"Per SFT run (training + measurement): median {np.median(timing):.1f}s, "
-                  f"total {sum(timing):.0f}s; pretraining: total {sum(b['seconds'] for b in bases):.0f}s."]
+                  f"total {sum(timing):.0f}s" + (f"; pretraining: total {sum(pretraining):.0f}s." if pretraining
+                                                 else ".")]
     return "\n".join(parts) + "\n", numbers
+
+
+def write_outputs(results: Sequence[dict], bases: Sequence[dict], *, out: pathlib.Path, smoke: bool,
+                  figures_too: bool) -> str:
+    """Every table, summary.json (table numbers and verdicts), verdicts.md, runs.csv and the figures."""
+    from experiments.continuum import verdicts as verdicts_lib
+
+    text, _ = report_of(results, bases, smoke=smoke)
+    summary, found = verdicts_lib.summary(results, bases)
+    (out / "continuum.md").write_text(text)
+    (out / "summary.json").write_text(summary)
+    (out / "verdicts.md").write_text(verdicts_lib.verdicts_markdown(found))
+    write_csv(results, out / "runs.csv")
+    if figures_too:
+        figures(results, prior_by_level(bases), out=out, noise_levels=sorted({r["noise"] for r in results}))
+    return text
 
 
 def main(argv: Sequence[str] | None = None) -> str:
     parser = argparse.ArgumentParser(prog="continuum-analyze", description=__doc__.split("\n")[0])
-    parser.add_argument("--workdir", default="runs/continuum")
-    parser.add_argument("--out", default=None, help="where tables and figures go (default: <workdir>/analysis)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--workdir", default=None, help="a study directory (default runs/continuum)")
+    source.add_argument("--results", default=None, help="a results directory (raw/, or runs.csv + levels.json)")
+    parser.add_argument("--out", default=None,
+                        help="where tables and figures go (default: <workdir>/analysis; with --results: "
+                             "runs/continuum_recomputed, so the committed results are never overwritten)")
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--no_figures", action="store_true")
     args = parser.parse_args(argv)
-    root = pathlib.Path(args.workdir)
-    out = pathlib.Path(args.out) if args.out else root / "analysis"
+    if args.results:
+        results_dir = pathlib.Path(args.results)
+        try:
+            results, bases, _ = load_study(results_dir)
+        except FileNotFoundError as error:
+            print(error, file=sys.stderr)
+            sys.exit(2)
+        out = pathlib.Path(args.out) if args.out else pathlib.Path("runs/continuum_recomputed")
+    else:
+        root = pathlib.Path(args.workdir or "runs/continuum")
+        results, bases = load_results(root), load_bases(root)
+        if not results or not bases:
+            print(f"continuum-analyze: error: no finished runs under {root}; run experiments.continuum.run first",
+                  file=sys.stderr)
+            sys.exit(2)
+        out = pathlib.Path(args.out) if args.out else root / "analysis"
     out.mkdir(parents=True, exist_ok=True)
-    text, numbers = report(root, smoke=args.smoke)
-    (out / "continuum.md").write_text(text)
-    (out / "summary.json").write_text(json.dumps(numbers, indent=1, default=float))
-    results = load_results(root)
-    write_csv(results, out / "runs.csv")
-    if not args.no_figures:
-        figures(results, prior_by_level(load_bases(root)), out=out,
-                noise_levels=sorted({r["noise"] for r in results}))
+    if not args.results:
+        export_raw(results, bases, out)
+    text = write_outputs(results, bases, out=out, smoke=args.smoke, figures_too=not args.no_figures)
     print(text)
     return text
 

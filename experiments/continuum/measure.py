@@ -82,14 +82,14 @@ def token_statistics(setup, params, tokenized: Sequence, *, objective_specs: Map
     experiments/figures.token_statistics, with the jitted forward cached per (model, objectives)."""
     import jax
 
-    from deft_jax.evaluation import evaluator as evaluate
+    from deft_jax.training import teacher_forced as teacher_forced_lib
     from experiments import figures
 
     specs = tuple(objective_specs.items())
     fn = _token_stats_fn(setup.model_config, specs)
     columns = {label: {"p": [], "gate": [], "collision": []} for label, _ in specs}
     with sharding_lib.mesh_context(setup.mesh, setup.rules):
-        for batch in evaluate.eval_token_batches(setup, tokenized, batch_size=64):
+        for batch in teacher_forced_lib.local_batches(setup, tokenized, rows=64):
             arrays = {key: batch[key] for key in data_lib.BATCH_KEYS + ("weights",)}
             result, mask = jax.device_get(fn(params, arrays))
             valid = np.asarray(mask) > 0

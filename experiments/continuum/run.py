@@ -117,7 +117,7 @@ def prepare_data(root: pathlib.Path, *, smoke: bool, seeds: Sequence[int], noise
         for noise in noise_levels:
             path = grid.paths(root=str(root), level=0, seed=seed, noise=noise)["sft_data"]
             if not path.is_file():
-                clean = world_lib.target_records(world, count=sft["steps"] * sft["batch"], seed=seed, stream=1)
+                clean = world_lib.target_records(world, count=sft["steps"] * sft["batch"], seed=seed)
                 world_lib.write_jsonl(path, world_lib.corrupt(clean, fraction=noise, seed=seed))
 
 
@@ -152,7 +152,7 @@ def measure_model(config, params, *, max_new_tokens: int) -> dict:
     config = config.copy_and_resolve_references()
     config.unlock()
     config.objective = grid.ml_collections.ConfigDict({"name": "nll"})
-    setup = build.model_setup(config)
+    setup = build.setup(config, mesh_fallback=True)
     examples = evaluate.eval_examples(config, num_eval=None)
     return {"eval": measure.teacher_forced(setup, params, examples),
             "generation": measure.generation_scores(setup, params, examples, max_new_tokens=max_new_tokens)}
@@ -181,7 +181,7 @@ def pretrain_level(root: pathlib.Path, *, level: int, smoke: bool, specs: dict, 
     train_seconds = time.perf_counter() - started
     params = final["state"].params
     sft_config = load_config(f"stage=sft,root={root},level={level},seed=0,noise=0.2{smoke_arg}")
-    setup = build.model_setup(sft_config)
+    setup = build.setup(sft_config, mesh_fallback=True)
     noisy = data_lib.load_examples(sft_config.data, split="train")
     clean = [dataclasses.replace(example, response=example.reference) for example in noisy]
     steps = grid.level_steps(smoke=smoke)
@@ -204,13 +204,12 @@ def refresh_wrong_labels(root: pathlib.Path, *, level: int, smoke: bool, specs: 
     """Re-measure a level's step-0 wrong-label rows under every objective of `specs` (a report written by
     a narrower selection lacks some) from its checkpoint; the rest of base.json is kept."""
     from deft_jax import data as data_lib
-    from deft_jax.evaluation import evaluator as evaluate
     from experiments.continuum import measure
 
     run_dir = grid.paths(root=str(root), level=level, seed=0, noise=0.0)["pretrain_run"]
     config = load_config(f"stage=sft,root={root},level={level},seed=0,noise=0.2" + (",smoke" if smoke else ""))
-    setup = build.model_setup(config)
-    params = evaluate.base_params(setup)
+    setup = build.setup(config, mesh_fallback=True)
+    params = setup.initial_params()
     noisy = data_lib.load_examples(config.data, split="train")
     report["wrong_labels"] = measure.wrong_label_rows(setup, params, noisy=noisy, objective_specs=specs,
                                                       task=grid.level_name(level))
@@ -246,7 +245,7 @@ def sft_run(root: pathlib.Path, run: dict, *, smoke: bool, specs: dict, log=prin
               **measure_model(config, params, max_new_tokens=answer_tokens()),
               "dynamics": measure.dynamics(run_dir)}
     if run["noise"] > 0:
-        setup = build.model_setup(config)
+        setup = build.setup(config, mesh_fallback=True)
         noisy = data_lib.load_examples(config.data, split="train")
         label = objective_label(run)
         own = {label: specs[label]} if label in specs else {"prob": specs.get("prob")}
@@ -290,7 +289,7 @@ def parse_args(argv):
     parser.add_argument("--levels", default=None, help="comma-separated level indices (default: configs/continuum.py)")
     parser.add_argument("--noise", default=None, help="comma-separated noise fractions")
     parser.add_argument("--seeds", default=None, help="comma-separated seeds")
-    parser.add_argument("--objectives", default=None, help="comma-separated labels (nll,prob,dft,dlog0.5,...)")
+    parser.add_argument("--objectives", default=None, help="comma-separated labels (nll,prob,dlog0.5,eaft,cayley,deft,...)")
     parser.add_argument("--noisy_objectives", default=None, help="labels kept for the runs with label noise")
     parser.add_argument("--deadline_minutes", type=float, default=None,
                         help="start no new (level, seed) group after this long")

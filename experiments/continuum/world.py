@@ -9,6 +9,11 @@ permutations).
 The dial: how many target-map examples pretraining contained (configs/continuum.py). Label noise corrupts a
 fraction of the SFT answers into uniformly random strings of the same length (by seed); each record keeps
 its clean answer as `clean_response` and a `corrupted` flag.
+
+Random streams: one per purpose, `stream(purpose, seed)` = default_rng([PURPOSES[purpose], seed]), with a
+distinct purpose id for pretraining (seed = the level), SFT sampling (seed = the SFT seed) and label noise
+(seed = the SFT seed), so no two purposes ever draw the same numbers (the world's maps use their own seed;
+the eval set is every start symbol once and draws nothing).
 """
 from __future__ import annotations
 
@@ -21,6 +26,14 @@ import numpy as np
 from rapidfuzz.distance import Hamming
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyz012345"
+PURPOSES = {"pretrain": 101, "sft": 102, "noise": 103, "eval": 104}
+
+
+def stream(purpose: str, seed: int) -> np.random.Generator:
+    """The random stream of one purpose (PURPOSES) and seed: default_rng([purpose id, seed])."""
+    if purpose not in PURPOSES:
+        raise ValueError(f"random stream purpose {purpose!r} is not one of {sorted(PURPOSES)}")
+    return np.random.default_rng([PURPOSES[purpose], seed])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,8 +89,9 @@ def record(string_map: StringMap, start: str) -> dict:
 
 
 def pretraining_records(world: World, *, x: float, count: int, seed: int) -> list[dict]:
-    """`count` examples: the target map with probability x, else a uniformly chosen other map."""
-    rng = np.random.default_rng([seed, 1])
+    """`count` examples: the target map with probability x, else a uniformly chosen other map (the
+    pretraining stream of `seed`)."""
+    rng = stream("pretrain", seed)
     starts = random_starts(rng, count=count)
     from_target = rng.random(count) < x
     others = rng.integers(1, len(world.maps), size=count)
@@ -85,9 +99,9 @@ def pretraining_records(world: World, *, x: float, count: int, seed: int) -> lis
             for start, target, other in zip(starts, from_target, others)]
 
 
-def target_records(world: World, *, count: int, seed: int, stream: int) -> list[dict]:
-    """`count` target-map examples (random start symbols) from the random stream (seed, stream)."""
-    rng = np.random.default_rng([seed, stream])
+def target_records(world: World, *, count: int, seed: int) -> list[dict]:
+    """`count` target-map examples (random start symbols) from the SFT stream of `seed`."""
+    rng = stream("sft", seed)
     return [record(world.target, start) for start in random_starts(rng, count=count)]
 
 
@@ -98,8 +112,9 @@ def all_target_records(world: World) -> list[dict]:
 
 def corrupt(records: Sequence[dict], *, fraction: float, seed: int) -> list[dict]:
     """round(fraction·n) answers (chosen by seed) replaced by random strings of the same length, each
-    different from the clean answer; every record gets `clean_response` and `corrupted`."""
-    rng = np.random.default_rng([seed, 3])
+    different from the clean answer (the noise stream of `seed`); every record gets `clean_response` and
+    `corrupted`."""
+    rng = stream("noise", seed)
     chosen = set(rng.choice(len(records), size=round(fraction * len(records)), replace=False).tolist())
     out = []
     letters = np.array(list(ALPHABET))

@@ -1,11 +1,11 @@
-"""A tiny ChatML tokenizer (byte-level BPE trained in milliseconds) for fast data-pipeline tests.
+"""A tiny ChatML tokenizer (byte-level BPE trained in milliseconds) for fast data-pipeline tests; the
+`tiny_tokenizer` fixture of tests/conftest.py hands it out.
 
 It implements formatting.TokenizerLike with the `tokenizers` package directly, so the data tests do not
 depend on a real checkpoint. ChatML rendering with no default system prompt.
 """
 from __future__ import annotations
 
-import functools
 from typing import Sequence
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -44,9 +44,3 @@ class TinyChatTokenizer:
     def apply_chat_template(self, messages: list[dict], *, add_generation_prompt: bool = True) -> str:
         text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
         return text + ("<|im_start|>assistant\n" if add_generation_prompt else "")
-
-
-@functools.lru_cache(maxsize=1)
-def tiny_tokenizer() -> TinyChatTokenizer:
-    """A shared TinyChatTokenizer (training it takes a few milliseconds; cached anyway)."""
-    return TinyChatTokenizer()

@@ -1,0 +1,1 @@
+"""Test helpers shared through tests/conftest.py fixtures."""

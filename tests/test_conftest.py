@@ -1,0 +1,108 @@
+"""tests/conftest.py itself: under CI=true a skip (a missing test dependency above all) fails; the slow
+marker is registered; the session's compilation cache reaches subprocesses and is really hit."""
+import os
+import pathlib
+import secrets
+import subprocess
+import sys
+
+import pytest
+
+import conftest
+
+
+
+class CIHooks:
+    """Only the report hooks: the inner sessions must not set up (and remove) a cache of their own."""
+    pytest_runtest_makereport = staticmethod(conftest.pytest_runtest_makereport)
+    pytest_make_collect_report = staticmethod(conftest.pytest_make_collect_report)
+
+MISSING_AT_MODULE_LEVEL = """
+import pytest
+pytest.importorskip("deft_jax_no_such_module")
+
+def test_never_runs():
+    pass
+"""
+
+SKIPS_INSIDE_TESTS = """
+import pytest
+
+def test_missing_module():
+    pytest.importorskip("deft_jax_no_such_module", reason="a second, optional reference")
+
+def test_plain_skip():
+    pytest.skip("not on this machine")
+
+@pytest.mark.xfail(reason="known bug", strict=True)
+def test_expected_failure():
+    assert False
+
+def test_passes():
+    pass
+"""
+
+
+def _run(pytester, monkeypatch, source, *, ci):
+    pytester.makepyfile(test_inner=source)
+    if ci is None:
+        monkeypatch.delenv("CI", raising=False)
+    else:
+        monkeypatch.setenv("CI", ci)
+    return pytester.runpytest_inprocess("-p", "no:cacheprovider", "-rA", plugins=[CIHooks()])
+
+
+@pytest.mark.parametrize("ci", [None, "false", "1"])
+def test_outside_ci_a_missing_module_skips(pytester, monkeypatch, ci):
+    result = _run(pytester, monkeypatch, MISSING_AT_MODULE_LEVEL, ci=ci)
+    result.assert_outcomes(skipped=1)
+    assert result.ret == pytest.ExitCode.NO_TESTS_COLLECTED
+
+
+def test_in_ci_a_module_level_importorskip_fails_collection_naming_the_module(pytester, monkeypatch):
+    result = _run(pytester, monkeypatch, MISSING_AT_MODULE_LEVEL, ci="true")
+    result.assert_outcomes(errors=1)
+    assert result.ret != pytest.ExitCode.OK
+    result.stdout.fnmatch_lines(["*skipped under CI=true*could not import 'deft_jax_no_such_module'*"])
+
+
+def test_in_ci_every_skip_inside_a_test_fails_but_xfail_and_passes_stand(pytester, monkeypatch):
+    outside = _run(pytester, monkeypatch, SKIPS_INSIDE_TESTS, ci=None)
+    outside.assert_outcomes(passed=1, skipped=2, xfailed=1)
+    inside = _run(pytester, monkeypatch, SKIPS_INSIDE_TESTS, ci="true")
+    inside.assert_outcomes(passed=1, failed=2, xfailed=1)
+    inside.stdout.fnmatch_lines(["*skipped under CI=true*a second, optional reference*",
+                                 "*skipped under CI=true*not on this machine*"])
+
+
+def test_the_slow_marker_is_registered(pytestconfig):
+    assert any(line.startswith("slow:") for line in pytestconfig.getini("markers"))
+
+
+def test_this_process_uses_the_sessions_compilation_cache():
+    import jax
+
+    assert jax.config.jax_compilation_cache_dir == os.environ["JAX_COMPILATION_CACHE_DIR"]
+    assert jax.config.jax_persistent_cache_min_compile_time_secs == 0
+    assert pathlib.Path(jax.config.jax_compilation_cache_dir).is_dir()
+
+
+@pytest.mark.slow
+def test_subprocesses_share_the_sessions_compilation_cache_and_hit_it():
+    """Two fresh processes compile the same program: the first writes the cache, the second only reads."""
+    cache = os.environ["JAX_COMPILATION_CACHE_DIR"]
+    unique = secrets.randbits(24)  # a program no earlier session has cached
+    program = f"""
+import jax, jax.numpy as jnp
+events = []
+jax.monitoring.register_event_listener(lambda name, **kw: events.append(name))
+assert jax.config.jax_compilation_cache_dir == {cache!r}, jax.config.jax_compilation_cache_dir
+jax.jit(lambda x: jnp.sin(x) + {unique})(jnp.arange(3.0)).block_until_ready()
+print(events.count("/jax/compilation_cache/compile_requests_use_cache"), events.count("/jax/compilation_cache/cache_hits"))
+"""
+    runs = [subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
+            for _ in range(2)]
+    assert [r.returncode for r in runs] == [0, 0], [r.stderr[-2000:] for r in runs]
+    (requests, first_hits), (again, second_hits) = [map(int, r.stdout.split()) for r in runs]
+    assert requests == again > 0 and first_hits == 0  # every program went through the cache, compiled
+    assert second_hits == requests  # ... and was read back by the second process
