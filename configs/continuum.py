@@ -38,7 +38,7 @@ LEVELS = tuple(range(len(LEVEL_STEPS)))
 SEEDS = (0, 1, 2, 3, 4)
 NOISE = (0.0, 0.2)
 # DFT (its gradient is −p's) and DEFT with ε = 0 (the same gate to within ε/Σπ²) are not in the grid: runs
-# of them could only confirm those identities, which tests/test_continuum.py checks directly. The
+# of them could only confirm those identities, which tests/experiments/test_continuum.py checks directly. The
 # committed results (experiments/continuum/results) predate this and still hold their columns.
 GRID_OBJECTIVES = (
     ("nll", {}), ("prob", {}),

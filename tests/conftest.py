@@ -20,7 +20,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pytest  # noqa: E402
 
-from helpers.tiny_tokenizer import TinyChatTokenizer  # noqa: E402
+from tests.helpers.tiny_tokenizer import TinyChatTokenizer  # noqa: E402
 
 pytest_plugins = ["pytester"]  # tests/test_conftest.py runs small pytest sessions with these hooks
 

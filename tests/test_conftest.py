@@ -1,21 +1,17 @@
 """tests/conftest.py itself: under CI=true a skip (a missing test dependency above all) fails; the slow
-marker is registered; the session's compilation cache reaches subprocesses and is really hit."""
+marker is registered; the compilation cache settings. (Subprocesses: tests/integration/test_compilation_cache.py.)"""
+
 import os
 import pathlib
-import secrets
-import subprocess
-import sys
-
 import pytest
-
-import conftest
-
+from tests import conftest
 
 
 class CIHooks:
     """Only the report hooks: the inner sessions must not set up (and remove) a cache of their own."""
     pytest_runtest_makereport = staticmethod(conftest.pytest_runtest_makereport)
     pytest_make_collect_report = staticmethod(conftest.pytest_make_collect_report)
+
 
 MISSING_AT_MODULE_LEVEL = """
 import pytest
@@ -24,6 +20,7 @@ pytest.importorskip("deft_jax_no_such_module")
 def test_never_runs():
     pass
 """
+
 
 SKIPS_INSIDE_TESTS = """
 import pytest
@@ -85,24 +82,3 @@ def test_this_process_uses_the_sessions_compilation_cache():
     assert jax.config.jax_compilation_cache_dir == os.environ["JAX_COMPILATION_CACHE_DIR"]
     assert jax.config.jax_persistent_cache_min_compile_time_secs == 0
     assert pathlib.Path(jax.config.jax_compilation_cache_dir).is_dir()
-
-
-@pytest.mark.slow
-def test_subprocesses_share_the_sessions_compilation_cache_and_hit_it():
-    """Two fresh processes compile the same program: the first writes the cache, the second only reads."""
-    cache = os.environ["JAX_COMPILATION_CACHE_DIR"]
-    unique = secrets.randbits(24)  # a program no earlier session has cached
-    program = f"""
-import jax, jax.numpy as jnp
-events = []
-jax.monitoring.register_event_listener(lambda name, **kw: events.append(name))
-assert jax.config.jax_compilation_cache_dir == {cache!r}, jax.config.jax_compilation_cache_dir
-jax.jit(lambda x: jnp.sin(x) + {unique})(jnp.arange(3.0)).block_until_ready()
-print(events.count("/jax/compilation_cache/compile_requests_use_cache"), events.count("/jax/compilation_cache/cache_hits"))
-"""
-    runs = [subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
-            for _ in range(2)]
-    assert [r.returncode for r in runs] == [0, 0], [r.stderr[-2000:] for r in runs]
-    (requests, first_hits), (again, second_hits) = [map(int, r.stdout.split()) for r in runs]
-    assert requests == again > 0 and first_hits == 0  # every program went through the cache, compiled
-    assert second_hits == requests  # ... and was read back by the second process

@@ -6,7 +6,7 @@ from jax.sharding import PartitionSpec as P
 
 from deft_jax.model import decoder as model_lib
 from deft_jax import sharding as sharding_lib
-from test_train_utils import losses_by_step, params_leaves, run_in_process, smoke_config
+from tests.helpers.runs import losses_by_step, params_leaves, run_in_process, smoke_config
 
 
 def test_mesh_sizes_and_fill():

@@ -371,7 +371,7 @@ def blocks(found: dict, *, rerun: bool = False) -> dict[str, str]:
         text += (f"; DFT and −p on the same seed by at most {checks['dft']['max_abs_accuracy_difference']:.4f} "
                  f"over {checks['dft']['runs']} runs (its gradient is −p's)")
     if checks:
-        text += (". Both identities are now unit tests (tests/test_continuum.py) instead of grid columns; the "
+        text += (". Both identities are now unit tests (tests/experiments/test_continuum.py) instead of grid columns; the "
                  "committed results still hold those columns.")
     out["continuum-checks"] = text
     out["continuum-noise"] = "\n\n".join(v[k]["text"] for k in (

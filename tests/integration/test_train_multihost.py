@@ -8,7 +8,7 @@ import pytest
 
 from deft_jax.training import checkpointing
 from deft_jax.training import setup as build
-from test_train_utils import (CONFIGS, REPO_ROOT, cli_command, losses_by_step, params_leaves, read_metrics,
+from tests.helpers.runs import (CONFIGS, REPO_ROOT, cli_command, losses_by_step, params_leaves, read_metrics,
                               run_in_process, smoke_config, subprocess_env)
 
 pytestmark = pytest.mark.slow  # processes

@@ -1,4 +1,5 @@
-"""Shared helpers for the training tests (no tests here): config loading, tiny runs, subprocess runs."""
+"""Shared helpers for tests that train (no tests here): config loading, tiny runs, subprocess runs."""
+
 import json
 import os
 import pathlib
@@ -7,12 +8,16 @@ import signal
 import subprocess
 import sys
 import time
-
 import numpy as np
 from deft_jax.training import config as config_lib
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
 CONFIGS = REPO_ROOT / "configs"
+
+
 ABLATIONS = sorted(p.stem for p in CONFIGS.glob("*.py") if p.stem not in ("base", "__init__"))
 
 
@@ -92,8 +97,6 @@ def run_module(module: str, *args: str, env: dict[str, str], timeout: int = 300)
                           text=True, timeout=timeout)
 
 
-# ---- A shared tiny trained run for the evaluate/export tests. ----
-
 def session_dir(tmp_path_factory) -> pathlib.Path:
     """A folder shared by every process of one test session: the xdist workers' base folders are
     <root>/popen-gw<N>, so theirs is <root>."""
@@ -115,27 +118,3 @@ def trained_smoke_run(tmp_path_factory) -> pathlib.Path:
             assert final["step"] == 2 and not final["preempted"], final
             (workdir / "TRAINED").write_text("ok")
     return workdir
-
-
-def test_progress_lines_show_a_rate_only_once_there_is_one(capsys):
-    from deft_jax.training import metrics as metrics_lib
-
-    progress = metrics_lib.Progress(total=10, initial=0, enabled=True, mode="lines")
-    progress.update(step=1, scalars={"train/loss": 2.0})
-    first = capsys.readouterr().err
-    assert first.startswith("step 1/10 | loss=2") and "nan" not in first and "ETA" not in first
-    progress.update(step=3, scalars={"train/loss": 1.0})
-    later = capsys.readouterr().err
-    assert "steps/s" in later and "ETA 00:00" in later and "nan" not in later
-
-
-def test_replayed_steps_are_dropped_from_metrics_jsonl(tmp_path):
-    from deft_jax.training import metrics as metrics_lib
-
-    path = tmp_path / "metrics.jsonl"
-    path.write_text("".join(json.dumps({"step": s, "train/loss": float(s)}) + "\n" for s in (1, 2, 3, 4)))
-    writer = metrics_lib.MetricWriter(workdir=tmp_path, enabled=True, tensorboard=False, resume_step=2)
-    writer.write(step=3, scalars={"train/loss": 30.0})
-    writer.close()
-    records = [json.loads(line) for line in path.read_text().splitlines()]
-    assert [(r["step"], r["train/loss"]) for r in records] == [(1, 1.0), (2, 2.0), (3, 30.0)]

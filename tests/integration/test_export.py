@@ -12,7 +12,7 @@ from deft_jax.training import setup as build
 from deft_jax.training import checkpointing
 from deft_jax import export
 from deft_jax.model import decoder as model_lib
-from test_train_utils import run_module, subprocess_env, trained_smoke_run
+from tests.helpers.runs import run_module, subprocess_env, trained_smoke_run
 
 
 

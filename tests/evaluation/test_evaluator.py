@@ -14,7 +14,7 @@ from deft_jax.training import checkpointing
 from deft_jax.training import setup as build
 from deft_jax.evaluation import evaluator as evaluate
 from deft_jax.model import decoder as model_lib
-from test_train_utils import run_module, subprocess_env, trained_smoke_run
+from tests.helpers.runs import run_module, subprocess_env, trained_smoke_run
 
 ALPHA = 0.5  # configs/deformed_log.py default
 
@@ -117,7 +117,7 @@ def test_two_processes_give_the_metrics_of_one(smoke_run, tmp_path, tmp_path_fac
     import subprocess
     import sys
 
-    from test_train_utils import REPO_ROOT
+    from tests.helpers.runs import REPO_ROOT
 
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))

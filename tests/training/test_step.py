@@ -16,7 +16,7 @@ from deft_jax.training import step as step_lib
 MODEL = model_lib.ModelConfig.tiny(vocab_size=64)
 OPTIMIZER = step_lib.make_optimizer(b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.01)
 SCHEDULE = step_lib.Schedule(lr=1e-3, total_steps=10, warmup_ratio=0.0).as_arrays()
-FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "checkpoint_before_optax_skip"
+FIXTURE = pathlib.Path(__file__).parents[1] / "fixtures" / "checkpoint_before_optax_skip"
 
 
 def _batch(*, rows=2, length=8, seed=0):

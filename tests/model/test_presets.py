@@ -10,7 +10,7 @@ from deft_jax.training import step as step_lib
 from deft_jax.model import decoder as model_lib
 from deft_jax.model import presets
 from deft_jax import sharding as sharding_lib
-from test_train_utils import smoke_config
+from tests.helpers.runs import smoke_config
 
 # From the model cards (rounded as published), independent of the presets' own table.
 MODEL_CARD_PARAMS = {

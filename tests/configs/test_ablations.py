@@ -6,7 +6,7 @@ import pytest
 
 from deft_jax.training import config as config_lib
 from deft_jax import objectives
-from test_train_utils import ABLATIONS, CONFIGS, read_metrics, run_in_process, smoke_config
+from tests.helpers.runs import ABLATIONS, CONFIGS, read_metrics, run_in_process, smoke_config
 
 EXPECTED = {"nll", "logp", "prob", "deformed_log", "tsallis", "only_top_p", "only_bottom_p", "only_top_logp",
             "only_bottom_logp", "dft", "eaft", "cayley", "deft"}

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from deft_jax import sweeping as sweep
-from test_train_utils import REPO_ROOT, subprocess_env
+from tests.helpers.runs import REPO_ROOT, subprocess_env
 
 pytestmark = pytest.mark.slow  # processes
 

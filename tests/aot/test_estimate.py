@@ -3,7 +3,7 @@ import pytest
 
 from deft_jax.aot import estimate as estimate_lib
 from deft_jax.aot import programs as compile_lib
-from test_train_utils import smoke_config
+from tests.helpers.runs import smoke_config
 
 # Tile-aligned shards on 4 chips (fsdp=4): a few seconds per compile.
 SMALL = {"model.overrides": {"vocab_size": 512, "d_model": 256, "n_layers": 4, "n_heads": 2, "n_kv_heads": 2,

@@ -6,7 +6,7 @@ import pytest
 
 from deft_jax.evaluation import before_after, scoring
 from deft_jax import sweeping
-from test_train_utils import run_module, subprocess_env
+from tests.helpers.runs import run_module, subprocess_env
 
 
 def _textbook_figfont(prediction, reference):

@@ -2,7 +2,7 @@
 import importlib.util
 import math
 
-from test_train_utils import REPO_ROOT
+from tests.helpers.runs import REPO_ROOT
 
 
 def test_tiny_run_measures_and_checks_parity(capsys):

@@ -1,7 +1,7 @@
-"""deft_jax.sweep: 3 tiny runs, SIGKILL in the middle and a relaunch that finishes without retraining the
-finished run; summary table/CSV/plot; cluster commands; bad sweep input."""
-from __future__ import annotations
+"""`python -m deft_jax.sweep` end to end: 3 tiny runs, SIGKILL in the middle and a relaunch that finishes
+without retraining the finished run; summary table/CSV/plot; cluster commands; bad sweep input."""
 
+from __future__ import annotations
 import csv
 import json
 import os
@@ -10,15 +10,17 @@ import signal
 import subprocess
 import sys
 import time
-
 import pytest
-
-from deft_jax.training import config as config_lib
 from deft_jax import sweeping as sweep
-from test_train_utils import subprocess_env
+from tests.helpers.runs import subprocess_env
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
 SEEDS = (0, 1, 2)
+
+
 TINY_SWEEP_CONFIG = f"""
 import sys
 sys.path.insert(0, {str(REPO_ROOT)!r})
@@ -32,7 +34,6 @@ def get_config(arg=None):
 def sweep():
     return [{{"seed": seed}} for seed in {SEEDS!r}]
 """
-
 
 
 def sweep_args(config_file: pathlib.Path, workdir: pathlib.Path) -> list[str]:
@@ -123,52 +124,6 @@ def test_print_commands_and_commands_file(tmp_path):
         assert point["point"] == {"objective.alpha": alpha} and point["config"]["objective"]["alpha"] == alpha
         assert point["config"]["total_steps"] == 3
     assert not any((workdir / name).exists() for name in ("summary.csv", "alpha=0.1/checkpoints"))  # nothing ran
-
-
-def test_run_names():
-    assert sweep.run_names([{"objective.alpha": 0.1}, {"objective.alpha": 10.0}]) == ["alpha=0.1", "alpha=10.0"]
-    assert sweep.run_names([{"a.x": 1, "b": "s/t"}]) == ["x=1,b=s_t"]
-    assert sweep.run_names([{"a.x": 1}, {"b.x": 1}]) == ["a.x=1", "b.x=1"]  # short names collide
-    with pytest.raises(sweep.SweepError, match="repeated points"):
-        sweep.run_names([{"seed": 1}, {"seed": 1}])
-
-
-def test_bad_sweep_input(tmp_path):
-    from configs import deformed_log
-
-    config = deformed_log.get_config("smoke")
-    with pytest.raises(sweep.SweepError, match=r"config.objective.alfa=0.5: 'alfa' is not a known field \(did you mean 'alpha'\?\)"):
-        sweep.apply_point(config, {"objective.alfa": 0.5})
-    with pytest.raises(sweep.SweepError, match="objective.alpha"):
-        sweep.apply_point(config, {"objective.alpha": -1.0})  # out of range: the trainer's validation
-    no_sweep = tmp_path / "no_sweep.py"
-    no_sweep.write_text("def get_config(arg=None):\n    return None\n")
-    with pytest.raises(sweep.SweepError, match="has no sweep"):
-        sweep.sweep_points(config_lib.load_config_module(no_sweep), source=str(no_sweep))
-    with pytest.raises(config_lib.ConfigError, match="not found"):
-        config_lib.load_config_module(tmp_path / "missing.py")
-    # A relaunch with other settings must not silently reuse (skip or resume) the runs of the first launch.
-    (run,) = sweep.plan_runs(config=config, config_arg="configs/deformed_log.py:smoke", overrides={},
-                             workdir=tmp_path / "w", points=[{"objective.alpha": 0.5}])
-    sweep.write_run_files(run)
-    sweep.check_same_config(run)
-    changed = deformed_log.get_config("smoke")
-    changed.total_steps = 7
-    (rerun,) = sweep.plan_runs(config=changed, config_arg="configs/deformed_log.py:smoke", overrides={"total_steps": 7},
-                               workdir=tmp_path / "w", points=[{"objective.alpha": 0.5}])
-    with pytest.raises(sweep.SweepError, match=r"another config \(fields differing: \['total_steps'\]\)"):
-        sweep.check_same_config(rerun)
-    # A run started before the project added a field is the same config while the sweep leaves it at its
-    # default (the run was trained with that behaviour), and another config once the sweep sets it.
-    point_file = run.workdir / sweep.POINT_FILE
-    stored = json.loads(point_file.read_text())
-    del stored["config"]["distributed"]["heartbeat_timeout_seconds"]
-    point_file.write_text(json.dumps(stored))
-    sweep.check_same_config(run)
-    stored["config"]["distributed"]["heartbeat_timeout_seconds"] = 5
-    point_file.write_text(json.dumps(stored))
-    with pytest.raises(sweep.SweepError, match="distributed.heartbeat_timeout_seconds"):
-        sweep.check_same_config(run)
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ from deft_jax.model import decoder as M
 from deft_jax.inference import sampler as S
 from deft_jax import sharding as sharding_lib
 from deft_jax.model import tokenizer as tokenizer_lib
-from test_generate import greedy_by_recomputation
+from tests.inference.test_generation import greedy_by_recomputation
 
 CONFIG = M.ModelConfig.tiny(vocab_size=264)  # the byte tokenizer's 259 ids, padded to split over 8 devices
 NEVER = 264  # a stop id outside the vocabulary: rows run to max_new_tokens

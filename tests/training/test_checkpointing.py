@@ -11,7 +11,7 @@ from deft_jax.training import setup as build
 from deft_jax.training import checkpointing
 from deft_jax.model import decoder as model_lib
 from deft_jax import sharding as sharding_lib
-from helpers.checkpoints import latest_restorable_step
+from tests.helpers.checkpoints import latest_restorable_step
 
 MODEL = model_lib.ModelConfig.tiny(vocab_size=264)
 OPTIMIZER = step_lib.make_optimizer(b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.01)

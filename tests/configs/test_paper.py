@@ -8,7 +8,7 @@ from deft_jax.training import setup as build
 from deft_jax.training import config as config_lib
 from deft_jax.model import presets
 
-PAPER = pathlib.Path(__file__).resolve().parents[1] / "configs" / "paper"
+PAPER = pathlib.Path(__file__).resolve().parents[2] / "configs" / "paper"
 FILES = sorted(p.stem for p in PAPER.glob("*.py") if p.stem not in ("__init__", "common"))
 REGIMES = ("math", "medical", "figfont")
 LEARNING_RATE = {"llama_3_1_8b": 2e-5}  # every other model: 5e-5
