@@ -293,7 +293,7 @@ def apply_gradients(state: TrainState, grads, schedule, *, spec: StepSpec, loss=
     """(params, opt_state, ‖g‖, lr, finite, ‖θ‖): the optimizer half of `train_step`.
 
     g ← g · min(1, c / ‖g‖) (`clip_by_global_norm`, as optax's), θ ← θ − lr · AdamW(g). When the loss or ‖g‖ is
-    not finite and spec.skip_nonfinite, params and moments stay as they were (optax.tree.where). The
+    not finite and spec.skip_nonfinite, params and moments stay as they were (a select per leaf). The
     loss is part of the test because a NaN loss can come with a finite gradient (a target outside the
     vocabulary: the gather's NaN never reaches the gradient), which optax.apply_if_finite, testing the
     update alone, would apply.
