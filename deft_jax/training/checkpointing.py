@@ -259,8 +259,10 @@ def save(manager: ocp.CheckpointManager, *, step: int, state: Any,
     """Start saving `state`, `data_state` and the state's checksums at `step` (asynchronous unless `wait`).
 
     Returns the seconds the caller was blocked (fingerprints and device->host copy, plus the write when
-    `wait`). The state's arrays are copied before this returns, so the caller may donate them to the next
-    step.
+    `wait`). On an accelerator the state's arrays are copied to the host before this returns, so the caller
+    may donate them to the next step. On the CPU backend orbax's host "copy" is a view of the state's own
+    buffers: a step donating them while the write runs could not reuse them and would hold a second
+    state (2 x the parameters and moments) until the write ends, so there the save always waits.
     """
     start = time.perf_counter()
     record = checksum_record(state)
@@ -269,9 +271,15 @@ def save(manager: ocp.CheckpointManager, *, step: int, state: Any,
         DATA_ITEM: ocp.args.JsonSave(data_state or {}),
         CHECKSUM_ITEM: ocp.args.JsonSave(record),
     }))
-    if wait:
+    if wait or viewed_by_host_copy(state):
         manager.wait_until_finished()
     return time.perf_counter() - start
+
+
+def viewed_by_host_copy(state: Any) -> bool:
+    """Whether every array of `state` lives on CPU devices (where numpy views it without a copy)."""
+    arrays = [leaf for leaf in jax.tree.leaves(state) if isinstance(leaf, jax.Array)]
+    return bool(arrays) and all(device.platform == "cpu" for leaf in arrays for device in leaf.devices())
 
 
 def step_directory(directory: str | pathlib.Path | epath.Path, step: int) -> epath.Path:
