@@ -434,9 +434,10 @@ def run_suite(*, params, model_config, tokenizer, suite: str, benchmarks: Sequen
               data_dir: str | os.PathLike | None, out_dir: str | os.PathLike, n: int | None = None,
               num_eval: int | None = None, max_new_tokens: int | None = None, seed: int | None = None,
               template: str | None = None, mesh=None, rules=(), max_rows: int = 64, progress: bool = True,
-              log: Callable[[str], None] = print) -> dict[str, Any]:
+              batching: str = "continuous", log: Callable[[str], None] = print) -> dict[str, Any]:
     """Generate what is missing for each benchmark of `suite` into <out_dir>/<suite>/, then write and return
-    the report (computed from the saved generations, see the module docstring)."""
+    the report (computed from the saved generations, see the module docstring). max_rows: rows decoded
+    together (the decode slots with batching='continuous')."""
 
     directory = pathlib.Path(out_dir) / suite
     writer = jax.process_index() == 0  # every process samples (collectives); process 0 alone writes
@@ -481,7 +482,7 @@ def run_suite(*, params, model_config, tokenizer, suite: str, benchmarks: Sequen
         requests = [sampler.Request(p.prompt_id, tuple(tokenizer.encode(TEMPLATES[name](p.question, tokenizer))))
                     for p in todo]
         options = sampler.SamplerOptions(
-            n=decoding.n, seed=decoding.seed, max_rows=max_rows,
+            n=decoding.n, seed=decoding.seed, max_rows=max_rows, batching=batching,
             sampling=sampler.SamplingConfig(max_new_tokens=decoding.max_new_tokens,
                                             temperature=decoding.temperature, top_p=decoding.top_p))
         started = time.perf_counter()
@@ -515,10 +516,12 @@ def evaluate_run_suite(*, suite: str, benchmarks: Sequence[str] | None = None, w
                        step: str | int | None = None, base: bool = False, data_dir=None, out_dir=None,
                        n: int | None = None, num_eval: int | None = None, max_new_tokens: int | None = None,
                        seed: int | None = None, template: str | None = None, rescore: bool = False,
-                       max_rows: int = 64, devices=None, progress: bool = True) -> list[dict[str, Any]]:
+                       max_rows: int = 64, devices=None, progress: bool = True,
+                       batching: str | None = None) -> list[dict[str, Any]]:
     """run_suite (or rescore_suite) for each requested checkpoint of the run in `workdir` (or its base
     model, or the base model of `config`). Reports go to <out_dir>/<base|step_N>/<suite>/, out_dir
-    defaulting to <workdir>/eval. --rescore reads only those files: no config, model or data."""
+    defaulting to <workdir>/eval. --rescore reads only those files: no config, model or data. batching:
+    'continuous' or 'static' (default the config's eval.batching)."""
     select_benchmarks(suite, benchmarks)  # names checked before anything is loaded
     if workdir is None and config is None and not (rescore and out_dir is not None):
         raise SuiteError("pass --workdir (a training run) or --config with --base (--rescore: or --out_dir)")
@@ -552,6 +555,7 @@ def evaluate_run_suite(*, suite: str, benchmarks: Sequence[str] | None = None, w
                                  suite=suite, benchmarks=benchmarks, data_dir=data_dir,
                                  out_dir=pathlib.Path(out_dir) / reporting.report_name(one), n=n, num_eval=num_eval,
                                  max_new_tokens=max_new_tokens, seed=seed, template=template, mesh=setup.mesh,
-                                 rules=setup.rules, max_rows=max_rows, progress=progress))
+                                 rules=setup.rules, max_rows=max_rows, progress=progress,
+                                 batching=batching or setup.config.eval.batching))
         del params
     return reports
