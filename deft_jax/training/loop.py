@@ -211,11 +211,13 @@ def train_and_evaluate(config, workdir, *, devices: Sequence[Any] | None = None,
     total_steps = setup.total_steps(num_train_examples=len(train_examples))
     is_main = jax.process_index() == 0
     # On CPU the write cannot overlap the next step without a second state (checkpointing.save): write
-    # synchronously there.
+    # synchronously there, with a bounded window of bytes in flight (tensorstore's buffers).
+    platform = mesh.devices.flat[0].platform
     manager = checkpointing.make_manager(directory=checkpointing.checkpoint_dir(workdir),
                                          max_to_keep=config.checkpoint.keep,
-                                         async_save=config.checkpoint.async_save
-                                         and mesh.devices.flat[0].platform != "cpu")
+                                         async_save=config.checkpoint.async_save and platform != "cpu",
+                                         save_window=checkpointing.save_window_bytes(
+                                             setup.abstract_state, platform=platform))
     hosts.announce_checkpoints(manager.directory)  # a supervisor names its last complete step if a host is lost
     preemption = PreemptionFlag()
     writer = None
