@@ -7,13 +7,12 @@ devices each) with a 5 s heartbeat timeout."""
 from __future__ import annotations
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
 import pytest
 from deft_jax.training import hosts
-from tests.helpers.runs import CONFIGS, REPO_ROOT, losses_by_step, read_metrics, subprocess_env
+from tests.helpers.runs import free_port, CONFIGS, REPO_ROOT, losses_by_step, read_metrics, subprocess_env
 
 
 STEPS, EVERY, LOG_EVERY = 24, 4, 2  # the tiny smoke model: a kill after step 8 leaves two thirds of the run
@@ -29,15 +28,9 @@ FAST = [f"--config.total_steps={STEPS}", f"--config.checkpoint.every_steps={EVER
 JOB_TIMEOUT = 420  # generous: the machine may be loaded; each job itself is short
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _launch(command, *, logs, cache_root, tag):
     """Both processes of a 2-process job (each under its supervisor); returns the Popens."""
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port()}"
     processes = []
     for process_id in range(2):
         env = subprocess_env(devices=2, extra={

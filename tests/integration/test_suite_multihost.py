@@ -3,24 +3,17 @@ as one process of 4 devices: the same generations, sample for sample, and the sa
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 
 import pytest
 
-from tests.helpers.runs import REPO_ROOT, subprocess_env
+from tests.helpers.runs import free_port, REPO_ROOT, subprocess_env
 
 pytestmark = pytest.mark.slow  # processes
 
 FIXTURES = REPO_ROOT / "tests" / "fixtures" / "suites"
 BENCHMARKS = ("aime24", "amc23")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _suite_command(out_dir) -> list[str]:
@@ -37,7 +30,7 @@ def _generations(out_dir, name) -> list[dict]:
 
 
 def test_two_process_suite_equals_one_process(tmp_path):
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port()}"
     pod_dir, single_dir = tmp_path / "two_processes", tmp_path / "one_process"
     processes, logs = [], []
     for process_id in range(2):
