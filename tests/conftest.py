@@ -8,6 +8,10 @@
   subprocess they start, so a program compiled once (the tiny model's train step, its eval step, ...)
   is loaded from disk afterwards instead of being compiled again. DEFT_TEST_COMPILATION_CACHE=<dir>
   keeps the cache in <dir> across sessions instead.
+- XLA's backend (LLVM) optimisations off (`JAX_DISABLE_MOST_OPTIMIZATIONS=1`, JAX's switch for smoke
+  tests, inherited by every subprocess): the same programs with less-optimised machine code, ~30% less
+  wall time for the suite's tiny programs. Tests marked `full_optimization` (the TPU compiler's figures:
+  memory, time estimates) compile with the optimisations users get.
 - CI=true: a skipped test (e.g. a test dependency missing, `pytest.importorskip`) fails instead.
 """
 import os
@@ -18,6 +22,7 @@ import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
 import pytest  # noqa: E402
 
@@ -46,6 +51,8 @@ CACHE_SETTINGS = {
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "slow: end-to-end tests that spawn deft_jax processes (deselect with -m 'not slow')")
+    config.addinivalue_line(
+        "markers", "full_optimization: compile with XLA's backend optimisations on (the TPU compiler's figures)")
     if hasattr(config, "workerinput"):  # an xdist worker: use the controller's cache
         directory = config.workerinput[_WORKER_KEY]
     elif os.environ.get(KEEP_CACHE_ENV):
@@ -101,6 +108,22 @@ def pytest_collection_modifyitems(session, config, items):
     slow_modules = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
     order = {item.nodeid: index for index, item in enumerate(items)}
     items.sort(key=lambda item: (item.nodeid.split("::")[0] not in slow_modules, order[item.nodeid]))
+
+
+@pytest.fixture(autouse=True)
+def _backend_optimizations(request):
+    """Tests marked `full_optimization` compile with XLA's backend optimisations on, as users do."""
+    if request.node.get_closest_marker("full_optimization") is None:
+        yield
+        return
+    import jax
+
+    before = jax.config.values["jax_disable_most_optimizations"]
+    jax.config.update("jax_disable_most_optimizations", False)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_disable_most_optimizations", before)
 
 
 def pytest_configure_node(node):

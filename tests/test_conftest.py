@@ -82,3 +82,17 @@ def test_this_process_uses_the_sessions_compilation_cache():
     assert jax.config.jax_compilation_cache_dir == os.environ["JAX_COMPILATION_CACHE_DIR"]
     assert jax.config.jax_persistent_cache_min_compile_time_secs == 0
     assert pathlib.Path(jax.config.jax_compilation_cache_dir).is_dir()
+
+
+def test_tests_compile_without_backend_optimizations():
+    import jax
+
+    assert os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] == "1"
+    assert jax.config.values["jax_disable_most_optimizations"] is True
+
+
+@pytest.mark.full_optimization
+def test_a_full_optimization_test_compiles_as_users_do():
+    import jax
+
+    assert jax.config.values["jax_disable_most_optimizations"] is False

@@ -5,6 +5,8 @@ from deft_jax.aot import estimate as estimate_lib
 from deft_jax.aot import programs as compile_lib
 from tests.helpers.runs import smoke_config
 
+pytestmark = pytest.mark.full_optimization  # the TPU compiler's figures, as users get them
+
 # Tile-aligned shards on 4 chips (fsdp=4): a few seconds per compile.
 SMALL = {"model.overrides": {"vocab_size": 512, "d_model": 256, "n_layers": 4, "n_heads": 2, "n_kv_heads": 2,
                              "head_dim": 128, "d_ff": 512},

@@ -3,6 +3,8 @@ import pytest
 
 from deft_jax.aot import estimate as E
 
+pytestmark = pytest.mark.full_optimization  # the TPU compiler's figures, as users get them
+
 GIB = 2**30
 
 

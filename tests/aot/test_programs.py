@@ -8,6 +8,8 @@ import pytest
 from deft_jax.aot import programs as compile_lib
 from tests.helpers.runs import smoke_config
 
+pytestmark = pytest.mark.full_optimization  # the TPU compiler's figures, as users get them
+
 
 pytest.importorskip("libtpu")
 

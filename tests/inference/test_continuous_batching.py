@@ -11,6 +11,7 @@ from deft_jax.inference import continuous as C
 from deft_jax.inference import sampler as S
 from deft_jax.model import decoder as M
 from deft_jax.model import tokenizer as tokenizer_lib
+from tests.helpers import models
 
 CONFIG = M.ModelConfig.tiny(vocab_size=264)
 NEW_TOKENS = 24
@@ -116,17 +117,17 @@ def test_per_row_cache_ends_equal_one_row_at_a_time(params):
     alone = []
     for prompt in prompts:
         cache = M.init_cache(CONFIG, batch_size=1, max_len=32)
-        _, cache = M.forward(params, CONFIG, jnp.asarray([prompt]), cache=cache)
-        logits, cache = M.forward(params, CONFIG, jnp.asarray([[7, 8]]), cache=cache, kv_len=16)
+        _, cache = models.forward(params, CONFIG, jnp.asarray([prompt]), cache=cache)
+        logits, cache = models.forward(params, CONFIG, jnp.asarray([[7, 8]]), cache=cache, kv_len=16)
         alone.append(np.asarray(logits[0]))
     cache = {**M.init_cache(CONFIG, batch_size=2, max_len=32), "end": jnp.zeros((2,), jnp.int32)}
     for row, prompt in enumerate(prompts):  # each row's prompt at the start of its own slot
         one = M.init_cache(CONFIG, batch_size=1, max_len=len(prompt))
-        row_logits, one = M.forward(params, CONFIG, jnp.asarray([prompt]), cache=one)
+        row_logits, one = models.forward(params, CONFIG, jnp.asarray([prompt]), cache=one)
         _, cache = C.insert_rows(jnp.zeros((2, CONFIG.vocab_size)), cache, row_logits[:, -1], one,
                                  jnp.asarray([row]), jnp.asarray([0]))
     assert cache["end"].tolist() == [5, 9]
-    logits, cache = M.forward(params, CONFIG, jnp.asarray([[7, 8], [7, 8]]), cache=cache, kv_len=16)
+    logits, cache = models.forward(params, CONFIG, jnp.asarray([[7, 8], [7, 8]]), cache=cache, kv_len=16)
     assert cache["end"].tolist() == [7, 11]
     for row in range(2):
         np.testing.assert_allclose(np.asarray(logits[row]), alone[row], rtol=1e-5, atol=1e-5)

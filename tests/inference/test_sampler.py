@@ -9,6 +9,7 @@ from deft_jax.model import decoder as M
 from deft_jax.inference import sampler as S
 from deft_jax import sharding as sharding_lib
 from deft_jax.model import tokenizer as tokenizer_lib
+from tests.helpers import models
 from tests.inference.test_generation import greedy_by_recomputation
 
 CONFIG = M.ModelConfig.tiny(vocab_size=264)  # the byte tokenizer's 259 ids, padded to split over 8 devices
@@ -113,12 +114,12 @@ def test_sharded_equals_unsharded(params, tokenizer):
 def test_kv_len_attention_equals_full_cache(params):
     tokens = jnp.asarray(np.random.default_rng(0).integers(3, 250, size=(2, 5)), jnp.int32)
     cache = M.init_cache(CONFIG, batch_size=2, max_len=64)
-    full, _ = M.forward(params, CONFIG, tokens, cache=cache)
+    full, _ = models.forward(params, CONFIG, tokens, cache=cache)
     cache = M.init_cache(CONFIG, batch_size=2, max_len=64)
-    short, _ = M.forward(params, CONFIG, tokens, cache=cache, kv_len=8)
+    short, _ = models.forward(params, CONFIG, tokens, cache=cache, kv_len=8)
     np.testing.assert_allclose(np.asarray(short), np.asarray(full), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="kv_len"):
-        M.forward(params, CONFIG, tokens, cache=M.init_cache(CONFIG, batch_size=2, max_len=64), kv_len=65)
+        models.forward(params, CONFIG, tokens, cache=M.init_cache(CONFIG, batch_size=2, max_len=64), kv_len=65)
 
 
 def test_length_batches_group_by_bucket_and_bound_rows():

@@ -182,7 +182,7 @@ def test_layer_backward_transposes_no_activation_gradient():
     positions = jnp.broadcast_to(jnp.arange(length), (batch, length))
     segments = jnp.ones((batch, length), jnp.int32)
     layer = M.DecoderLayer(config)
-    params = layer.init(jax.random.key(1), (x, None), positions, segments, None, None)["params"]
+    params = jax.jit(layer.init)(jax.random.key(1), (x, None), positions, segments, None, None)["params"]
 
     def loss(params, x):
         (out, _), _ = layer.apply({"params": params}, (x, None), positions, segments, None, None)

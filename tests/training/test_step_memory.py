@@ -92,9 +92,10 @@ def test_two_steps_equal_optax_adamw_with_clipping():
     start = jax.tree.leaves(params)
     opt_state = optimizer.init(params)
     step = jax.jit(lambda s, b: step_lib.train_step(s, b, SCHEDULE, spec=spec), donate_argnums=0)
+    update = jax.jit(optimizer.update)  # eager, optax compiles each leaf's every operation on its own
     for _ in range(2):
         lr = float(step_lib.scheduled_learning_rate(state.step, SCHEDULE))
-        updates, opt_state = optimizer.update(jax.jit(grad_fn)(params), opt_state, params)
+        updates, opt_state = update(jax.jit(grad_fn)(params), opt_state, params)
         params = jax.tree.map(lambda p, u: p + lr * u, params, updates)  # optax.adamw(1.0): u = -direction
         state, metrics = step(state, batch)
     assert float(metrics["optim/finite"]) == 1 and float(metrics["optim/grad_norm"]) > spec.clip_norm
@@ -105,4 +106,4 @@ def test_two_steps_equal_optax_adamw_with_clipping():
         for got, want in zip(jax.tree.leaves(getattr(state.opt_state[0], name)), jax.tree.leaves(getattr(adam, name))):
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6 * float(np.abs(want).max()), err_msg=name)
     assert int(state.opt_state[0].count) == int(adam.count) == 2
-    np.testing.assert_allclose(float(metrics["optim/param_norm"]), float(optax.global_norm(params)), rtol=1e-6)
+    np.testing.assert_allclose(float(metrics["optim/param_norm"]), float(optax.tree.norm(params)), rtol=1e-6)
