@@ -13,12 +13,10 @@ import pytest
 from deft_jax.training import checkpointing
 from deft_jax.training import setup as build
 from deft_jax.evaluation import evaluator as evaluate
-from deft_jax.model import decoder as model_lib
 from tests.helpers.runs import run_module, subprocess_env, trained_smoke_run
+from tests.helpers import models
 
 ALPHA = 0.5  # configs/deformed_log.py default
-
-
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +43,10 @@ def padded_logits(params, model_config, tokens, *, length: int = 128) -> np.ndar
     not change the causal logits of the real positions."""
     padded = np.zeros((1, length), np.int32)
     padded[0, :len(tokens)] = tokens
-    logits = _jitted_forward(params, model_config, padded)
+    logits = models.forward(params, model_config, padded)
     return np.asarray(logits, np.float64)[0, :len(tokens)]
 
 
-_jitted_forward = jax.jit(model_lib.forward, static_argnums=1)
 
 
 def numpy_reference(workdir: pathlib.Path) -> dict[str, float]:
@@ -113,15 +110,12 @@ def test_two_processes_give_the_metrics_of_one(smoke_run, tmp_path, tmp_path_fac
     """Two processes (2 fake CPU devices each, gloo) feed their own rows of each global batch: 7 examples in
     batches of 4 (2 rows per process; the last batch has a zero-weight padding row) give the numbers of
     one process on 8 devices, where all 7 sit in one batch."""
-    import socket
     import subprocess
     import sys
 
-    from tests.helpers.runs import REPO_ROOT
+    from tests.helpers.runs import REPO_ROOT, free_port
 
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        address = f"127.0.0.1:{probe.getsockname()[1]}"
+    address = f"127.0.0.1:{free_port()}"
     flags = [f"--workdir={smoke_run}", "--nogenerate", "--num_eval=7", "--batch_size=4"]
     processes = []
     for process_id in range(2):

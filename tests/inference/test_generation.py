@@ -8,8 +8,8 @@ import pytest
 from deft_jax.inference import sampler as S
 from deft_jax import generate as generate_cli
 from deft_jax.model import decoder as M
+from tests.helpers import models
 
-_forward = jax.jit(M.forward, static_argnums=1)
 
 # One batch shape for all tiny-model tests, so the compiled prefill/decode are reused across tests.
 PROMPT_LENGTHS = (3, 9, 1)
@@ -30,7 +30,7 @@ def greedy_by_recomputation(params, config, prompts, *, steps):
         buffer = np.zeros((len(seqs), total), np.int32)
         for row, seq in enumerate(seqs):
             buffer[row, :len(seq)] = seq
-        logits = np.asarray(_forward(params, config, jnp.asarray(buffer)))
+        logits = np.asarray(models.forward(params, config, jnp.asarray(buffer)))
         for row, seq in enumerate(seqs):
             seq.append(int(logits[row, len(seq) - 1].argmax()))
     return [seq[len(p):] for seq, p in zip(seqs, prompts)]

@@ -10,9 +10,9 @@ import pytest
 
 from deft_jax.model import decoder as M
 from deft_jax.training import xla_options
+from tests.helpers import models
 
 # One compiled forward per (config, shapes): much faster than eager Linen on 2 cores.
-_forward = jax.jit(M.forward, static_argnums=1, static_argnames=("return_hidden",))
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +38,8 @@ def test_packed_row_equals_each_example_alone(overrides):
     packed = jnp.concatenate([a, b, jnp.zeros((1, 2), jnp.int32)], axis=1)
     segment_ids = jnp.array([[1] * 5 + [2] * 4 + [0] * 2], jnp.int32)
     positions = jnp.array([list(range(5)) + list(range(4)) + [0, 0]], jnp.int32)
-    logits = _forward(params, config, packed, positions=positions, segment_ids=segment_ids)
-    alone_a, alone_b = (_forward(params, config, _right_pad(x, 11))[:, :x.shape[1]] for x in (a, b))
+    logits = models.forward(params, config, packed, positions=positions, segment_ids=segment_ids)
+    alone_a, alone_b = (models.forward(params, config, _right_pad(x, 11))[:, :x.shape[1]] for x in (a, b))
     np.testing.assert_allclose(logits[:, :5], alone_a, atol=1e-5)
     np.testing.assert_allclose(logits[:, 5:9], alone_b, atol=1e-5)
     assert np.isfinite(np.asarray(logits)).all()
@@ -51,8 +51,8 @@ def test_packing_without_segment_ids_would_leak(tiny):
     a, b = _tokens((1, 5), seed=2), _tokens((1, 4), seed=3)
     packed = jnp.concatenate([a, b], axis=1)
     positions = jnp.array([list(range(5)) + list(range(4))], jnp.int32)
-    logits = _forward(params, config, _right_pad(packed, 11), positions=_right_pad(positions, 11))
-    alone_b = _forward(params, config, _right_pad(b, 11))[:, :4]
+    logits = models.forward(params, config, _right_pad(packed, 11), positions=_right_pad(positions, 11))
+    alone_b = models.forward(params, config, _right_pad(b, 11))[:, :4]
     assert np.abs(np.asarray(logits[:, 5:9]) - np.asarray(alone_b)).max() > 1e-3
 
 
@@ -60,8 +60,8 @@ def test_sliding_window_changes_only_far_tokens(tiny):
     config, params = tiny
     config = config.replace(sliding_window=4)
     x = _tokens((2, 10))
-    windowed = _forward(params, config, x)
-    full = _forward(params, config.replace(sliding_window=None), x)
+    windowed = models.forward(params, config, x)
+    full = models.forward(params, config.replace(sliding_window=None), x)
     np.testing.assert_allclose(windowed[:, :4], full[:, :4], atol=1e-6)
     assert np.abs(np.asarray(windowed[:, 4:] - full[:, 4:])).max() > 1e-4
 
@@ -73,11 +73,11 @@ def test_kv_cache_chunks_equal_full_forward(overrides):
     if not config.scan_layers:
         params = M.unstacked_params(params, config)
     x = _tokens((2, 9))
-    full = _forward(params, config, x)
+    full = models.forward(params, config, x)
     cache = M.init_cache(config, batch_size=2, max_len=16)
     pieces = []
     for start, stop in [(0, 3), (3, 6), (6, 9)]:  # equal chunks: one compiled cached call
-        logits, cache = _forward(params, config, x[:, start:stop], cache=cache)
+        logits, cache = models.forward(params, config, x[:, start:stop], cache=cache)
         pieces.append(logits)
     np.testing.assert_allclose(jnp.concatenate(pieces, axis=1), full, atol=1e-5)
     assert int(cache["end"]) == 9
@@ -86,11 +86,11 @@ def test_kv_cache_chunks_equal_full_forward(overrides):
 def test_scan_remat_and_unscanned_layouts_agree(tiny):
     config, params = tiny
     x = _tokens((2, 7))
-    reference = _forward(params, config, x)
-    remat = _forward(params, config.replace(remat=True), x)
-    unrolled = _forward(params, config.replace(scan_unroll=config.n_layers + 1), x)
+    reference = models.forward(params, config, x)
+    remat = models.forward(params, config.replace(remat=True), x)
+    unrolled = models.forward(params, config.replace(scan_unroll=config.n_layers + 1), x)
     unscanned_config = config.replace(scan_layers=False)
-    unscanned = _forward(M.unstacked_params(params, config), unscanned_config, x)
+    unscanned = models.forward(M.unstacked_params(params, config), unscanned_config, x)
     np.testing.assert_allclose(remat, reference, atol=1e-6)
     np.testing.assert_allclose(unrolled, reference, atol=1e-6)
     np.testing.assert_allclose(unscanned, reference, atol=1e-6)
@@ -101,9 +101,9 @@ def test_scan_remat_and_unscanned_layouts_agree(tiny):
 def test_return_hidden_projects_to_logits(tiny):
     config, params = tiny
     x = _tokens((2, 6))
-    hidden = _forward(params, config, x, return_hidden=True)
+    hidden = models.forward(params, config, x, return_hidden=True)
     assert hidden.shape == (2, 6, config.d_model)
-    np.testing.assert_allclose(hidden @ M.lm_head_weight(params, config), _forward(params, config, x), atol=1e-5)
+    np.testing.assert_allclose(hidden @ M.lm_head_weight(params, config), models.forward(params, config, x), atol=1e-5)
 
 
 def test_logical_axes_match_params_and_untied_head():
@@ -138,9 +138,9 @@ def test_bf16_params_and_compute():
     config = M.ModelConfig.tiny(param_dtype="bfloat16", dtype="bfloat16")
     params = M.init_params(config, rng=jax.random.key(0))
     assert all(x.dtype == jnp.bfloat16 for x in jax.tree_util.tree_leaves(params))
-    logits = _forward(params, config, _tokens((1, 4)))
+    logits = models.forward(params, config, _tokens((1, 4)))
     assert logits.dtype == jnp.float32 and np.isfinite(np.asarray(logits)).all()
-    reference = _forward(jax.tree_util.tree_map(lambda x: x.astype(jnp.float32), params),
+    reference = models.forward(jax.tree_util.tree_map(lambda x: x.astype(jnp.float32), params),
                           config.replace(param_dtype="float32", dtype="float32"), _tokens((1, 4)))
     np.testing.assert_allclose(logits, reference, atol=0.1)
 

@@ -13,8 +13,8 @@ gguf = pytest.importorskip("gguf")
 
 from deft_jax.model import decoder as M  # noqa: E402
 from deft_jax.model import weights as W  # noqa: E402
+from tests.helpers import models
 
-_forward = jax.jit(M.forward, static_argnums=1, static_argnames=("return_hidden",))
 
 VOCAB = 96
 TINY = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -69,7 +69,7 @@ def llama_dir(tmp_path_factory):
 def test_logits_match_transformers(case, tmp_path, token_ids):
     model = _make_hf(tmp_path, case)
     config, params = W.load_hf_dir(tmp_path)
-    ours = np.asarray(_forward(params, config, jnp.asarray(token_ids)))
+    ours = np.asarray(models.forward(params, config, jnp.asarray(token_ids)))
     reference = _torch_logits(model, token_ids)
     diff = np.abs(ours - reference).max()
     print(f"[parity] {case}: max |logits - transformers| = {diff:.2e}")
@@ -78,11 +78,11 @@ def test_logits_match_transformers(case, tmp_path, token_ids):
         assert len(list(tmp_path.glob("*.safetensors"))) > 1, "the checkpoint should be multi-file"
         assert config.tie_embeddings and "lm_head" not in params
     if case == "llama_untied_llama3_rope":  # guard: the scaling matters at these positions
-        plain = _forward(params, config.replace(rope_scaling=None), jnp.asarray(token_ids))
+        plain = models.forward(params, config.replace(rope_scaling=None), jnp.asarray(token_ids))
         assert np.abs(np.asarray(plain) - reference).max() > 1e-3
     if case == "mistral_sliding_window":
         assert config.sliding_window == 5
-        unwindowed = _forward(params, config.replace(sliding_window=None), jnp.asarray(token_ids))
+        unwindowed = models.forward(params, config.replace(sliding_window=None), jnp.asarray(token_ids))
         assert np.abs(np.asarray(unwindowed) - reference).max() > 1e-3
 
 
@@ -98,7 +98,7 @@ def test_load_onto_mesh_places_params_by_logical_axes(llama_dir, token_ids):
     q = params["layers"]["attn"]["q_proj"]["kernel"]
     assert q.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor", None)
     with jax.set_mesh(mesh), nn_rules(M.DEFAULT_LOGICAL_RULES):
-        logits = _forward(params, config, jnp.asarray(token_ids))
+        logits = models.forward(params, config, jnp.asarray(token_ids))
     assert np.abs(np.asarray(logits) - _torch_logits(model, token_ids)).max() <= 1e-4
 
 
@@ -111,7 +111,7 @@ def test_bf16_params(llama_dir, token_ids):
     directory, model = llama_dir
     config, params = W.load_hf_dir(directory, param_dtype="bfloat16")
     assert all(x.dtype == jnp.bfloat16 for x in jax.tree_util.tree_leaves(params))
-    logits = np.asarray(_forward(params, config, jnp.asarray(token_ids)))
+    logits = np.asarray(models.forward(params, config, jnp.asarray(token_ids)))
     assert np.abs(logits - _torch_logits(model, token_ids)).max() < 0.05
 
 
@@ -191,7 +191,7 @@ def test_gguf_qwen2_is_not_unpermuted(tmp_path, token_ids):
     _write_gguf(path, model, arch="qwen2", quant_ffn=False)
     config, params = W.load_gguf(path)
     assert config.model_type == "qwen2" and config.qkv_bias and not config.tie_embeddings
-    logits = np.asarray(_forward(params, config, jnp.asarray(token_ids)))
+    logits = np.asarray(models.forward(params, config, jnp.asarray(token_ids)))
     assert np.abs(logits - _torch_logits(model, token_ids)).max() <= 2e-3  # F16 norms
 
 
@@ -224,7 +224,7 @@ def test_export_round_trip_through_transformers(case, tmp_path, token_ids):
     assert (out / "model.safetensors.index.json").exists() and (out / "tokenizer.json").exists()
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager").eval()
     reference = _torch_logits(reloaded, token_ids)
-    ours = np.asarray(_forward(params, config, jnp.asarray(token_ids)))
+    ours = np.asarray(models.forward(params, config, jnp.asarray(token_ids)))
     diff = np.abs(ours - reference).max()
     print(f"[parity] export round trip {case}: max diff = {diff:.2e}")
     assert diff <= 1e-4
