@@ -7,8 +7,8 @@ Runs the command, samples the resident set size of it and its children every `--
 (psutil), timestamps every line it prints (stdout and stderr, merged), and writes
 {samples: [[t, rss_bytes]], split: [[t, anon_bytes, file_bytes]], lines: [[t, text]], peak_bytes, peak_t,
 phases: [...]} where each phase is the span between two log lines with the largest RSS seen in it, and
-`split` divides the main process's RSS into anonymous memory (heap, arrays) and mapped files (shared
-libraries: a library JAX loads shows here) where Linux's /proc says so. Prints the phases, largest first.
+`split` divides the same RSS into anonymous memory (heap, arrays) and mapped files (shared libraries:
+a library JAX loads shows here) where Linux's /proc says so. Prints the phases, largest first.
 """
 from __future__ import annotations
 
@@ -36,14 +36,19 @@ def tree_rss(process: psutil.Process) -> int:
     return total
 
 
-def anon_and_file(pid: int) -> tuple[int, int] | None:
-    """(RssAnon, RssFile) of process `pid` in bytes from /proc/<pid>/status; None where unavailable."""
+def anon_and_file(process: psutil.Process) -> tuple[int, int] | None:
+    """(RssAnon, RssFile) in bytes of `process` and its children, from /proc/<pid>/status; None where
+    unavailable (not Linux, or the process is gone)."""
+    total = [0, 0]
     try:
-        with open(f"/proc/{pid}/status") as status:
-            fields = dict(line.split(":", 1) for line in status if ":" in line)
-        return tuple(int(fields[key].split()[0]) * 1024 for key in ("RssAnon", "RssFile"))
-    except (OSError, KeyError, ValueError):
+        for proc in [process, *process.children(recursive=True)]:
+            with open(f"/proc/{proc.pid}/status") as status:
+                fields = dict(line.split(":", 1) for line in status if ":" in line)
+            for index, key in enumerate(("RssAnon", "RssFile")):
+                total[index] += int(fields[key].split()[0]) * 1024
+    except (OSError, KeyError, ValueError, psutil.NoSuchProcess):
         return None
+    return total[0], total[1]
 
 
 def phases_of(samples: list, lines: list) -> list[dict]:
@@ -74,7 +79,7 @@ def main() -> None:
         while not done.is_set():
             now = time.perf_counter() - start
             samples.append((now, tree_rss(process)))
-            parts = anon_and_file(child.pid)
+            parts = anon_and_file(process)
             if parts is not None:
                 split.append((now, *parts))
             time.sleep(args.interval)
