@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from deft_jax import cli, reporting
+from deft_jax import cli, reporting, sharding
 from deft_jax.evaluation import suites
 from deft_jax.evaluation.evaluator import (
     DEFAULT_MAX_NEW_TOKENS,
@@ -76,6 +76,7 @@ def main(argv: Sequence[str]) -> None:
 
     if len(argv) > 1:
         raise cli.UserError(f"unexpected arguments {list(argv[1:])}")
+    sharding.cpu_only_without_accelerator()  # an installed libtpu is then not probed on a CPU-only machine
     FLAGS = flags.FLAGS
     if FLAGS.suite is not None or FLAGS.rescore:
         _suite_main(FLAGS)

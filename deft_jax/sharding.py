@@ -9,6 +9,9 @@ The global batch is split over ('data', 'fsdp'); parameters are placed by logica
 """
 from __future__ import annotations
 
+import glob
+import importlib.metadata
+import importlib.util
 import itertools
 import math
 import os
@@ -217,6 +220,46 @@ def maybe_initialize_distributed(dist_config: Mapping[str, Any] | None) -> bool:
     # The communicator of all devices is created (its rendezvous gives up after 30 s) while the processes
     # are in step; a later collective over them waits for a slower process as long as it takes.
     multihost_utils.sync_global_devices("deft_jax: communicators")
+    return True
+
+
+# Signs that a TPU may be attached: its device nodes, or a PCI device of Google's vendor id.
+TPU_DEVICE_GLOBS = ("dev/accel*", "dev/vfio/[0-9]*")
+PCI_VENDOR_GLOB = "sys/bus/pci/devices/*/vendor"
+GOOGLE_PCI_VENDOR = "0x1ae0"
+
+
+def pjrt_plugins_installed() -> bool:
+    """Whether any JAX PJRT plugin is installed (JAX's GPU backends, and others, come as plugins)."""
+    return bool(list(importlib.metadata.entry_points(group="jax_plugins"))
+                or importlib.util.find_spec("jax_plugins"))
+
+
+def accelerator_may_be_present(*, root: str = "/") -> bool:
+    """False only when no accelerator can be attached: no PJRT plugin is installed and the machine (under
+    `root`) shows no TPU: no dev/accel*, dev/vfio/N, nor a PCI device of Google's vendor id."""
+    if pjrt_plugins_installed():
+        return True
+    if any(glob.glob(os.path.join(root, pattern)) for pattern in TPU_DEVICE_GLOBS):
+        return True
+    for vendor in glob.glob(os.path.join(root, PCI_VENDOR_GLOB)):
+        try:
+            with open(vendor) as handle:
+                if handle.read().strip() == GOOGLE_PCI_VENDOR:
+                    return True
+        except OSError:  # unreadable: assume it may be one
+            return True
+    return False
+
+
+def cpu_only_without_accelerator() -> bool:
+    """Set JAX's platforms to 'cpu' when none were chosen (JAX_PLATFORMS, jax_platforms) and no accelerator
+    may be present; True when it did. JAX otherwise probes every installed backend: an installed libtpu is
+    loaded to look for a TPU (~0.1 GiB resident, and a warning) before JAX falls back to the same CPU
+    devices. Call it before anything asks JAX for devices (later it changes nothing)."""
+    if os.environ.get("JAX_PLATFORMS") or jax.config.jax_platforms or accelerator_may_be_present():
+        return False
+    jax.config.update("jax_platforms", "cpu")
     return True
 
 

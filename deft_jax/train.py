@@ -21,12 +21,14 @@ def main(argv: Sequence[str]) -> None:
 
     import jax
 
+    from deft_jax import sharding
     from deft_jax.evaluation import before_after
     from deft_jax.training import config as config_lib
     from deft_jax.training import host_memory
     from deft_jax.training.loop import EXIT_PREEMPTED, train_and_evaluate
 
     del argv
+    sharding.cpu_only_without_accelerator()  # an installed libtpu is then not probed on a CPU-only machine
     FLAGS = flags.FLAGS
     if not FLAGS["verbosity"].present:  # orbax and JAX log a lot at INFO; --verbosity=0 brings it back
         absl_logging.set_verbosity(absl_logging.WARNING)

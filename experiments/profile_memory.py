@@ -5,8 +5,10 @@
 
 Runs the command, samples the resident set size of it and its children every `--interval` seconds
 (psutil), timestamps every line it prints (stdout and stderr, merged), and writes
-{samples: [[t, rss_bytes]], lines: [[t, text]], peak_bytes, peak_t, phases: [...]} where each phase is
-the span between two log lines with the largest RSS seen in it. Prints the phases, largest first.
+{samples: [[t, rss_bytes]], split: [[t, anon_bytes, file_bytes]], lines: [[t, text]], peak_bytes, peak_t,
+phases: [...]} where each phase is the span between two log lines with the largest RSS seen in it, and
+`split` divides the same RSS into anonymous memory (heap, arrays) and mapped files (shared libraries:
+a library JAX loads shows here) where Linux's /proc says so. Prints the phases, largest first.
 """
 from __future__ import annotations
 
@@ -34,6 +36,21 @@ def tree_rss(process: psutil.Process) -> int:
     return total
 
 
+def anon_and_file(process: psutil.Process) -> tuple[int, int] | None:
+    """(RssAnon, RssFile) in bytes of `process` and its children, from /proc/<pid>/status; None where
+    unavailable (not Linux, or the process is gone)."""
+    total = [0, 0]
+    try:
+        for proc in [process, *process.children(recursive=True)]:
+            with open(f"/proc/{proc.pid}/status") as status:
+                fields = dict(line.split(":", 1) for line in status if ":" in line)
+            for index, key in enumerate(("RssAnon", "RssFile")):
+                total[index] += int(fields[key].split()[0]) * 1024
+    except (OSError, KeyError, ValueError, psutil.NoSuchProcess):
+        return None
+    return total[0], total[1]
+
+
 def phases_of(samples: list, lines: list) -> list[dict]:
     """Each span between consecutive log lines (the line that opens it names it) with its peak RSS."""
     marks = [(0.0, "<start>")] + [(t, text) for t, text in lines]
@@ -56,11 +73,15 @@ def main() -> None:
     start = time.perf_counter()
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
     process = psutil.Process(child.pid)
-    samples, lines, done = [], [], threading.Event()
+    samples, split, lines, done = [], [], [], threading.Event()
 
     def sample():
         while not done.is_set():
-            samples.append((time.perf_counter() - start, tree_rss(process)))
+            now = time.perf_counter() - start
+            samples.append((now, tree_rss(process)))
+            parts = anon_and_file(process)
+            if parts is not None:
+                split.append((now, *parts))
             time.sleep(args.interval)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -76,8 +97,10 @@ def main() -> None:
     phases = phases_of(samples, lines)
     with open(args.out, "w") as handle:
         json.dump({"command": command, "returncode": returncode, "peak_bytes": peak, "peak_t": peak_t,
-                   "samples": samples, "lines": lines, "phases": phases}, handle)
-    print(f"\npeak RSS {peak / 2**30:.2f} GiB at t={peak_t:.1f}s; phases by peak:")
+                   "samples": samples, "split": split, "lines": lines, "phases": phases}, handle)
+    at_peak = min(split, key=lambda s: abs(s[0] - peak_t)) if split else None
+    parts = (f" (anonymous {at_peak[1] / 2**30:.2f} + files {at_peak[2] / 2**30:.2f} GiB)" if at_peak else "")
+    print(f"\npeak RSS {peak / 2**30:.2f} GiB at t={peak_t:.1f}s{parts}; phases by peak:")
     for phase in sorted(phases, key=lambda p: -p["peak_gib"])[:12]:
         print(f"  {phase['peak_gib']:.2f} GiB  t={phase['start_s']:>7.1f}s  after: {phase['after_line']}")
     sys.exit(returncode)

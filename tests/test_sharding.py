@@ -98,3 +98,64 @@ def test_sharded_equals_unsharded(mesh, unsharded, tmp_path):
         assert shard_shape == (264 // 2, 64 // 2)
     else:
         assert params["embedding"].sharding.is_fully_replicated
+
+
+@pytest.mark.parametrize("files, present", [
+    ({"sys/bus/pci/devices/0000:00:04.0/vendor": "0x8086\n", "dev/null0": ""}, False),  # CPU-only
+    ({"sys/bus/pci/devices/0000:00:05.0/vendor": "0x1ae0\n"}, True),  # a Google (TPU) PCI device
+    ({"dev/accel0": ""}, True),  # TPU v4 device node
+    ({"dev/vfio/0": ""}, True),  # TPU v5+ device node
+])
+def test_an_accelerator_is_assumed_unless_the_machine_shows_none(tmp_path, monkeypatch, files, present):
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    monkeypatch.setattr(sharding_lib, "pjrt_plugins_installed", lambda: False)
+    assert sharding_lib.accelerator_may_be_present(root=str(tmp_path)) is present
+    monkeypatch.setattr(sharding_lib, "pjrt_plugins_installed", lambda: True)  # e.g. the CUDA plugin
+    assert sharding_lib.accelerator_may_be_present(root=str(tmp_path)) is True
+
+
+_PROBE_LIBTPU = """
+import json, os, sys
+from deft_jax import sharding
+if sys.argv[1] == "cpu_only":
+    sharding.accelerator_may_be_present = lambda **kwargs: False  # as on a CPU-only machine
+    assert sharding.cpu_only_without_accelerator()
+import jax
+devices = jax.devices()
+with open("/proc/self/maps") as maps:
+    mapped = "libtpu" in maps.read()
+print(json.dumps({"platforms": sorted({d.platform for d in devices}), "libtpu_mapped": mapped}))
+"""
+
+
+def test_cpu_only_skips_the_libtpu_probe_and_keeps_the_cpu_devices():
+    """Without an accelerator JAX would load libtpu (~0.1 GiB) to look for a TPU, then use the CPU: with
+    platforms set to cpu it never loads it, and the devices are the same."""
+    import importlib.util
+    import json
+    import os
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("libtpu") is None or not os.path.exists("/proc/self/maps"):
+        pytest.skip("needs an installed libtpu and Linux's /proc")
+    if sharding_lib.accelerator_may_be_present():
+        pytest.skip("this machine may have an accelerator: JAX's own probe is kept")
+    env = {key: value for key, value in os.environ.items() if key != "JAX_PLATFORMS"}
+
+    def probe(mode):
+        result = subprocess.run([sys.executable, "-c", _PROBE_LIBTPU, mode], capture_output=True, text=True,
+                                env=env, timeout=120)
+        assert result.returncode == 0, result.stderr[-2000:]
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+    assert probe("default") == {"platforms": ["cpu"], "libtpu_mapped": True}
+    assert probe("cpu_only") == {"platforms": ["cpu"], "libtpu_mapped": False}
+
+
+def test_chosen_platforms_are_left_alone(monkeypatch):
+    monkeypatch.setattr(sharding_lib, "accelerator_may_be_present", lambda **kwargs: False)
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    assert sharding_lib.cpu_only_without_accelerator() is False

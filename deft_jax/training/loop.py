@@ -221,26 +221,52 @@ def train_and_evaluate(config, workdir, *, devices: Sequence[Any] | None = None,
     hosts.announce_checkpoints(manager.directory)  # a supervisor names its last complete step if a host is lost
     preemption = PreemptionFlag()
     writer = None
+    block, blocks = sharding_lib.process_rows(mesh, global_rows=config.batch_size)
+    peak = metrics_lib.assumed_peak_flops_per_device(
+        configured=config.peak_flops_per_device, device_kind=mesh.devices.flat[0].device_kind)
+
+    def batches(data_state):
+        return data_lib.train_iterator_from_config(
+            train_examples, cfg=config.data, batch_size=config.batch_size // blocks, process_index=block,
+            process_count=blocks, pad_id=setup.tokenizer.pad_id, state=data_state)
+
+    def next_batch(iterator):
+        return sharding_lib.put_batch(next(iterator), mesh=mesh, global_rows=config.batch_size,
+                                      keys=data_lib.BATCH_KEYS)
+
+    def announce():
+        _log(f"deft_jax: {setup.loss.objective} on {config.model.name} "
+             f"({model_lib.count_params(setup.abstract_params) / 1e6:.1f}M params), task "
+             f"{config.data.task}, {len(train_examples)} train examples, {total_steps} steps of "
+             f"{config.batch_size} rows; mesh {dict(mesh.shape)} on {mesh.devices.size} "
+             f"{jax.default_backend()} device(s); MFU assumes {peak:.3g} FLOP/s per device; workdir {workdir}")
+
     try:
+        compiled_step = setup.train_step()
+        schedule = setup.schedule(total_steps=total_steps).as_arrays()
+        fresh = manager.latest_step() is None
+        iterator = first_batch = None
+        compile_seconds = 0.0
+        if fresh:
+            # A fresh run compiles its step from the state's shapes before the state exists and hands the
+            # compiler's heap back: the compilation and the state never hold memory at the same time.
+            announce()
+            iterator = batches(None)
+            started = time.perf_counter()
+            with sharding_lib.mesh_context(mesh, setup.rules):
+                first_batch = next_batch(iterator)
+                compiled_step.compile(setup.state_target, first_batch, schedule)
+            compile_seconds = time.perf_counter() - started
+            host_memory.release_freed_heap()
         state, data_state, restored = restore_or_start(setup, manager, workdir=workdir)
         save_config(config, workdir=workdir)  # only now: a refused resume leaves the run's record alone
         writer = metrics_lib.MetricWriter(workdir=workdir, enabled=is_main, tensorboard=config.tensorboard,
                                           resume_step=restored)
         step = int(jax.device_get(state.step))
         with sharding_lib.mesh_context(mesh, setup.rules):
-            block, blocks = sharding_lib.process_rows(mesh, global_rows=config.batch_size)
-            iterator = data_lib.train_iterator_from_config(
-                train_examples, cfg=config.data, batch_size=config.batch_size // blocks,
-                process_index=block, process_count=blocks, pad_id=setup.tokenizer.pad_id, state=data_state)
-            compiled_step = setup.train_step()
-            schedule = setup.schedule(total_steps=total_steps).as_arrays()
-            peak = metrics_lib.assumed_peak_flops_per_device(
-                configured=config.peak_flops_per_device, device_kind=mesh.devices.flat[0].device_kind)
-            _log(f"deft_jax: {setup.loss.objective} on {config.model.name} "
-                 f"({model_lib.count_params(setup.abstract_params) / 1e6:.1f}M params), task "
-                 f"{config.data.task}, {len(train_examples)} train examples, {total_steps} steps of "
-                 f"{config.batch_size} rows; mesh {dict(mesh.shape)} on {mesh.devices.size} "
-                 f"{jax.default_backend()} device(s); MFU assumes {peak:.3g} FLOP/s per device; workdir {workdir}")
+            if not fresh:
+                iterator = batches(data_state)
+                announce()
             progress = metrics_lib.Progress(total=total_steps, initial=step, enabled=is_main,
                                             mode=config.progress)
             throughput = Throughput(model_config=setup.model_config, num_devices=mesh.devices.size,
@@ -248,14 +274,15 @@ def train_and_evaluate(config, workdir, *, devices: Sequence[Any] | None = None,
             final: dict[str, Any] = {}
             steps_this_call, save_seconds, preempted = 0, [], False
             while step < total_steps:
-                batch = sharding_lib.put_batch(next(iterator), mesh=mesh, global_rows=config.batch_size,
-                                               keys=data_lib.BATCH_KEYS)
+                batch, first_batch = (next_batch(iterator) if first_batch is None else first_batch), None
                 if steps_this_call == 0 and jax.process_count() > 1:
                     # Compile first (it takes longer on some hosts), then meet: the first step starts together.
-                    compiled_step.compile(state, batch, schedule)
+                    if not fresh:
+                        compiled_step.compile(state, batch, schedule)
                     sharding_lib.meet("train: first step", timeout_seconds=config.distributed.get(
                         "initialization_timeout_seconds", sharding_lib.DEFAULT_INITIALIZATION_TIMEOUT))
-                started = time.perf_counter()
+                # The first step's time includes its compilation, also when that came before the state.
+                started = time.perf_counter() - (compile_seconds if steps_this_call == 0 else 0.0)
                 state, step_metrics = compiled_step(state, batch, schedule)
                 step += 1
                 steps_this_call += 1

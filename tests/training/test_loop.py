@@ -207,3 +207,29 @@ def test_program_counter_counts_the_lowerings_of_its_function_only():
     step(np.ones(5))  # not counted: outside counting()
     assert counter.count == 2
     assert step._cache_size() == 3  # JAX's own (private) count of the three programs, as a cross-check
+
+
+def test_a_fresh_run_compiles_its_step_before_the_state_exists_and_only_once(tmp_path, monkeypatch):
+    """The compiler's heap and the 3 copies of the parameters (params, AdamW moments) never coexist: the
+    step is compiled from the state's shapes, then the state is built, and the first call compiles nothing."""
+    from deft_jax.training import metrics as metrics_lib
+
+    events = []
+
+    def listener(name, duration, **kwargs):
+        if name == metrics_lib.LOWERING_EVENT and kwargs.get("fun_name") == "jit(train_step)":
+            events.append("train step lowered")
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    initial_state = build.Setup.initial_state
+
+    def recorded(self):
+        events.append("state built")
+        return initial_state(self)
+    monkeypatch.setattr(build.Setup, "initial_state", recorded)
+    try:  # a clip norm of its own: a step no other test compiled in this process
+        final = run_in_process(smoke_config("deft", **{"total_steps": 2, "optim.clip_norm": 0.7071}),
+                               tmp_path / "run")
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert events == ["train step lowered", "state built"]
+    assert final["compilations"] == 1 and final["step"] == 2
