@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging as absl_logging
 import tensorstore as ts
 from etils import epath
 
@@ -120,11 +121,18 @@ def make_manager(*, directory: str | pathlib.Path, max_to_keep: int | None = 3,
     if not read_only:
         remove_partial_writes(directory)
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, create=not read_only, read_only=read_only,
-        enable_async_checkpointing=async_save, cleanup_tmp_directories=not read_only)
-    return ocp.CheckpointManager(directory, options=options, item_handlers={
-        STATE_ITEM: _state_handler(save_window=save_window), DATA_ITEM: ocp.JsonCheckpointHandler(),
-        CHECKSUM_ITEM: ocp.JsonCheckpointHandler()})
+        max_to_keep=None if read_only else max_to_keep, save_interval_steps=0 if read_only else 1,
+        create=not read_only, read_only=read_only, enable_async_checkpointing=async_save,
+        cleanup_tmp_directories=not read_only)
+    handlers = {STATE_ITEM: _state_handler(save_window=save_window), DATA_ITEM: ocp.JsonCheckpointHandler(),
+                CHECKSUM_ITEM: ocp.JsonCheckpointHandler()}
+    verbosity = absl_logging.get_verbosity()
+    if read_only:  # orbax warns "Given directory is read only" for every read-only manager: what we asked for
+        absl_logging.set_verbosity(absl_logging.ERROR)
+    try:
+        return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
+    finally:
+        absl_logging.set_verbosity(verbosity)
 
 
 class NoIntactCheckpointError(CheckpointError):

@@ -123,3 +123,13 @@ def test_data_iterator_state_is_json(saved):
     files = [p for p in (directory / "7" / checkpointing.DATA_ITEM).iterdir() if p.is_file()]
     contents = [json.loads(p.read_text()) for p in files if p.suffix in ("", ".json")]
     assert {"cursor": 112, "epoch": 0} in contents
+
+
+def test_a_read_only_manager_logs_no_warning(tmp_path, saved, caplog):
+    """Evaluation opens checkpoints read-only; orbax's three warnings about it (save interval, max_to_keep,
+    "directory is read only") are what we asked for and would clutter every evaluation's output."""
+    directory, _ = saved
+    with caplog.at_level("WARNING"):
+        manager = checkpointing.make_manager(directory=directory, read_only=True, async_save=False)
+    assert manager.all_steps() == [7]
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == []
