@@ -87,16 +87,19 @@ def test_two_steps_equal_optax_adamw_with_clipping():
         (total, aux), grads = jax.value_and_grad(step_lib.loss_fn, has_aux=True)(params, batch, loss=spec.loss)
         return jax.tree.map(lambda g: g / aux["denominator"], grads)
 
+    @jax.jit  # eager, optax would compile each leaf's every operation on its own
+    def reference_step(params, opt_state, lr):
+        updates, opt_state = optimizer.update(grad_fn(params), opt_state, params)
+        return jax.tree.map(lambda p, u: p + lr * u, params, updates), opt_state  # adamw(1.0): u = -direction
+
     state = _state()
     params = jax.device_get(state.params)
     start = jax.tree.leaves(params)
-    opt_state = optimizer.init(params)
+    opt_state = jax.jit(optimizer.init)(params)
     step = jax.jit(lambda s, b: step_lib.train_step(s, b, SCHEDULE, spec=spec), donate_argnums=0)
-    update = jax.jit(optimizer.update)  # eager, optax compiles each leaf's every operation on its own
     for _ in range(2):
         lr = float(step_lib.scheduled_learning_rate(state.step, SCHEDULE))
-        updates, opt_state = update(jax.jit(grad_fn)(params), opt_state, params)
-        params = jax.tree.map(lambda p, u: p + lr * u, params, updates)  # optax.adamw(1.0): u = -direction
+        params, opt_state = reference_step(params, opt_state, lr)
         state, metrics = step(state, batch)
     assert float(metrics["optim/finite"]) == 1 and float(metrics["optim/grad_norm"]) > spec.clip_norm
     for p0, got, want in zip(start, jax.tree.leaves(jax.device_get(state.params)), jax.tree.leaves(params)):
