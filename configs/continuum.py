@@ -142,7 +142,8 @@ def get_config(arg=None):
     config.log_every = 1 if not pretrain else 50
     config.tensorboard = False
     config.progress = "off"
-    config.compilation_cache_dir = str(pathlib.Path(parsed.root).absolute() / "xla_cache")
+    # The cache is process-wide: a smoke run (tests, in-process) keeps the caller's.
+    config.compilation_cache_dir = "" if parsed.smoke else str(pathlib.Path(parsed.root).absolute() / "xla_cache")
     if pretrain:
         base.set_objective(config, "nll")
     else:

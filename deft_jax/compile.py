@@ -36,8 +36,15 @@ def _define_flags() -> None:
     flags.DEFINE_integer("generate_batch_size", None, "Prompts per generation batch (default config.eval.batch_size).")
     flags.DEFINE_integer("prompt_len", None, "Prompt length for generation (default the row length).")
     flags.DEFINE_integer("max_new_tokens", None, "New tokens for generation (default: the evaluator's, per task).")
+    flags.DEFINE_integer("slots", None, "Decode slots (rows decoded together, continuous batching) for the decode "
+                         "program (default --generate_batch_size); rounded up to a multiple of data x fsdp.")
+    flags.DEFINE_integer("prefill_chunk", None, "Prefill the prompts this many tokens at a time (default one pass).")
+    flags.DEFINE_float("mean_sample_tokens", estimate_lib.DEFAULT_MEAN_SAMPLE_TOKENS,
+                       "With the decode program: the assumed mean new tokens per sample for the chip-hours of "
+                       "the math avg@16 evaluation.")
     flags.DEFINE_boolean("estimate", True, "With the train program: also the TPU compiler's estimate of the step "
-                         "time and MFU (compiles 1- and 2-layer loop-free variants: 4 more compiles).")
+                         "time and MFU (compiles 1- and 2-layer loop-free variants: 4 more compiles); with the "
+                         "decode program: of the decode step (2 more compiles).")
     flags.DEFINE_string("json", None, "Also write the report as JSON to this file.")
     flags.mark_flags_as_required(["config", "topology"])
 
@@ -52,13 +59,19 @@ def main(argv: Sequence[str]) -> None:
     default = default_generation(FLAGS.config)
     generation = GenerationShape(batch_size=FLAGS.generate_batch_size or default.batch_size,
                                  prompt_len=FLAGS.prompt_len or default.prompt_len,
-                                 max_new_tokens=FLAGS.max_new_tokens or default.max_new_tokens)
+                                 max_new_tokens=FLAGS.max_new_tokens or default.max_new_tokens,
+                                 slots=FLAGS.slots, prefill_chunk=FLAGS.prefill_chunk)
     result = compile_report(FLAGS.config, topology=FLAGS.topology, programs=FLAGS.programs, generation=generation)
     if FLAGS.estimate and "train" in FLAGS.programs:
         result = estimate_lib.add_to_report(FLAGS.config, result)
+    if "decode" in result["programs"]:
+        result = estimate_lib.add_evaluation_to_report(FLAGS.config, result, mean_sample_tokens=FLAGS.mean_sample_tokens,
+                                                       compiler=FLAGS.estimate)
     print(format_report(result))
     if "estimate" in result:
         print(estimate_lib.format_estimate(result))
+    if "evaluation" in result:
+        print(estimate_lib.format_evaluation(result))
     if FLAGS.json:
         reporting.write_json(FLAGS.json, result)
     if result["problems"]:

@@ -44,6 +44,8 @@ def _define_flags() -> None:
     flags.DEFINE_integer("n", None, "With --suite: samples per problem of sampled benchmarks (math: 16).")
     flags.DEFINE_integer("seed", None, "With --suite: sampling seed (default the benchmark's, 0).")
     flags.DEFINE_string("template", None, "With --suite: prompt template by name (default the benchmark's).")
+    flags.DEFINE_enum("batching", None, ["continuous", "static"], "With --suite: how rows are batched for "
+                      "sampling (default config.eval.batching, 'continuous'); both give the same samples.")
     flags.DEFINE_bool("rescore", False, "With --suite: recompute the report from saved generations (no model).")
 
 
@@ -64,7 +66,7 @@ def _suite_main(FLAGS) -> None:
         suite=FLAGS.suite, benchmarks=FLAGS.benchmarks, workdir=FLAGS.workdir, config=FLAGS.config,
         step=FLAGS.step, base=FLAGS.base, data_dir=FLAGS.data_dir, out_dir=FLAGS.out_dir, n=FLAGS.n,
         num_eval=FLAGS.num_eval, max_new_tokens=FLAGS.max_new_tokens, seed=FLAGS.seed, template=FLAGS.template,
-        rescore=FLAGS.rescore, max_rows=FLAGS.generation_batch_size or 64)
+        rescore=FLAGS.rescore, max_rows=FLAGS.generation_batch_size or 64, batching=FLAGS.batching)
     for report in reports:
         print(suites.markdown_report(report))
 

@@ -23,6 +23,7 @@ def main(argv: Sequence[str]) -> None:
 
     from deft_jax.evaluation import before_after
     from deft_jax.training import config as config_lib
+    from deft_jax.training import host_memory
     from deft_jax.training.loop import EXIT_PREEMPTED, train_and_evaluate
 
     del argv
@@ -38,6 +39,7 @@ def main(argv: Sequence[str]) -> None:
         sys.exit(EXIT_PREEMPTED)
     if FLAGS.config.eval.report_prompts:
         del final  # frees the training state before two models are evaluated
+        host_memory.release_freed_heap()
         report = before_after.compare(FLAGS.config, workdir=FLAGS.workdir,
                                       num_prompts=FLAGS.config.eval.report_prompts)
         if jax.process_index() == 0:

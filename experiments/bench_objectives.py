@@ -16,6 +16,7 @@ Usage:
   python experiments/bench_objectives.py --vocab 152064 --impls chunked --objectives nll,deft
   python experiments/bench_objectives.py --isolate              # adds the per-case process RSS
   python experiments/bench_objectives.py --xla project,default  # with and without the trainer's XLA options
+  python experiments/bench_objectives.py --json PATH            # also every round, settings, machine (raw)
 Naive cases whose XLA peak exceeds --max_naive_gib are compiled (for their memory) but not run.
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pathlib
 import platform
 import resource
 import statistics
@@ -34,6 +36,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from experiments import raw  # noqa: E402
 from deft_jax.objectives import fused
 from deft_jax import objectives
 from deft_jax.training import xla_options
@@ -134,6 +141,7 @@ def run_interleaved(cases: list[dict], *, tokens: int, d_model: int, vocab: int,
             file=sys.stderr, flush=True)
     for row, _, times in runnable:
         row["time"] = statistics.median(times)
+        row["times"] = list(times)
     return rows
 
 
@@ -162,16 +170,22 @@ def print_table(rows: list[dict], *, tokens: int, d_model: int, vocab: int, chun
                 with_metrics: bool = False) -> None:
     print(f"\n### lm-head + objective + grad: tokens={tokens}, d_model={d_model}, vocab={vocab}, "
           f"chunk={chunk_size}, float32{', with metrics' if with_metrics else ''}\n")
-    print("| objective | impl | time (s) | vs NLL | vs naive | XLA peak | process RSS peak |")
-    print("|---|---|---|---|---|---|---|")
+    print(table(rows))
+
+
+def table(rows: list[dict]) -> str:
+    """One line per case: median time, its ratio to NLL's (same impl) and to naive's (same objective), memory."""
+    lines = ["| objective | impl | time (s) | vs NLL | vs naive | XLA peak | process RSS peak |",
+             "|---|---|---|---|---|---|---|"]
     by_key = {(r["objective"], r["impl"]): r for r in rows}
     for r in rows:
         nll = by_key.get(("nll", r["impl"]), {}).get("time")
         naive = by_key.get((r["objective"], r["impl"].replace("chunked", "naive")), {}).get("time")
         vs_naive = _fmt_ratio(r["time"], naive) if r["impl"].startswith("chunked") else "—"
         time_s = "not run (too large)" if r["time"] is None else f"{r['time']:.3f}"
-        print(f"| {r['objective']} | {r['impl']} | {time_s} | {_fmt_ratio(r['time'], nll)} | {vs_naive} | "
-              f"{_fmt_bytes(r['xla_peak'])} | {_fmt_bytes(r.get('rss_peak'))} |")
+        lines.append(f"| {r['objective']} | {r['impl']} | {time_s} | {_fmt_ratio(r['time'], nll)} | {vs_naive} | "
+                     f"{_fmt_bytes(r['xla_peak'])} | {_fmt_bytes(r.get('rss_peak'))} |")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> None:
@@ -190,6 +204,7 @@ def main(argv=None) -> None:
     parser.add_argument("--xla", default="project",
                         help="comma-separated from 'project' (the trainer's xla_options.compiler_options()) and "
                              "'default' (no compiler options), to measure what the options change")
+    parser.add_argument("--json", default="", help="also write every case's rounds, the settings and the machine here")
     parser.add_argument("--_case", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args._case:
@@ -219,6 +234,9 @@ def main(argv=None) -> None:
                   file=sys.stderr, flush=True)
     print_table(rows, tokens=args.tokens, d_model=args.d_model, vocab=args.vocab, chunk_size=args.chunk_size,
                 with_metrics=args.with_metrics)
+    if args.json:
+        settings = {k: v for k, v in vars(args).items() if k != "_case"}
+        raw.write(args.json, raw.record(script="bench_objectives", settings=settings, figures={"rows": rows}))
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from experiments import raw  # noqa: E402
 from deft_jax.training import config as config_lib
 from deft_jax.training import step as step_lib
 from deft_jax.training import setup as build
@@ -143,7 +144,7 @@ def bench_checkpoint(state, *, directory: pathlib.Path, mesh, rules, model_confi
             "bit_exact": same}
 
 
-def main() -> None:
+def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--batch", type=int, default=4)
@@ -164,8 +165,9 @@ def main() -> None:
                              "step without the project's XLA compiler options)")
     parser.add_argument("--mesh_data", type=int, default=-1)
     parser.add_argument("--no_checkpoint", action="store_true")
-    parser.add_argument("--json", default="", help="also write the results here")
-    args = parser.parse_args()
+    parser.add_argument("--json", default="",
+                        help="also write every case's rounds, the settings and the machine here (raw output)")
+    args = parser.parse_args(argv)
 
     config = config_lib.load_config(f"{REPO_ROOT}/configs/nll.py")
     with config.unlocked():
@@ -245,7 +247,8 @@ def main() -> None:
               f"{c['save_blocking_s']:.2f} s, written in {c['save_total_s']:.2f} s; restore "
               f"{c['restore_s']:.2f} s; bit-exact {c['bit_exact']}", flush=True)
     if args.json:
-        pathlib.Path(args.json).write_text(json.dumps(result, indent=2))
+        raw.write(args.json, raw.record(script="bench_train", settings=vars(args), figures=result))
+    return result
 
 
 if __name__ == "__main__":

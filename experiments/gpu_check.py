@@ -108,7 +108,7 @@ def measure_decode(config, params, *, rows: int, prompt_len: int, new_tokens: in
         keys = sampler.row_keys(seed=0, prompt_ids=list(range(rows)), sample_indices=[0] * rows)
         out, _, _, _, _, taken = sampler.decode_chunk(
             params, logits, cache, positions[:, -1] + 1, jnp.zeros((rows,), bool), keys, jnp.int32(0),
-            jnp.int32(new_tokens), config=config, steps=new_tokens, kv_len=max_len, stop_ids=stop, pad_id=0,
+            jnp.int32(new_tokens), jnp.int32(rows), config=config, steps=new_tokens, kv_len=max_len, stop_ids=stop, pad_id=0,
             temperature=0.0, top_p=1.0)
         jax.block_until_ready(out)
         return time.perf_counter() - start, int(taken)

@@ -2,6 +2,7 @@
 
     python experiments/measure_prior.py                      # SmolLM2-135M-Instruct, 16 examples per task
     python experiments/measure_prior.py --num 24 --out experiments/prior.md
+    python experiments/measure_prior.py --json experiments/results/prior/record.json   # raw record
     python experiments/measure_prior.py --smoke              # tiny random model (plumbing only)
 
 For each candidate task, the first N training examples go through the project's own pipeline (chat
@@ -24,6 +25,9 @@ from deft_jax.training import setup as build
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
+
+from experiments import raw  # noqa: E402
+
 GSM8K_PATH = REPO_ROOT.parent / "shared" / "data" / "gsm8k_test.jsonl"
 
 # name -> data.* overrides (train split; first --num examples). rg tasks: seed 1.
@@ -130,6 +134,7 @@ def main(argv=None) -> None:
     parser.add_argument("--distill_tokens", type=int, default=96, help="greedy tokens per self_distill answer")
     parser.add_argument("--cache_dir", default="runs/prior", help="where self_distill's JSONL is cached")
     parser.add_argument("--out", default=None, help="also write the table (Markdown) and JSON beside it")
+    parser.add_argument("--json", default=None, help="also write the per-task figures, settings and machine here")
     args = parser.parse_args(argv)
     _BASE_ARG = "smoke" if args.smoke else ""
     tasks = [t for t in args.tasks.split(",") if t]
@@ -170,6 +175,9 @@ def main(argv=None) -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(table + "\n")
         out.with_suffix(".json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    if args.json:
+        raw.write(args.json, raw.record(script="measure_prior", settings=vars(args),
+                                        figures={"model": reference_config.model.name, "tasks": results}))
 
 
 def format_table(results: dict, *, model: str, num: int) -> str:

@@ -40,7 +40,7 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from experiments import figures, measure_prior  # noqa: E402
+from experiments import figures, measure_prior, raw  # noqa: E402
 from deft_jax.training import checkpointing
 from deft_jax.training import setup as build
 
@@ -170,11 +170,16 @@ def measure(*, noisy_config, clean_config, models: Sequence[pathlib.Path | None]
 
 
 def markdown(rows: Sequence[dict], *, title: str) -> str:
+    return f"# {title}\n\n" + table(rows) + "\n"
+
+
+def table(rows: Sequence[dict]) -> str:
+    """One line per (model, task, objective) row; the gradient share also relative to NLL's of that model and task."""
     with_model = any("model" in row for row in rows)
     columns = (["model"] if with_model else []) + [
         "task", "objective", "wrong-answer tokens", "token share", "gradient share", "share / NLL's",
         "mean p wrong (twin)", "mean α wrong", "mean gate wrong", "‖grad‖ wrong / twin"]
-    lines = [f"# {title}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     nll_share = {(row.get("model"), row["task"]): row["gradient_share"] for row in rows if row["objective"] == "nll"}
     for row in rows:
         key = (row.get("model"), row["task"])
@@ -184,7 +189,7 @@ def markdown(rows: Sequence[dict], *, title: str) -> str:
             f"{row['gradient_share']:.3g}", f"{relative:.2f}", f"{row['mean_p_wrong']:.3f} ({row['mean_p_twin']:.3f})",
             f"{row['mean_alpha_wrong']:.3f}", f"{row['mean_gate_wrong']:.3g}", f"{row['grad_wrong_over_twin']:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines)
 
 
 def trained_markdown(rows: Sequence[dict]) -> str:
@@ -198,6 +203,15 @@ def trained_markdown(rows: Sequence[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def document(figures_: dict) -> str:
+    """The Markdown page of one run's raw figures ({kind: step0 | trained, title, rows})."""
+    rows = figures_["rows"]
+    if figures_["kind"] == "trained":
+        return ("# Wrong answers after training on them vs before (p is the model's, whatever the gate)\n\n"
+                + trained_markdown(rows) + "\n" + markdown(rows, title="Every gate, per model"))
+    return markdown(rows, title=figures_["title"])
+
+
 def main(argv: Sequence[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated, of {list(TASKS)}")
@@ -209,6 +223,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
                         help="instead of --tasks: a training run with label noise (repeatable); measures its own "
                              "training set under its final checkpoint and under the base model")
     parser.add_argument("--out", default=None, help="also write the table (Markdown) here")
+    parser.add_argument("--json", default=None, help="also write the rows, settings and machine here (raw output)")
     args = parser.parse_args(argv)
     tasks = [t for t in args.tasks.split(",") if t]
     unknown = sorted(set(tasks) - set(TASKS))
@@ -223,20 +238,23 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
             data = build.load_run_config(run_dir).data.to_json(sort_keys=True)
             rows += measure_run(run_dir, with_base=data not in measured_sets)  # the base model once per set
             measured_sets.append(data)
-        table = ("# Wrong answers after training on them vs before (p is the model's, whatever the gate)\n\n"
-                 + trained_markdown(rows) + "\n" + markdown(rows, title="Every gate, per model"))
+        title = None
     else:
         for task in tasks:
             rows += measure_task(task, smoke=args.smoke, num=args.num, noise=args.noise, seed=args.seed)
         model = "tiny random model (SMOKE: not a result)" if args.smoke else "base smollm2-135m-instruct"
-        table = markdown(rows, title=f"{model}, step 0: wrong answers' share of each objective's gradient "
-                                     f"({args.noise:g} noise, seed {args.seed}, first {args.num} training examples)")
+        title = (f"{model}, step 0: wrong answers' share of each objective's gradient "
+                 f"({args.noise:g} noise, seed {args.seed}, first {args.num} training examples)")
+    figures_ = {"kind": "trained" if args.workdir else "step0", "title": title, "rows": rows}
+    table = document(figures_)
     print(table)
     print(f"total {time.perf_counter() - started:.0f}s")
     if args.out:
         out = pathlib.Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(table)
+    if args.json:
+        raw.write(args.json, raw.record(script="noise_gates", settings=vars(args), figures=figures_))
     return rows
 
 

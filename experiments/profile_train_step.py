@@ -1,7 +1,7 @@
 """Where a train step's time goes at SmolLM2-135M shapes: forward, forward + backward, optimizer, batch
 transfer, the whole step, and the float32 matmul ceiling, each with and without the project's XLA options.
 
-    python experiments/profile_train_step.py --objective deft --impl chunked --repeats 3
+    python experiments/profile_train_step.py --objective deft --impl chunked --repeats 3 [--json PATH]
 
 Every phase is its own jitted program on the same random-init state and random batch as
 experiments/bench_train.py (4 x 256 tokens, the second half of each row supervised):
@@ -48,6 +48,7 @@ from deft_jax import sharding as sharding_lib  # noqa: E402
 from deft_jax.training import step as step_lib  # noqa: E402
 from deft_jax.model import weights  # noqa: E402
 from experiments.bench_train import objective_spec, random_batch  # noqa: E402
+from experiments import raw  # noqa: E402
 
 
 def optimizer_phase(state, grads, schedule, *, spec):
@@ -127,7 +128,7 @@ def op_breakdown(fn) -> dict[str, float]:
     return dict(seconds)
 
 
-def main() -> None:
+def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--objective", default="deft")
     parser.add_argument("--impl", default="chunked", choices=step_lib.LOSS_IMPLS)
@@ -140,7 +141,8 @@ def main() -> None:
                         help="compute dtype (the matmuls row is float32 regardless)")
     parser.add_argument("--warm", type=int, default=1, help="untimed calls before each timed one")
     parser.add_argument("--ops", action="store_true", help="also split one traced step by kind of compiled op")
-    args = parser.parse_args()
+    parser.add_argument("--json", default="", help="also write every round, the settings and the machine here")
+    args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error(f"--repeats={args.repeats}: must be >= 1 (timed rounds)")
     if args.warm < 0:
@@ -185,9 +187,11 @@ def main() -> None:
             phases[("matmuls", xla)] = functools.partial(jit(matmuls), operands)
         phases[("transfer", "-")] = put
         times = {key: [] for key in phases}
+        first = {}
         for key, fn in phases.items():
             start = time.perf_counter()
             jax.block_until_ready(fn())
+            first[key] = time.perf_counter() - start
             print(f"  {key}: compile + first {time.perf_counter() - start:.1f} s", flush=True)
         for round_index in range(args.repeats):
             for key, fn in phases.items():
@@ -223,6 +227,13 @@ def main() -> None:
         print("\n| op kind (one traced step, project options) | s | share |\n|---|---|---|")
         for kind, value in sorted(seconds.items(), key=lambda item: -item[1]):
             print(f"| {kind} | {value:.2f} | {value / total:.0%} |")
+    figures = {"matmul_flops_per_step": flops, "tokens": tokens,
+               "phases": [{"phase": phase, "xla": xla, "first_s": first[(phase, xla)], "rounds": times[(phase, xla)]}
+                          for phase, xla in times],
+               "op_seconds": seconds if args.ops else None}
+    if args.json:
+        raw.write(args.json, raw.record(script="profile_train_step", settings=vars(args), figures=figures))
+    return figures
 
 
 if __name__ == "__main__":

@@ -185,13 +185,27 @@ def write_table(rows: Sequence[dict], *, path: pathlib.Path, title: str) -> None
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    lines = [f"# {title}", "", "| regime | objective | noise | seeds | score | NLL | mean p | token acc. |",
+    path.with_suffix(".md").write_text(f"# {title}\n\n" + markdown_table(rows) + "\n")
+
+
+def markdown_table(rows: Sequence[dict]) -> str:
+    """One line per aggregate row: each metric's mean ± std over seeds."""
+    lines = ["| regime | objective | noise | seeds | score | NLL | mean p | token acc. |",
              "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         lines.append(f"| {row['regime']} | {row['objective']} | {row['noise']:g} | {row['seeds']} | "
                      + " | ".join(_fmt(row.get(f"{k}_mean"), row.get(f"{k}_std")) for k in ("score",) + TEACHER_FORCED)
                      + " |")
-    path.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    return "\n".join(lines)
+
+
+def per_run(specs: Sequence[RunSpec], *, results: dict, base: dict) -> list[dict[str, Any]]:
+    """The raw figures behind aggregate's rows: each run's (and each base model's) metrics."""
+    out = [{"name": f"base-{regime}", "regime": regime, "objective": "base", "noise": 0.0, "seed": None,
+            **_metrics(result)} for regime, result in base.items()]
+    out += [{"name": spec.name, "regime": spec.regime, "objective": spec.point()["objective"], "noise": spec.noise,
+             "seed": spec.seed, **_metrics(results.get(spec.name))} for spec in specs]
+    return out
 
 
 def eval_options(regime: str, *, smoke: bool, num_eval: int | None):
@@ -216,9 +230,11 @@ def select(specs: Sequence[RunSpec], *, only: Sequence[str] | None) -> list[RunS
 
 
 def run_study(study: str, *, workdir: pathlib.Path, smoke: bool, in_process: bool, evaluate_runs: bool = True,
-              num_eval: int | None = None, only: Sequence[str] | None = None, log=print) -> list[dict[str, Any]]:
+              num_eval: int | None = None, only: Sequence[str] | None = None, record: dict | None = None,
+              log=print) -> list[dict[str, Any]]:
     """Train the study's unfinished runs (or the `only` ones), evaluate, write <workdir>/<study>.md/.csv
-    (a partial table with `only`); returns the rows."""
+    (a partial table with `only`); returns the rows. `record[study]` (when given) gets the rows and every
+    run's own metrics (per_run)."""
     from deft_jax import sweeping as sweep
 
     specs = select(study_specs(study, smoke=smoke), only=only)
@@ -241,6 +257,8 @@ def run_study(study: str, *, workdir: pathlib.Path, smoke: bool, in_process: boo
     rows = aggregate(specs, results=results, base=base)
     title = f"{study} study{' (SMOKE: tiny random model, not a result)' if smoke else ''}"
     write_table(rows, path=workdir / study, title=title)
+    if record is not None:
+        record[study] = {"title": title, "rows": rows, "runs": per_run(specs, results=results, base=base)}
     log((workdir / f"{study}.md").read_text())
     unfinished = [name for name, status in statuses.items() if status not in ("done", "skipped (done)")]
     if unfinished:
@@ -264,6 +282,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--figures_dir", default=None,
                         help="with 'all': where figures go (default <workdir>/figures; the README's are in "
                              "experiments/figures/)")
+    parser.add_argument("--json", default=None,
+                        help="also write each study's rows, every run's metrics, the settings and the machine here")
     args = parser.parse_args(argv)
     workdir = pathlib.Path(args.workdir or ("runs/study_smoke" if args.smoke else "runs/study")).absolute()
     studies = STUDIES if args.study == "all" else (args.study,)
@@ -272,10 +292,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         for run in plan(specs, workdir=workdir, smoke=args.smoke):
             print(run.shell_command(python="python"))
         return
+    record: dict = {}
     for study in studies:
         run_study(study, workdir=workdir, smoke=args.smoke, in_process=args.in_process, num_eval=args.num_eval,
-                  only=[name for name in args.only.split(",") if name] or None,
+                  only=[name for name in args.only.split(",") if name] or None, record=record,
                   log=lambda message: print(message, flush=True))
+    if args.json:
+        from experiments import raw
+
+        raw.write(args.json, raw.record(script="study", settings=vars(args), figures={"studies": record}))
     if args.study == "all" and not args.no_figures:  # a separate process: figures.py imports this module
         subprocess.run([sys.executable, str(pathlib.Path(__file__).with_name("figures.py")), f"--workdir={workdir}",
                         f"--out={args.figures_dir or workdir / 'figures'}"] + (["--smoke"] if args.smoke else []),

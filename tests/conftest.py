@@ -2,7 +2,8 @@
 
 - 8 fake CPU devices (set before jax is imported), so sharding is tested for real.
 - The `slow` marker (end-to-end tests that spawn `python -m deft_jax.<tool>` processes):
-  `-m "not slow"` runs the fast tier alone.
+  `-m "not slow"` runs the fast tier alone. Modules with slow tests are collected first (the longest
+  files start first under `--dist loadfile`).
 - One persistent JAX compilation cache per test session, shared by the xdist workers and every
   subprocess they start, so a program compiled once (the tiny model's train step, its eval step, ...)
   is loaded from disk afterwards instead of being compiled again. DEFT_TEST_COMPILATION_CACHE=<dir>
@@ -93,6 +94,15 @@ def use_compilation_cache(directory: str) -> None:
 
 
 @pytest.hookimpl(optionalhook=True)
+def pytest_collection_modifyitems(session, config, items):
+    """Modules holding `slow` tests first, each module's tests in their own order: with `--dist loadfile`
+    the workers take files in this order, so the longest files start first and no worker is left
+    finishing one long end-to-end file alone at the end."""
+    slow_modules = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
+    order = {item.nodeid: index for index, item in enumerate(items)}
+    items.sort(key=lambda item: (item.nodeid.split("::")[0] not in slow_modules, order[item.nodeid]))
+
+
 def pytest_configure_node(node):
     """xdist (controller side): every worker shares the controller's cache directory."""
     node.workerinput[_WORKER_KEY] = node.config.stash[_CACHE]

@@ -12,6 +12,16 @@ micro-batch, the head in one chunk), each compiled for the same topology and mes
 
 Reported beside the roofline, as "compiler's estimate": seconds per step, tokens/s = tokens per step /
 step, and MFU = model FLOPs per step / (chips x peak x step), the FLOPs from model.flops_per_token.
+
+Evaluation (the decode program compiled): one decode step of the engine's S slots, priced two ways,
+  compiler   D(L) = D(1) + (L - 1) (D(2) - D(1)), D(l) the optimal_seconds of a one-step decode chunk
+             with l layers unrolled (loop-free);
+  HBM        bytes per chip / bandwidth, bytes = N x itemsize(param_dtype) / tensor [every weight read
+             once per step, gathered over fsdp] + the KV cache per chip [every slot attends over all of it];
+then tokens/s per chip = S / chips / step, and the chip-hours of the paper's math avg@16 evaluation =
+problems x samples x mean sample tokens / (tokens/s per chip) / 3600 (decoding only: the prompts' prefill
+is a few hundred tokens per problem, shared by its samples). Slots that fit = the row split x
+floor((0.9 x HBM - (decode total - KV cache)) / KV cache per slot group), from the compiled decode.
 """
 from __future__ import annotations
 
@@ -152,3 +162,98 @@ def format_estimate(result: dict) -> str:
     return (f"compiler's estimate (TPU cost model, loops unrolled): {estimate['step_seconds']:.3f} s/step, "
             f"{estimate['tokens_per_second']:,.0f} tokens/s, MFU {100 * estimate['mfu']:.1f}%  "
             f"(roofline >= {costs['roofline_step_seconds']:.3f} s/step)")
+
+
+# ====================================================================================================
+# Evaluation: the decode step and what the paper's math evaluation costs.
+
+MATH_PROBLEMS = 1517  # the math suite: MATH-500 500, Minerva 272, OlympiadBench 675, AIME24 30, AMC23 40
+MATH_SAMPLES = 16     # avg@16
+DEFAULT_MEAN_SAMPLE_TOKENS = 1024  # assumed mean new tokens per sample (budget 4,096; most stop far earlier)
+HBM_MARGIN = 0.9
+
+
+def decode_hbm_bytes(*, n_params: float, param_itemsize: int, tensor: int, kv_cache_bytes: float) -> float:
+    """HBM bytes one chip reads per decode step: N x itemsize / tensor + its KV cache."""
+    return n_params * param_itemsize / tensor + kv_cache_bytes
+
+
+def evaluation_cost(*, step_seconds: float, slots: int, chips: int, mean_sample_tokens: float,
+                    problems: int = MATH_PROBLEMS, samples: int = MATH_SAMPLES) -> dict[str, float]:
+    """tokens/s per chip = slots / chips / step; chip-hours = problems x samples x mean tokens / that / 3600;
+    hours on the slice = chip-hours / chips."""
+    per_chip = slots / chips / step_seconds
+    tokens = problems * samples * mean_sample_tokens
+    chip_hours = tokens / per_chip / 3600
+    return {"step_seconds": step_seconds, "tokens_per_second_per_chip": per_chip,
+            "tokens_per_second": per_chip * chips, "tokens": tokens, "chip_hours": chip_hours,
+            "slice_hours": chip_hours / chips}
+
+
+def slots_that_fit(*, slots: int, multiple: int, total_bytes: int, kv_cache_bytes: int, capacity: int) -> int:
+    """The row split x floor((margin x capacity - what is not cache) / cache bytes per slot group)."""
+    per_group = kv_cache_bytes / (slots // multiple)
+    return multiple * max(0, int((HBM_MARGIN * capacity - (total_bytes - kv_cache_bytes)) // per_group))
+
+
+def estimate_decode_step(config, *, devices: Sequence[Any], generation, n_layers: int) -> dict[str, Any]:
+    """The compiler's D(L) of one decode step (see the module doc) from loop-free 1- and 2-layer compiles."""
+    seconds = []
+    for layers in LAYER_COUNTS:
+        target = programs_lib.build_programs(loop_free_config(config, n_layers=layers), devices=devices,
+                                             generation=generation)
+        lowered, _ = programs_lib.lower_decode(target, steps=1)
+        seconds.append(optimal_seconds(lowered.compile()))
+    return {"step_seconds": extrapolate(seconds, n_layers=n_layers), "per_layer": seconds}
+
+
+def add_evaluation_to_report(config, result: dict, *, mean_sample_tokens: float = DEFAULT_MEAN_SAMPLE_TOKENS,
+                             compiler: bool = True) -> dict:
+    """result (a programs.compile_report with the decode program) with 'evaluation': the decode step's time
+    (compiler, HBM), tokens/s per chip, slots that fit, and the math avg@16 chip-hours for each."""
+    decode = result["programs"]["decode"]
+    topology = programs_lib.parse_topology(result["jax_topology"])
+    model = build.architecture(config)
+    generation = programs_lib.GenerationShape(**result["generation"])
+    slots, multiple = result["decode_slots"], result["decode_row_split"]
+    kv = decode["bytes"]["parts"]["kv_cache"]
+    hbm_bytes = decode_hbm_bytes(n_params=result["costs"]["params"], tensor=result["mesh"]["tensor"],
+                                 param_itemsize=jax.numpy.dtype(model.param_dtype).itemsize, kv_cache_bytes=kv)
+    steps = {"hbm": hbm_bytes / topology.chip.hbm_bandwidth}
+    evaluation: dict[str, Any] = {
+        "slots": slots, "mean_sample_tokens": mean_sample_tokens, "problems": MATH_PROBLEMS,
+        "samples": MATH_SAMPLES, "hbm_bytes_per_step_per_chip": hbm_bytes,
+        "hbm_bandwidth": topology.chip.hbm_bandwidth,
+        "slots_that_fit": slots_that_fit(slots=slots, multiple=multiple, total_bytes=decode["bytes"]["total"],
+                                         kv_cache_bytes=kv, capacity=topology.chip.hbm_bytes)}
+    if compiler:
+        try:
+            compiled = estimate_decode_step(config, devices=programs_lib.topology_devices(topology),
+                                            generation=generation, n_layers=model.n_layers)
+            steps["compiler"] = compiled["step_seconds"]
+            evaluation["compiler_per_layer_seconds"] = compiled["per_layer"]
+        except programs_lib.CompileError as error:
+            evaluation["compiler_error"] = str(error)
+    for name, seconds in steps.items():
+        evaluation[name] = evaluation_cost(step_seconds=seconds, slots=slots, chips=topology.chips,
+                                           mean_sample_tokens=mean_sample_tokens)
+    return {**result, "evaluation": evaluation}
+
+
+def format_evaluation(result: dict) -> str:
+    """The decode step's time, tokens/s per chip and the math avg@16 chip-hours, one line per estimate."""
+    e = result["evaluation"]
+    lines = [f"evaluation: {e['slots']} decode slots ({e['slots_that_fit']} would fit in "
+             f"{int(HBM_MARGIN * 100)}% of HBM); math avg@16 = {e['problems']} problems x {e['samples']} samples x "
+             f"{e['mean_sample_tokens']:g} mean new tokens (assumed) = {e['problems'] * e['samples'] * e['mean_sample_tokens'] / 1e6:.1f}M tokens"]
+    labels = {"compiler": "compiler's estimate (one loop-free step)",
+              "hbm": f"HBM bound ({e['hbm_bytes_per_step_per_chip'] / 2**30:.2f} GiB/chip/step at "
+                     f"{e['hbm_bandwidth'] / 1e9:.0f} GB/s)"}
+    for name in ("compiler", "hbm"):
+        if name in e:
+            c = e[name]
+            lines.append(f"  {labels[name]}: {c['step_seconds'] * 1e3:.2f} ms/step, {c['tokens_per_second_per_chip']:,.0f} "
+                         f"tokens/s per chip, {c['chip_hours']:,.1f} chip-hours ({c['slice_hours']:.2f} h on the slice)")
+    if "compiler_error" in e:
+        lines.append(f"  compiler's estimate: none ({e['compiler_error']})")
+    return "\n".join(lines)

@@ -86,10 +86,10 @@ class Chip:
 
 
 CHIPS = {  # peak FLOP/s: training.metrics.TPU_PEAK_FLOPS
-    "v4": Chip("v4", 32 * GIB, TPU_PEAK_FLOPS["v4"], 1.2e12, cores_in_slice_name=2, dims=3, chip_config="megacore"),
-    "v5e": Chip("v5e", 16 * GIB, TPU_PEAK_FLOPS["v5e"], 0.82e12, cores_in_slice_name=1, dims=2, chip_config="default"),
-    "v5p": Chip("v5p", 95 * GIB, TPU_PEAK_FLOPS["v5p"], 2.8e12, cores_in_slice_name=2, dims=3, chip_config="megacore"),
-    "v6e": Chip("v6e", 32 * GIB, TPU_PEAK_FLOPS["v6e"], 1.6e12, cores_in_slice_name=1, dims=2, chip_config="default"),
+    "v4": Chip("v4", 32 * GIB, TPU_PEAK_FLOPS["v4"], 1228e9, cores_in_slice_name=2, dims=3, chip_config="megacore"),
+    "v5e": Chip("v5e", 16 * GIB, TPU_PEAK_FLOPS["v5e"], 819e9, cores_in_slice_name=1, dims=2, chip_config="default"),
+    "v5p": Chip("v5p", 95 * GIB, TPU_PEAK_FLOPS["v5p"], 2765e9, cores_in_slice_name=2, dims=3, chip_config="megacore"),
+    "v6e": Chip("v6e", 32 * GIB, TPU_PEAK_FLOPS["v6e"], 1640e9, cores_in_slice_name=1, dims=2, chip_config="default"),
 }
 
 # Chips -> JAX topology shape, for the slice sizes Cloud TPU offers.
@@ -157,11 +157,18 @@ def topology_devices(topology: Topology) -> list:
 
 @dataclasses.dataclass(frozen=True)
 class GenerationShape:
-    """Generation's batch: prompts per call, prompt length (padded) and new tokens."""
+    """Generation's batch: prompts per prefill call, prompt length (padded), new tokens, the decode slots
+    (rows decoded together; None: batch_size) and the prefill chunk (None: the prompt in one pass)."""
 
     batch_size: int
     prompt_len: int
     max_new_tokens: int
+    slots: int | None = None
+    prefill_chunk: int | None = None
+
+    @property
+    def decode_rows(self) -> int:
+        return self.slots or self.batch_size
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -263,33 +270,63 @@ def _cache_length(target: Programs) -> int:
 
 
 def lower_prefill(target: Programs):
+    """The engine's prefill of batch_size prompts (in chunks of prefill_chunk tokens when set) into a cache
+    of prompt_len slots, the part of a decode slot that a refill writes."""
     params, config = _generation_params(target)
-    lowered = sampler.prefill.lower(params, *_prompt_arrays(target), config=config, max_len=_cache_length(target))
+    g = target.generation
+    if g.prefill_chunk is not None and g.prompt_len % g.prefill_chunk:
+        raise CompileError(f"--prefill_chunk={g.prefill_chunk} must divide --prompt_len={g.prompt_len}")
+    with sharding_lib.mesh_context(target.setup.mesh, target.setup.rules):
+        lowered = sampler.prefill.lower(params, *_prompt_arrays(target), config=config, max_len=g.prompt_len,
+                                        chunk=g.prefill_chunk)
     return lowered, {"batch": _prompt_arrays(target)}
 
 
-def lower_decode(target: Programs, *, prefill_compiled):
-    """decode_chunk() on prefill's outputs, with the shardings the compiled prefill gives them: one chunk of
-    the engine's chunk_steps (at most max_new_tokens) steps, attending over every cache slot."""
+def decode_slots(target: Programs) -> int:
+    """The decode rows, rounded up to a multiple of the row split (data x fsdp), as the engine does."""
+    multiple = sampler.rows_multiple(target.setup.mesh, target.setup.rules)
+    return -(-target.generation.decode_rows // multiple) * multiple
+
+
+def slot_arrays(target: Programs, *, config) -> dict:
+    """The decode state of the engine's slots, abstract with the engine's shardings: logits [S, V], a cache
+    of S rows x (prompt_len + max_new_tokens) slots with per-row ends, and the per-row vectors."""
+    mesh, slots = target.setup.mesh, decode_slots(target)
+    spec = sampler.cache_spec(mesh, target.setup.rules)
+    from jax.sharding import NamedSharding
+
+    def placed(shape, dtype):
+        value = jax.ShapeDtypeStruct(tuple(shape), jnp.dtype(dtype))
+        return _abstract(shape, dtype, NamedSharding(mesh, spec(value)))
+
+    max_len = _cache_length(target)
+    c = config
+    kv = (c.n_layers, slots, c.n_kv_heads, max_len, c.head_dim)
+    cache = {"k": placed(kv, c.dtype), "v": placed(kv, c.dtype), "segment_ids": placed((slots, max_len), jnp.int32),
+             "end": placed((slots,), jnp.int32)}
+    keys = jax.eval_shape(lambda: sampler.row_keys(seed=0, prompt_ids=[0] * slots, sample_indices=[0] * slots))
+    replicated = sharding_lib.replicated(mesh)
+    return {"logits": placed((slots, c.vocab_size), jnp.float32), "cache": cache,
+            "positions": placed((slots,), jnp.int32), "done": placed((slots,), jnp.bool_),
+            "keys": jax.ShapeDtypeStruct(keys.shape, keys.dtype, sharding=NamedSharding(mesh, spec(keys))),
+            "drawn": placed((slots,), jnp.int32), "max_new_tokens": _abstract((), jnp.int32, replicated),
+            "free_target": _abstract((), jnp.int32, replicated)}
+
+
+def lower_decode(target: Programs, *, steps: int | None = None):
+    """decode_chunk() of the engine's slots (continuous batching: per-row cache ends): `steps` single-token
+    steps (default the engine's chunk_steps, at most max_new_tokens), attending over every cache slot (the
+    costliest chunk)."""
     params, config = _generation_params(target)
     g = target.generation
-    max_len = _cache_length(target)
-    shapes = jax.eval_shape(lambda p, *a: sampler.prefill(p, *a, config=config, max_len=max_len),
-                            params, *_prompt_arrays(target))
-    logits, cache = jax.tree.map(lambda s, sharding: _abstract(s.shape, s.dtype, sharding), shapes,
-                                 prefill_compiled.output_shardings)
-    replicated = sharding_lib.replicated(target.setup.mesh)
-    keys = jax.eval_shape(lambda: sampler.row_keys(seed=0, prompt_ids=[0] * g.batch_size,
-                                                   sample_indices=[0] * g.batch_size))
-    rows = dict(positions=_abstract((g.batch_size,), jnp.int32, replicated),
-                done=_abstract((g.batch_size,), jnp.bool_, replicated),
-                keys=jax.ShapeDtypeStruct(keys.shape, keys.dtype, sharding=replicated),
-                first_step=_abstract((), jnp.int32, replicated), limit=_abstract((), jnp.int32, replicated))
-    lowered = sampler.decode_chunk.lower(
-        params, logits, cache, rows["positions"], rows["done"], rows["keys"], rows["first_step"], rows["limit"],
-        config=config, steps=min(sampler.SamplerOptions().chunk_steps, g.max_new_tokens), kv_len=max_len,
-        stop_ids=(target.eos_id,), pad_id=0, temperature=1.0, top_p=1.0)
-    return lowered, {"batch": {"logits": logits, "cache": cache, **rows}}
+    rows = slot_arrays(target, config=config)
+    with sharding_lib.mesh_context(target.setup.mesh, target.setup.rules):
+        lowered = sampler.decode_chunk.lower(
+            params, rows["logits"], rows["cache"], rows["positions"], rows["done"], rows["keys"], rows["drawn"],
+            rows["max_new_tokens"], rows["free_target"], config=config,
+            steps=steps or min(sampler.SamplerOptions().chunk_steps, g.max_new_tokens), kv_len=_cache_length(target),
+            stop_ids=(target.eos_id,), pad_id=0, temperature=1.0, top_p=1.0)
+    return lowered, {"batch": rows}
 
 
 # ====================================================================================================
@@ -371,15 +408,14 @@ def compile_target(target: Programs, *, programs: Sequence[str] = PROGRAMS) -> d
                                                         "batch": shard_bytes(extra["batch"])})
     if "prefill" in programs or "decode" in programs:
         params, _ = _generation_params(target)
+    if "prefill" in programs:
         lowered, extra = lower_prefill(target)
-        reports["prefill"], prefill = _compile("prefill", lowered, {"params": shard_bytes(params),
-                                                                    "batch": shard_bytes(extra["batch"])})
-        if "decode" in programs and prefill is not None:
-            lowered, extra = lower_decode(target, prefill_compiled=prefill)
-            reports["decode"], _ = _compile("decode", lowered, {
-                "params": shard_bytes(params), "kv_cache": shard_bytes(extra["batch"]["cache"])})
-        if "prefill" not in programs:
-            reports.pop("prefill")
+        reports["prefill"], _ = _compile("prefill", lowered, {"params": shard_bytes(params),
+                                                              "batch": shard_bytes(extra["batch"])})
+    if "decode" in programs:
+        lowered, extra = lower_decode(target)
+        reports["decode"], _ = _compile("decode", lowered, {
+            "params": shard_bytes(params), "kv_cache": shard_bytes(extra["batch"]["cache"])})
     return reports
 
 
@@ -475,6 +511,8 @@ def compile_report(config, *, topology: str, programs: Sequence[str] = PROGRAMS,
             result["problems"].append(advice(target, report, capacity=capacity))
         result["programs"][name] = entry
     result["costs"] = step_costs(target, chip=parsed.chip, chips=parsed.chips)
+    result["decode_slots"] = decode_slots(target)
+    result["decode_row_split"] = sampler.rows_multiple(target.setup.mesh, target.setup.rules)
     result["state_gib"] = {"params": shard_bytes(target.setup.state_target.params) / GIB,
                            "optimizer": shard_bytes(target.setup.state_target.opt_state) / GIB}
     result["fits"] = not result["problems"] if reports else None  # None: nothing compiled

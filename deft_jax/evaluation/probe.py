@@ -9,6 +9,11 @@ training sees them), every supervised token gets, under the base model's distrib
     p      = π_y                 the target's probability
     alpha  = Σ_v π_v²            DEFT's deformation exponent (the collision probability of π)
     H      = −Σ_v π_v log π_v    the entropy of π
+    near_top = #{v : π_v ≥ 0.25 · max π}   the continuations the model treats as plausible
+
+The fraction of tokens with near_top > 1 is the data's measured ambiguity (several valid continuations;
+at a weak prior it also counts plain uncertainty). Its place on the continuum's (prior × ambiguity) plane
+is stated in experiments/README.md (the axes study).
 
 The token mean of p places the data on the paper's continuum of prior strength. The thresholds are the
 midpoints between the paper's regime means of p (its training curves): strong (math) ≈ 0.84,
@@ -61,6 +66,7 @@ class ProbeError(errors.UserError):
     """Bad input to the probe (--num, data that tokenizes to nothing)."""
 
 
+NEAR_TOP_RATIO = 0.25  # a token is "near the top" when its probability is at least a quarter of the top one's
 EVIDENCE_PATH = pathlib.Path(__file__).with_name("continuum_evidence.json")
 PAPER_CLAIMS = {
     "strong": "the paper (Llama-3.1-8B, math): probability-weighted objectives help, −p 10.03 and DEFT 11.35 vs "
@@ -136,12 +142,23 @@ def regime(mean_p: float) -> str:
 
 
 def token_statistics(logits: jax.Array, targets: jax.Array) -> dict[str, jax.Array]:
-    """Per-token p = π_y, alpha = Σ π², entropy = −Σ π log π of π = softmax(logits) ([..., V] -> [...])."""
+    """Per-token p = π_y, alpha = Σ π², entropy = −Σ π log π and near_top = #{v : π_v ≥ NEAR_TOP_RATIO ·
+    max π} of π = softmax(logits) ([..., V] -> [...])."""
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     probs = jnp.exp(log_probs)
+    top = jnp.max(probs, axis=-1, keepdims=True)
     return {"p": jnp.exp(jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]),
             "alpha": jnp.sum(probs * probs, axis=-1),
-            "entropy": -jnp.sum(probs * log_probs, axis=-1)}
+            "entropy": -jnp.sum(probs * log_probs, axis=-1),
+            "near_top": jnp.sum(probs >= NEAR_TOP_RATIO * top, axis=-1).astype(jnp.float32)}
+
+
+def ambiguity(near_top: np.ndarray) -> float:
+    """The measured ambiguity of a dataset: the fraction of supervised tokens at which the base model
+    has more than one near-top token (π_v ≥ NEAR_TOP_RATIO · max π), i.e. treats several continuations
+    as plausible. At a weak prior this also counts plain uncertainty; read it beside mean p."""
+    near_top = np.asarray(near_top)
+    return float((near_top > 1).mean()) if near_top.size else float("nan")
 
 
 @dataclasses.dataclass
@@ -152,6 +169,7 @@ class Probe:
     alpha: np.ndarray
     entropy: np.ndarray
     examples: int
+    near_top: np.ndarray | None = None
 
     def summary(self) -> dict[str, Any]:
         def describe(values):
@@ -167,6 +185,8 @@ class Probe:
                 "alpha": describe(self.alpha), "entropy": describe(self.entropy),
                 "fraction_p_below_0.1": float((self.p < 0.1).mean()),
                 "fraction_p_above_0.9": float((self.p > 0.9).mean()),
+                **({"ambiguity": ambiguity(self.near_top), "near_top": describe(self.near_top)}
+                   if self.near_top is not None else {}),
                 "regime": found, "thresholds": {"strong_if_mean_p_at_least": STRONG_THRESHOLD,
                                                 "weak_if_mean_p_below": WEAK_THRESHOLD,
                                                 "paper_regime_mean_p": REGIME_MEAN_P},
@@ -184,7 +204,7 @@ def measure(setup, params, tokenized: Sequence[Any], *, batch_size: int = 8) -> 
         return token_statistics(logits, targets)
 
     batches = teacher_forced.local_batches(setup, tokenized, rows=batch_size)
-    collected = {"p": [], "alpha": [], "entropy": []}
+    collected = {"p": [], "alpha": [], "entropy": [], "near_top": []}
     for batch in batches:
         stats = jax.device_get(batch_statistics(params, batch["inputs"], batch["positions"], batch["segment_ids"],
                                                 batch["targets"]))
@@ -202,6 +222,10 @@ def markdown(summary: dict[str, Any], *, title: str) -> str:
         d = summary[key]
         rows.append(f"| {label} | {d['mean']:.3f} | {d['q10']:.3f} | {d['q25']:.3f} | {d['q50']:.3f} | "
                     f"{d['q75']:.3f} | {d['q90']:.3f} |")
+    if "ambiguity" in summary:
+        rows += ["", f"Measured ambiguity: {summary['ambiguity']:.3f} of the supervised tokens have more than one "
+                     f"near-top token (probability ≥ {NEAR_TOP_RATIO:g} × the top one's; mean "
+                     f"{summary['near_top']['mean']:.2f} near-top tokens)."]
     rows += ["", f"**Regime: {summary['regime']}** (strong if mean p ≥ {STRONG_THRESHOLD:.3f}, weak if < "
                  f"{WEAK_THRESHOLD:.3f}: midpoints of the paper's regime means of p, math 0.84, medical 0.73, "
                  "FigFont ≈ 0).",

@@ -21,6 +21,7 @@ the report of a run is itself computed from the saved files, so both agree bit f
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -30,7 +31,9 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from deft_jax import errors, reporting
+import jax
+
+from deft_jax import errors, reporting, sharding
 from deft_jax.data import FIGFONT_SYSTEM_PROMPT, sources, tasks
 from deft_jax.evaluation import aggregation, scoring
 from deft_jax.inference import sampler
@@ -431,12 +434,15 @@ def run_suite(*, params, model_config, tokenizer, suite: str, benchmarks: Sequen
               data_dir: str | os.PathLike | None, out_dir: str | os.PathLike, n: int | None = None,
               num_eval: int | None = None, max_new_tokens: int | None = None, seed: int | None = None,
               template: str | None = None, mesh=None, rules=(), max_rows: int = 64, progress: bool = True,
-              log: Callable[[str], None] = print) -> dict[str, Any]:
+              batching: str = "continuous", log: Callable[[str], None] = print) -> dict[str, Any]:
     """Generate what is missing for each benchmark of `suite` into <out_dir>/<suite>/, then write and return
-    the report (computed from the saved generations, see the module docstring)."""
+    the report (computed from the saved generations, see the module docstring). max_rows: rows decoded
+    together (the decode slots with batching='continuous')."""
 
     directory = pathlib.Path(out_dir) / suite
-    directory.mkdir(parents=True, exist_ok=True)
+    writer = jax.process_index() == 0  # every process samples (collectives); process 0 alone writes
+    if writer:
+        directory.mkdir(parents=True, exist_ok=True)
     selected = select_benchmarks(suite, benchmarks)
     if template is not None:
         check_template(template)
@@ -456,11 +462,14 @@ def run_suite(*, params, model_config, tokenizer, suite: str, benchmarks: Sequen
                                  f"({settings}); pass another --out_dir or delete {directory} to start over")
     for benchmark, decoding, name, problems in plans:
         paths = _paths(directory, benchmark)
-        if not paths["settings.json"].is_file():
+        if writer and not paths["settings.json"].is_file():
             reporting.write_text(paths["problems.jsonl"],
                                  "".join(json.dumps(dataclasses.asdict(p)) + "\n" for p in problems))
             reporting.write_text(paths["settings.json"], json.dumps(
                 _settings(benchmark, decoding, name, len(problems)), indent=2, sort_keys=True) + "\n")
+    # Every process reads the same saved generations (a folder all hosts share), before anything new is
+    # written, so all of them sample the same rows.
+    sharding.meet(f"suite {suite}: settings written", timeout_seconds=sharding.DEFAULT_INITIALIZATION_TIMEOUT)
     stops = sampler.stop_criteria(tokenizer)
     for benchmark, decoding, name, problems in plans:
         paths = _paths(directory, benchmark)
@@ -473,27 +482,30 @@ def run_suite(*, params, model_config, tokenizer, suite: str, benchmarks: Sequen
         requests = [sampler.Request(p.prompt_id, tuple(tokenizer.encode(TEMPLATES[name](p.question, tokenizer))))
                     for p in todo]
         options = sampler.SamplerOptions(
-            n=decoding.n, seed=decoding.seed, max_rows=max_rows,
+            n=decoding.n, seed=decoding.seed, max_rows=max_rows, batching=batching,
             sampling=sampler.SamplingConfig(max_new_tokens=decoding.max_new_tokens,
                                             temperature=decoding.temperature, top_p=decoding.top_p))
         started = time.perf_counter()
         generated = 0
-        with paths["generations.jsonl"].open("a") as handle:
+        with (paths["generations.jsonl"].open("a") if writer else contextlib.nullcontext()) as handle:
             for batch in sampler.sample(params, model_config, requests, options=options, stops=stops,
                                         decode_text=lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
                                         pad_id=tokenizer.pad_id, mesh=mesh, rules=rules, progress=progress,
                                         description=f"{suite}/{benchmark.name}"):
-                handle.write("".join(json.dumps({"prompt_id": s.prompt_id, "sample_index": s.sample_index,
-                                                 "text": s.text, "stop_reason": s.stop_reason,
-                                                 "num_tokens": s.num_tokens}) + "\n" for s in batch))
-                handle.flush()
-                os.fsync(handle.fileno())
+                if writer:
+                    handle.write("".join(json.dumps({"prompt_id": s.prompt_id, "sample_index": s.sample_index,
+                                                     "text": s.text, "stop_reason": s.stop_reason,
+                                                     "num_tokens": s.num_tokens}) + "\n" for s in batch))
+                    handle.flush()
+                    os.fsync(handle.fileno())
                 generated += sum(s.num_tokens for s in batch)
         seconds = time.perf_counter() - started
         log(f"{suite}/{benchmark.name}: {generated} new tokens in {seconds:.1f}s "
             f"({generated / seconds if seconds else float('nan'):.1f} tokens/s, compilation included)")
+    sharding.meet(f"suite {suite}: generations written", timeout_seconds=sharding.DEFAULT_INITIALIZATION_TIMEOUT)
     report = suite_report(suite, selected, out_dir=directory)
-    write_report(report, out_dir=directory)
+    if writer:
+        write_report(report, out_dir=directory)
     return report
 
 
@@ -504,10 +516,12 @@ def evaluate_run_suite(*, suite: str, benchmarks: Sequence[str] | None = None, w
                        step: str | int | None = None, base: bool = False, data_dir=None, out_dir=None,
                        n: int | None = None, num_eval: int | None = None, max_new_tokens: int | None = None,
                        seed: int | None = None, template: str | None = None, rescore: bool = False,
-                       max_rows: int = 64, devices=None, progress: bool = True) -> list[dict[str, Any]]:
+                       max_rows: int = 64, devices=None, progress: bool = True,
+                       batching: str | None = None) -> list[dict[str, Any]]:
     """run_suite (or rescore_suite) for each requested checkpoint of the run in `workdir` (or its base
     model, or the base model of `config`). Reports go to <out_dir>/<base|step_N>/<suite>/, out_dir
-    defaulting to <workdir>/eval. --rescore reads only those files: no config, model or data."""
+    defaulting to <workdir>/eval. --rescore reads only those files: no config, model or data. batching:
+    'continuous' or 'static' (default the config's eval.batching)."""
     select_benchmarks(suite, benchmarks)  # names checked before anything is loaded
     if workdir is None and config is None and not (rescore and out_dir is not None):
         raise SuiteError("pass --workdir (a training run) or --config with --base (--rescore: or --out_dir)")
@@ -532,6 +546,7 @@ def evaluate_run_suite(*, suite: str, benchmarks: Sequence[str] | None = None, w
                 for s in steps]
     if config is None:
         config = build.load_run_config(workdir)
+    sharding.maybe_initialize_distributed(config.distributed)  # several hosts sample one mesh; process 0 writes
     setup = build.setup(config, devices=devices, mesh_fallback=True)
     reports = []
     for one in steps:
@@ -540,6 +555,7 @@ def evaluate_run_suite(*, suite: str, benchmarks: Sequence[str] | None = None, w
                                  suite=suite, benchmarks=benchmarks, data_dir=data_dir,
                                  out_dir=pathlib.Path(out_dir) / reporting.report_name(one), n=n, num_eval=num_eval,
                                  max_new_tokens=max_new_tokens, seed=seed, template=template, mesh=setup.mesh,
-                                 rules=setup.rules, max_rows=max_rows, progress=progress))
+                                 rules=setup.rules, max_rows=max_rows, progress=progress,
+                                 batching=batching or setup.config.eval.batching))
         del params
     return reports

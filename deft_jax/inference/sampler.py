@@ -126,6 +126,9 @@ class SamplingConfig:
             raise SamplingError(f"top_p must be in (0, 1], got {self.top_p}")
 
 
+BATCHING = ("continuous", "static")
+
+
 @dataclasses.dataclass(frozen=True)
 class SamplerOptions:
     """How to sample: n per prompt, the decoding (temperature 0 = greedy), the batching."""
@@ -139,6 +142,10 @@ class SamplerOptions:
     prompt_bucket: int = PROMPT_BUCKET
     share_prefill: bool = True  # False: every sample row prefills its own copy of the prompt (reference path)
     prefill_chunk: int | None = None  # prefill the prompts this many tokens at a time (None: in one pass)
+    batching: str = "continuous"  # `sample`: 'continuous' (decode slots refilled as rows stop) | 'static'
+    slots: int | None = None    # continuous: decode slots (rows decoded together); None = max_rows
+    refill_rows: int | None = None  # continuous: a decode chunk ends once this many slots are free while
+                                    # prompts wait (None: max(1, slots // 8))
 
     def __post_init__(self):
         if self.n < 1:
@@ -148,6 +155,11 @@ class SamplerOptions:
                 raise SamplingError(f"{name}={getattr(self, name)} must be >= 1")
         if self.prefill_chunk is not None and self.prefill_chunk < 1:
             raise SamplingError(f"prefill_chunk={self.prefill_chunk} must be >= 1 (or None: one pass)")
+        if self.batching not in BATCHING:
+            raise SamplingError(f"batching={self.batching!r} must be one of {BATCHING}")
+        for name in ("slots", "refill_rows"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise SamplingError(f"{name}={getattr(self, name)} must be >= 1 (or None: the default)")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -266,31 +278,38 @@ def repeat_rows(logits, cache, *, repeats: int):
 
 @functools.partial(jax.jit, static_argnames=("config", "steps", "kv_len", "stop_ids", "pad_id", "temperature",
                                              "top_p"), donate_argnames=("cache",))
-def decode_chunk(params, logits, cache, positions, done, keys, first_step, limit, *, config: ModelConfig,
-                 steps: int, kv_len: int, stop_ids: tuple[int, ...], pad_id: int, temperature: float,
-                 top_p: float):
-    """Up to min(steps, limit) decode steps of every row (ending early once all rows are done).
+def decode_chunk(params, logits, cache, positions, done, keys, drawn, max_new_tokens, free_target, *,
+                 config: ModelConfig, steps: int, kv_len: int, stop_ids: tuple[int, ...], pad_id: int,
+                 temperature: float, top_p: float):
+    """Up to `steps` decode steps of every row, ending early once at least `free_target` rows are done
+    (free_target = R: once all are).
 
-    Step t (counted from the first new token: first_step + i) draws row r's token with
-    fold_in(keys[r], t). Attention reads only the first kv_len cache slots. Returns (tokens [R, steps],
-    pad_id where not produced, logits, cache, positions, done, steps taken)."""
+    drawn [R]: tokens row r has drawn before this call; its t-th token (t = drawn_r + i) uses
+    fold_in(keys[r], t), and the row is done after its stop token or its max_new_tokens-th token.
+    Attention reads only the first kv_len cache slots. With per-row cache ends (continuous batching) a done
+    row's end stays put, so a row never writes past its prompt + max_new_tokens slots. Returns (tokens
+    [R, steps], pad_id where not produced, logits, cache, positions, done, steps taken)."""
     rows = logits.shape[0]
     stop = jnp.asarray(stop_ids, jnp.int32)
+    drawn = jnp.broadcast_to(drawn, (rows,))
 
     def cond(state):
         i, _, _, _, done, _ = state
-        return (i < jnp.minimum(steps, limit)) & ~jnp.all(done)
+        return (i < steps) & (jnp.sum(done) < free_target)
 
     def body(state):
         i, logits, cache, positions, done, out = state
-        step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, first_step + i)
+        step_keys = jax.vmap(jax.random.fold_in)(keys, drawn + i)
         token = sample_rows(logits, keys=step_keys, temperature=temperature, top_p=top_p)
         token = jnp.where(done, pad_id, token)
         out = out.at[:, i].set(token)
-        done = done | jnp.isin(token, stop)
+        done = done | jnp.isin(token, stop) | (drawn + i + 1 >= max_new_tokens)
+        end = cache["end"]
         hidden, cache = model_lib.forward(params, config, token[:, None], positions=positions[:, None],
                                           segment_ids=jnp.ones((rows, 1), jnp.int32), return_hidden=True,
                                           cache=cache, kv_len=kv_len)
+        if end.ndim:  # per-row ends: a done row keeps its end
+            cache = {**cache, "end": jnp.where(done, end, cache["end"])}
         logits = model_lib.logits_from_hidden(hidden[:, 0], params=params, config=config)
         return i + 1, logits, cache, positions + 1, done, out
 
@@ -309,7 +328,9 @@ def _cut_at_stop_string(text: str, strings: Sequence[str]) -> tuple[str, bool]:
 
 
 @dataclasses.dataclass
-class _Row:
+class Row:
+    """A sample being decoded: its tokens so far and, once it stopped, why (and its text if cut)."""
+
     prompt_id: int
     sample_index: int
     tokens: list[int] = dataclasses.field(default_factory=list)
@@ -317,13 +338,40 @@ class _Row:
     text: str = ""
 
 
-def _place(tree, mesh, spec_fn):
+def extend_row(row: Row, new: Sequence[int], *, stops: StopCriteria, decode_text) -> bool:
+    """Append one decode chunk's tokens to `row`, cut before a stop token (stop_reason STOP_TOKEN); then, if
+    the row has stop strings and is still running, match them in its decoded text (STOP_STRING, text cut
+    before the first). True iff a stop string stopped it (the device does not know yet)."""
+    hits = [i for i, t in enumerate(new) if t in stops.token_ids]
+    if hits:
+        row.tokens += list(new[:hits[0]])
+        row.stop_reason = STOP_TOKEN
+    else:
+        row.tokens += list(new)
+    if stops.strings and row.stop_reason is None:
+        text, cut = _cut_at_stop_string(decode_text(row.tokens), stops.strings)
+        if cut:
+            row.stop_reason, row.text = STOP_STRING, text
+            return True
+    return False
+
+
+def finished_sample(row: Row, *, decode_text) -> Sample:
+    """The Sample of a row that stopped (no stop_reason: it ran to max_new_tokens)."""
+    reason = row.stop_reason or LENGTH
+    text = row.text if reason == STOP_STRING else decode_text(row.tokens)
+    return Sample(prompt_id=row.prompt_id, sample_index=row.sample_index, tokens=tuple(row.tokens), text=text,
+                  stop_reason=reason, num_tokens=len(row.tokens) + (reason == STOP_TOKEN))
+
+
+def place(tree, mesh, spec_fn):
+    """Every leaf of `tree` put on the mesh with the PartitionSpec spec_fn(leaf)."""
     from jax.sharding import NamedSharding
 
     return jax.tree.map(lambda x: jax.device_put(x, NamedSharding(mesh, spec_fn(x))), tree)
 
 
-def _cache_spec(mesh, rules):
+def cache_spec(mesh, rules):
     """PartitionSpec of each cache leaf: rows over the batch axes, kv heads over the tensor axis."""
     from jax.sharding import PartitionSpec
 
@@ -341,7 +389,8 @@ def _cache_spec(mesh, rules):
     return spec
 
 
-def _rows_multiple(mesh, rules) -> int:
+def rows_multiple(mesh, rules) -> int:
+    """How many ways the rows are split (the product of the mesh axes of logical 'batch'); 1 without a mesh."""
     if mesh is None:
         return 1
     batch = dict(rules).get("batch")
@@ -364,10 +413,13 @@ def mesh_rules(mesh, rules):
 @dataclasses.dataclass
 class Timing:
     """Wall-clock seconds spent in prefill (repeat and placement included) and in decoding, accumulated
-    over the batches of the calls it is passed to (the first calls include compilation)."""
+    over the batches of the calls it is passed to (the first calls include compilation); with continuous
+    batching also the prefill calls and the slots refilled after their previous row stopped."""
 
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
+    prefills: int = 0
+    refilled_slots: int = 0
 
 
 def sample_batch(params, config: ModelConfig, requests: Sequence[Request], *, options: SamplerOptions,
@@ -376,10 +428,7 @@ def sample_batch(params, config: ModelConfig, requests: Sequence[Request], *, op
     """All n samples of each request (one batch; see the module docstring). Sample order: request order,
     then sample index. decode_text turns a row's tokens into its text (None: texts are empty; then there
     may be no stop strings)."""
-    if decode_text is None:
-        if stops.strings:
-            raise ValueError(f"stop strings {stops.strings} need decode_text (the rows' text is matched)")
-        decode_text = _no_text
+    decode_text = text_decoder(decode_text, stops=stops)
     with mesh_rules(mesh, rules):
         return _sample_batch(params, config, requests, options=options, stops=stops, decode_text=decode_text,
                              pad_id=pad_id, mesh=mesh, rules=rules, on_step=on_step,
@@ -390,15 +439,24 @@ def _no_text(tokens: Sequence[int]) -> str:
     return ""
 
 
+def text_decoder(decode_text: Callable[[Sequence[int]], str] | None, *, stops: StopCriteria):
+    """decode_text, or (None, allowed only without stop strings) a decoder giving every row empty text."""
+    if decode_text is None:
+        if stops.strings:
+            raise ValueError(f"stop strings {stops.strings} need decode_text (the rows' text is matched)")
+        return _no_text
+    return decode_text
+
+
 def _sample_batch(params, config, requests, *, options, stops, decode_text, pad_id, mesh, rules, on_step, timing):
     n, sampling = options.n, options.sampling
-    rows = [_Row(r.prompt_id, j) for r in requests for j in range(n)]
+    rows = [Row(r.prompt_id, j) for r in requests for j in range(n)]
     prompt_tokens = [list(r.tokens) for r in requests]
     if not options.share_prefill:
         prompt_tokens = [t for t in prompt_tokens for _ in range(n)]
     # Rows are split over the data-parallel devices: pad the prefill with copies of the last prompt until
     # the row count divides evenly (padding rows start as done and are dropped).
-    multiple = _rows_multiple(mesh, rules)
+    multiple = rows_multiple(mesh, rules)
     repeats = n if options.share_prefill else 1
     padded_prompts = len(prompt_tokens)
     while padded_prompts * repeats % multiple:
@@ -417,10 +475,11 @@ def _sample_batch(params, config, requests, *, options, stops, decode_text, pad_
     started = time.perf_counter()
     logits, cache = prefill(params, tokens, positions, segment_ids, config=config, max_len=max_len,
                             chunk=options.prefill_chunk)
+    timing.prefills += 1
     if repeats > 1:
         logits, cache = repeat_rows(logits, cache, repeats=repeats)
     if mesh is not None:
-        logits, cache = _place((logits, cache), mesh, _cache_spec(mesh, rules))
+        logits, cache = place((logits, cache), mesh, cache_spec(mesh, rules))
     jax.block_until_ready(logits)
     timing.prefill_seconds += time.perf_counter() - started
     started = time.perf_counter()
@@ -439,36 +498,20 @@ def _sample_batch(params, config, requests, *, options, stops, decode_text, pad_
         kv_len = min(max_len, -(-(prompt_len + step + steps) // options.kv_bucket) * options.kv_bucket)
         out, logits, cache, positions_dev, done_dev, taken = decode_chunk(
             params, logits, cache, positions_dev, jnp.asarray(done), keys, jnp.int32(step),
-            jnp.int32(sampling.max_new_tokens - step), config=config, steps=steps, kv_len=kv_len,
+            jnp.int32(sampling.max_new_tokens), jnp.int32(total_rows), config=config, steps=steps, kv_len=kv_len,
             stop_ids=stop_ids, pad_id=pad_id, temperature=float(sampling.temperature), top_p=float(sampling.top_p))
         out, taken, device_done = to_host(out), int(to_host(taken)), to_host(done_dev)
         for index, row in enumerate(rows):
             if done[index]:
                 continue
-            new = out[index, :taken].tolist()
-            hits = [i for i, t in enumerate(new) if t in stops.token_ids]
-            if hits:
-                row.tokens += new[:hits[0]]
-                row.stop_reason = STOP_TOKEN
-            else:
-                row.tokens += new
-            if stops.strings and row.stop_reason is None:
-                text, cut = _cut_at_stop_string(decode_text(row.tokens), stops.strings)
-                if cut:
-                    row.stop_reason, row.text = STOP_STRING, text
-                    device_done[index] = True
+            if extend_row(row, out[index, :taken].tolist(), stops=stops, decode_text=decode_text):
+                device_done[index] = True
         done = device_done.copy()
         done[len(rows):] = True
         step += taken
         if on_step is not None:
             on_step(taken)
-    samples = []
-    for row in rows:
-        reason = row.stop_reason or LENGTH
-        text = row.text if reason == STOP_STRING else decode_text(row.tokens)
-        num_tokens = len(row.tokens) + (reason == STOP_TOKEN)
-        samples.append(Sample(prompt_id=row.prompt_id, sample_index=row.sample_index, tokens=tuple(row.tokens),
-                              text=text, stop_reason=reason, num_tokens=num_tokens))
+    samples = [finished_sample(row, decode_text=decode_text) for row in rows]
     timing.decode_seconds += time.perf_counter() - started
     return samples
 
@@ -488,13 +531,24 @@ def sample(params, config: ModelConfig, requests: Sequence[Request], *, options:
            stops: StopCriteria, decode_text: Callable[[Sequence[int]], str] | None, pad_id: int, mesh=None,
            rules=(), progress: bool = True, description: str = "sampling",
            timing: Timing | None = None) -> Iterator[list[Sample]]:
-    """Yield the samples of each length batch as soon as it is done (n per request; see sample_batch), with
-    a tqdm bar over the decoded tokens' upper bound (rows x max_new_tokens) and its ETA."""
+    """Yield samples as they are done, n per request, with a tqdm bar over the decoded tokens' upper bound
+    (rows x max_new_tokens) and its ETA. options.batching 'static': each length batch's samples (see
+    sample_batch); 'continuous': after each decode chunk, the samples of every request whose n samples are
+    all done (deft_jax.inference.continuous). Both give the same samples."""
     from tqdm import tqdm
 
-    batches = length_batches(requests, n=options.n, max_rows=options.max_rows, bucket=options.prompt_bucket)
-    total = sum(len(b) for b in batches) * options.n * options.sampling.max_new_tokens
+    total = len(requests) * options.n * options.sampling.max_new_tokens
     with tqdm(total=total, desc=description, unit="tok", disable=not progress, dynamic_ncols=True) as bar:
+        if options.batching == "continuous":
+            from deft_jax.inference import continuous  # the scheduler built on this module's pieces
+
+            for done in continuous.sample_continuous(params, config, requests, options=options, stops=stops,
+                                                     decode_text=decode_text, pad_id=pad_id, mesh=mesh, rules=rules,
+                                                     on_tokens=bar.update, timing=timing):
+                yield done
+            bar.update(total - bar.n)  # rows that stopped early free the rest of their budget
+            return
+        batches = length_batches(requests, n=options.n, max_rows=options.max_rows, bucket=options.prompt_bucket)
         for batch in batches:
             budget = len(batch) * options.n * options.sampling.max_new_tokens
             paid = [0]

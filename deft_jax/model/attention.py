@@ -55,11 +55,12 @@ class AttentionSpec:
 
 
 def attention_mask(*, q_index, k_index, q_segment_ids, k_segment_ids, sliding_window) -> jax.Array:
-    """[B, T, S] bool: k_index <= q_index, same segment, and q_index - k_index < window if windowed."""
-    mask = k_index[None, None, :] <= q_index[None, :, None]
+    """[B, T, S] bool: k_index <= q_index, same segment, and q_index - k_index < window if windowed.
+    q_index is [T] (every row's queries at the same indices) or [B, T] (per row)."""
+    mask = k_index <= q_index[..., :, None]
     mask = mask & (q_segment_ids[:, :, None] == k_segment_ids[:, None, :])
     if sliding_window is not None:
-        mask = mask & ((q_index[:, None] - k_index[None, :]) < sliding_window)[None]
+        mask = mask & ((q_index[..., :, None] - k_index) < sliding_window)
     return mask
 
 

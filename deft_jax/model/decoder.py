@@ -27,7 +27,9 @@ Parameter tree (scan_layers=True stacks every per-layer tensor on a leading 'lay
 With scan_layers=False the layers are 'layers_0', 'layers_1', ... without the leading axis.
 
 KV-cache decoding (functional, see `init_cache`): the cache is a dict
-  {'k', 'v': [L, B, Hkv, S, hd] (compute dtype), 'segment_ids': [B, S] int32, 'end': int32 scalar}.
+  {'k', 'v': [L, B, Hkv, S, hd] (compute dtype), 'segment_ids': [B, S] int32, 'end': int32 scalar or [B]}.
+An 'end' of shape [B] gives every row its own write index (continuous batching: each row of the cache is a
+decode slot holding its own sequence).
 Heads come before positions so that attention reads the cache as stored (no per-step transposed copy).
 `Decoder(...)(inputs, positions=..., segment_ids=..., cache=cache, kv_len=None)` writes the T new keys/values
 at indices end .. end+T-1 of every row, attends over the cache (its first kv_len slots when given, which
@@ -317,14 +319,20 @@ class Attention(nn.Module):
             fresh_k, fresh_v = k, v
             new_k = jnp.swapaxes(k, 1, 2)[None].astype(all_k.dtype)
             new_v = jnp.swapaxes(v, 1, 2)[None].astype(all_v.dtype)
-            all_k = jax.lax.dynamic_update_slice(all_k, new_k, (layer, 0, 0, cache_end, 0))
-            all_v = jax.lax.dynamic_update_slice(all_v, new_v, (layer, 0, 0, cache_end, 0))
+            if jnp.ndim(cache_end) == 0:
+                all_k = jax.lax.dynamic_update_slice(all_k, new_k, (layer, 0, 0, cache_end, 0))
+                all_v = jax.lax.dynamic_update_slice(all_v, new_v, (layer, 0, 0, cache_end, 0))
+                q_index = cache_end + jnp.arange(length)
+            else:  # per-row ends [B]: row b writes its T new slots at end_b .. end_b + T - 1
+                rows, q_index = _row_slots(cache_end, length)
+                all_k = all_k.at[layer, rows, :, q_index].set(fresh_k.astype(all_k.dtype))  # [B, T, Hkv, hd]
+                all_v = all_v.at[layer, rows, :, q_index].set(fresh_v.astype(all_v.dtype))
             # Read only the first kv_len slots (all of them when None): the caller guarantees that every
             # slot written so far lies below kv_len, so attention costs what has been written, not max_len.
             kv_len_read = all_k.shape[3] if kv_len is None else kv_len
             k = jax.lax.dynamic_slice_in_dim(all_k, layer, 1, axis=0)[0, :, :, :kv_len_read].astype(q.dtype)
             v = jax.lax.dynamic_slice_in_dim(all_v, layer, 1, axis=0)[0, :, :, :kv_len_read].astype(q.dtype)
-            mask = attention_mask(q_index=cache_end + jnp.arange(length), k_index=jnp.arange(kv_len_read),
+            mask = attention_mask(q_index=q_index, k_index=jnp.arange(kv_len_read),
                                   q_segment_ids=segment_ids, k_segment_ids=kv_segment_ids[:, :kv_len_read],
                                   sliding_window=c.sliding_window)
             new_cache = (all_k, all_v, layer + 1)
@@ -337,6 +345,11 @@ class Attention(nn.Module):
         out = Projection(c, (h, hd, d), ("heads", "head_dim", "embed"), in_rank=2, name="o_proj",
                          tag="out_proj")(out)
         return out, new_cache
+
+
+def _row_slots(cache_end: jax.Array, length: int) -> tuple[jax.Array, jax.Array]:
+    """(row index [B, 1], cache slot [B, T] = end_b + t) of T new tokens per row with per-row ends."""
+    return jnp.arange(cache_end.shape[0])[:, None], cache_end[:, None] + jnp.arange(length)
 
 
 class MLP(nn.Module):
@@ -387,8 +400,8 @@ class Decoder(nn.Module):
             raise ValueError(f"kv_len={kv_len} must lie in [1, {cache['k'].shape[3]}] (the cache length)")
         batch, length = inputs.shape
         if positions is None:  # arange, continuing from the cache end when decoding
-            start = 0 if cache is None else cache["end"]
-            positions = jnp.broadcast_to(start + jnp.arange(length, dtype=jnp.int32), (batch, length))
+            start = jnp.zeros((), jnp.int32) if cache is None else cache["end"]
+            positions = jnp.broadcast_to(start[..., None] + jnp.arange(length, dtype=jnp.int32), (batch, length))
         if segment_ids is None:
             segment_ids = jnp.ones((batch, length), jnp.int32)
         embedding = _param(self, "embedding", (c.vocab_size, c.d_model), ("vocab", "embed"), _kernel_init)
@@ -399,8 +412,12 @@ class Decoder(nn.Module):
             layer_cache, kv_segment_ids, cache_end = None, None, None
         else:
             cache_end = cache["end"]
-            kv_segment_ids = jax.lax.dynamic_update_slice(cache["segment_ids"], segment_ids.astype(jnp.int32),
-                                                          (0, cache_end))
+            if jnp.ndim(cache_end) == 0:
+                kv_segment_ids = jax.lax.dynamic_update_slice(cache["segment_ids"], segment_ids.astype(jnp.int32),
+                                                              (0, cache_end))
+            else:
+                kv_segment_ids = cache["segment_ids"].at[_row_slots(cache_end, length)].set(
+                    segment_ids.astype(jnp.int32))
             layer_cache = (cache["k"], cache["v"], jnp.zeros((), jnp.int32))
 
         layer_cls = DecoderLayer

@@ -48,6 +48,7 @@ CHECKSUM_ITEM = "checksums"
 CHECKSUM_FORMAT = 1
 STATE_FILES = ("_METADATA", "manifest.ocdbt")  # what orbax needs to find the tensors of an OCDBT state
 MIN_SLICE_BYTES_FOR_REPLICA_PARALLEL = 4 << 20
+CPU_SAVE_WINDOW_BYTES = 256 << 20  # bytes in flight in a CPU state write (see save_window_bytes)
 
 
 class CheckpointError(errors.UserError):
@@ -63,8 +64,19 @@ class CheckpointCorruptError(CheckpointError):
         super().__init__(f"checkpoint {self.step} is corrupt ({self.where}: {self.reason})")
 
 
-def _state_handler() -> ocp.PyTreeCheckpointHandler:
-    """orbax's default handlers, with replica-parallel writes of jax.Arrays only for slices >= 4 MiB."""
+def save_window_bytes(abstract_state: Any, *, platform: str) -> int | None:
+    """Bytes a state write may have in flight: on CPU max(CPU_SAVE_WINDOW_BYTES, 2 x the largest
+    tensor) (orbax refuses a tensor that is not below its window); None (orbax's default, 96 GB) elsewhere."""
+    if platform != "cpu":
+        return None
+    largest = max((int(np.prod(leaf.shape)) * np.dtype(leaf.dtype).itemsize
+                   for leaf in jax.tree.leaves(abstract_state) if hasattr(leaf, "shape")), default=0)
+    return max(CPU_SAVE_WINDOW_BYTES, 2 * largest)
+
+
+def _state_handler(*, save_window: int | None = None) -> ocp.PyTreeCheckpointHandler:
+    """orbax's default handlers, with replica-parallel writes of jax.Arrays only for slices >= 4 MiB, and
+    at most `save_window` bytes in flight in a write (None: orbax's default)."""
     handlers = [(int, ocp.type_handlers.ScalarHandler()), (float, ocp.type_handlers.ScalarHandler()),
                 (bytes, ocp.type_handlers.ScalarHandler()), (np.number, ocp.type_handlers.ScalarHandler()),
                 (np.ndarray, ocp.type_handlers.NumpyHandler()),
@@ -72,7 +84,9 @@ def _state_handler() -> ocp.PyTreeCheckpointHandler:
                     min_slice_bytes_for_replica_parallel=MIN_SLICE_BYTES_FOR_REPLICA_PARALLEL)),
                 (str, ocp.type_handlers.StringHandler())]
     registry = ocp.type_handlers.create_type_handler_registry(*handlers)
-    return ocp.PyTreeCheckpointHandler(type_handler_registry=registry)
+    # orbax takes the window in GB (x 1e9); a fraction gives a window below 1 GB.
+    return ocp.PyTreeCheckpointHandler(type_handler_registry=registry, save_concurrent_gb=(
+        None if save_window is None else save_window / 1e9))
 
 
 def checkpoint_dir(workdir: str | pathlib.Path) -> pathlib.Path:
@@ -98,8 +112,10 @@ def remove_partial_writes(directory: str | pathlib.Path) -> list[pathlib.Path]:
 
 
 def make_manager(*, directory: str | pathlib.Path, max_to_keep: int | None = 3,
-                 async_save: bool = True, read_only: bool = False) -> ocp.CheckpointManager:
-    """A manager keeping the last `max_to_keep` checkpoints (None keeps all); saves when asked to."""
+                 async_save: bool = True, read_only: bool = False,
+                 save_window: int | None = None) -> ocp.CheckpointManager:
+    """A manager keeping the last `max_to_keep` checkpoints (None keeps all); saves when asked to, with at
+    most `save_window` bytes of the state in flight (None: orbax's default; see `save_window_bytes`)."""
     directory = pathlib.Path(directory).absolute()
     if not read_only:
         remove_partial_writes(directory)
@@ -107,7 +123,7 @@ def make_manager(*, directory: str | pathlib.Path, max_to_keep: int | None = 3,
         max_to_keep=max_to_keep, create=not read_only, read_only=read_only,
         enable_async_checkpointing=async_save, cleanup_tmp_directories=not read_only)
     return ocp.CheckpointManager(directory, options=options, item_handlers={
-        STATE_ITEM: _state_handler(), DATA_ITEM: ocp.JsonCheckpointHandler(),
+        STATE_ITEM: _state_handler(save_window=save_window), DATA_ITEM: ocp.JsonCheckpointHandler(),
         CHECKSUM_ITEM: ocp.JsonCheckpointHandler()})
 
 
@@ -259,8 +275,10 @@ def save(manager: ocp.CheckpointManager, *, step: int, state: Any,
     """Start saving `state`, `data_state` and the state's checksums at `step` (asynchronous unless `wait`).
 
     Returns the seconds the caller was blocked (fingerprints and device->host copy, plus the write when
-    `wait`). The state's arrays are copied before this returns, so the caller may donate them to the next
-    step.
+    `wait`). On an accelerator the state's arrays are copied to the host before this returns, so the caller
+    may donate them to the next step. On the CPU backend orbax's host "copy" is a view of the state's own
+    buffers: a step donating them while the write runs could not reuse them and would hold a second
+    state (2 x the parameters and moments) until the write ends, so there the save always waits.
     """
     start = time.perf_counter()
     record = checksum_record(state)
@@ -269,9 +287,15 @@ def save(manager: ocp.CheckpointManager, *, step: int, state: Any,
         DATA_ITEM: ocp.args.JsonSave(data_state or {}),
         CHECKSUM_ITEM: ocp.args.JsonSave(record),
     }))
-    if wait:
+    if wait or viewed_by_host_copy(state):
         manager.wait_until_finished()
     return time.perf_counter() - start
+
+
+def viewed_by_host_copy(state: Any) -> bool:
+    """Whether every array of `state` lives on CPU devices (where numpy views it without a copy)."""
+    arrays = [leaf for leaf in jax.tree.leaves(state) if isinstance(leaf, jax.Array)]
+    return bool(arrays) and all(device.platform == "cpu" for leaf in arrays for device in leaf.devices())
 
 
 def step_directory(directory: str | pathlib.Path | epath.Path, step: int) -> epath.Path:

@@ -205,6 +205,9 @@ FIELDS: dict[str, Field] = {
     "eval.every_steps": Field(0, integer(0), "steps between evals; 0 = only at the end (if at_end)"),
     "eval.at_end": Field(True, boolean, "evaluate after the last step"),
     "eval.batch_size": Field(64, integer(1), "global rows per eval batch"),
+    "eval.batching": Field("continuous", one_of("continuous", "static"),
+                           "suite sampling: 'continuous' (decode slots refilled as rows stop) | 'static' "
+                           "(length batches decoded until their longest row stops); the same samples"),
     "eval.report_prompts": Field(0, integer(0), "after training, the train command scores the base and the "
                                  "fine-tuned model on the first N held-out prompts and prints the table "
                                  "(0 = off; at most data.num_eval)"),
@@ -218,7 +221,8 @@ FIELDS: dict[str, Field] = {
 
 
 # Fields added after runs were saved with config.json: a saved config without them takes the default.
-LATER_FIELDS = ("model.attention", "model.attention_block_q", "model.attention_block_kv", "model.remat_policy")
+LATER_FIELDS = ("model.attention", "model.attention_block_q", "model.attention_block_kv", "model.remat_policy",
+                "eval.batching")
 
 
 def with_later_fields(config) -> ml_collections.ConfigDict:

@@ -36,6 +36,7 @@ from deft_jax import reporting
 from deft_jax import sharding as sharding_lib
 from deft_jax.model import decoder as model_lib
 from deft_jax.training import checkpointing
+from deft_jax.training import host_memory
 from deft_jax.training import config as config_lib
 from deft_jax.training import hosts
 from deft_jax.training import metrics as metrics_lib
@@ -209,9 +210,14 @@ def train_and_evaluate(config, workdir, *, devices: Sequence[Any] | None = None,
                      else [])
     total_steps = setup.total_steps(num_train_examples=len(train_examples))
     is_main = jax.process_index() == 0
+    # On CPU the write cannot overlap the next step without a second state (checkpointing.save): write
+    # synchronously there, with a bounded window of bytes in flight (tensorstore's buffers).
+    platform = mesh.devices.flat[0].platform
     manager = checkpointing.make_manager(directory=checkpointing.checkpoint_dir(workdir),
                                          max_to_keep=config.checkpoint.keep,
-                                         async_save=config.checkpoint.async_save)
+                                         async_save=config.checkpoint.async_save and platform != "cpu",
+                                         save_window=checkpointing.save_window_bytes(
+                                             setup.abstract_state, platform=platform))
     hosts.announce_checkpoints(manager.directory)  # a supervisor names its last complete step if a host is lost
     preemption = PreemptionFlag()
     writer = None
@@ -254,6 +260,8 @@ def train_and_evaluate(config, workdir, *, devices: Sequence[Any] | None = None,
                 step += 1
                 steps_this_call += 1
                 throughput.after_step(started=started, metrics=step_metrics, batch_shape=batch["inputs"].shape)
+                if steps_this_call == 1:
+                    host_memory.release_freed_heap()  # the compiler's heap
                 last = step == total_steps
                 if due(step, every=config.log_every, last=last):
                     scalars = metrics_lib.to_host_scalars(step_metrics)
@@ -271,10 +279,12 @@ def train_and_evaluate(config, workdir, *, devices: Sequence[Any] | None = None,
                 if due(step, every=config.checkpoint.every_steps, last=last) or stop:
                     save_seconds.append(checkpointing.save(manager, step=step, state=state,
                                                            data_state=iterator.get_state(), wait=stop))
+                    host_memory.release_freed_heap()  # the write's buffers, before the eval adds its own
                 if eval_examples and ((config.eval.every_steps and step % config.eval.every_steps == 0)
                                           or (last and config.eval.at_end)):
                     eval_scalars = {f"eval/{name}": value for name, value in
                                     teacher_forced.eval_means(setup, state.params, eval_examples).items()}
+                    host_memory.release_freed_heap()  # the eval program's compile and batches
                     writer.write(step=step, scalars=eval_scalars)
                     final.update(eval_scalars)
                     _log("step {}: {}".format(step, ", ".join(f"{k}={v:.4g}" for k, v in eval_scalars.items())))

@@ -276,26 +276,67 @@ def global_norm(tree) -> jax.Array:
     return optax.tree.norm(optax.tree.cast(tree, jnp.float32))
 
 
-def apply_gradients(state: TrainState, grads, schedule, *, spec: StepSpec, loss=0.0):
-    """(params, opt_state, ‖g‖, lr, finite): the optimizer half of `train_step`.
+def clip_by_global_norm(grads, *, max_norm: float):
+    """optax.clip_by_global_norm(max_norm)'s update, bit for bit: g if ‖g‖ < c, else (g / ‖g‖) · c.
 
-    g ← g · min(1, c / ‖g‖) (optax.clip_by_global_norm), θ ← θ − lr · AdamW(g). When the loss or ‖g‖ is
-    not finite and spec.skip_nonfinite, params and moments stay as they were (optax.tree.where). The
+    Written as g / d · f with the scalars (d, f) = (1, 1) or (‖g‖, c): one expression of g, so that XLA
+    fuses it into its readers instead of keeping g and g / ‖g‖ side by side (optax's per-element select
+    between the two), and x / 1 · 1 = x exactly."""
+    g_norm = optax.tree.norm(grads)
+    trigger = g_norm < max_norm
+    denominator = jnp.where(trigger, 1.0, g_norm)
+    factor = jnp.where(trigger, 1.0, max_norm)
+    return jax.tree.map(lambda g: (g / denominator.astype(g.dtype)) * factor.astype(g.dtype), grads)
+
+
+def apply_gradients(state: TrainState, grads, schedule, *, spec: StepSpec, loss=0.0):
+    """(params, opt_state, ‖g‖, lr, finite, ‖θ‖): the optimizer half of `train_step`.
+
+    g ← g · min(1, c / ‖g‖) (`clip_by_global_norm`, as optax's), θ ← θ − lr · AdamW(g). When the loss or ‖g‖ is
+    not finite and spec.skip_nonfinite, params and moments stay as they were (a select per leaf). The
     loss is part of the test because a NaN loss can come with a finite gradient (a target outside the
     vocabulary: the gather's NaN never reaches the gradient), which optax.apply_if_finite, testing the
     update alone, would apply.
     """
     grad_norm = global_norm(grads)
     if spec.clip_norm > 0:
-        grads, _ = optax.clip_by_global_norm(spec.clip_norm).update(grads, optax.EmptyState())
+        grads = clip_by_global_norm(grads, max_norm=spec.clip_norm)
     lr = scheduled_learning_rate(state.step, schedule)
-    direction, opt_state = spec.optimizer.update(grads, state.opt_state, state.params)
+    # The parameters and the moments are two passes over the same AdamW update, both in place over the
+    # donated buffers: the parameter pass reads the old moments through an optimization barrier (so that
+    # XLA does not merge the two passes and keep the new moments as temporaries, 2 x the parameters'
+    # bytes), and each moment pass runs after its parameter's pass (`written`: always True, a sum of
+    # squares is never < 0, NaN included, but it depends on that parameter). Without that order XLA
+    # would keep a copy of the old moments for the whole step.
+    old_moments = jax.lax.optimization_barrier(state.opt_state)
+    direction, _ = spec.optimizer.update(grads, old_moments, state.params)
     params = jax.tree.map(lambda p, u: (p - lr * u).astype(p.dtype), state.params, direction)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     if spec.skip_nonfinite:  # as the official code: no optimizer step, the schedule still advances
         params = optax.tree.where(finite, params, state.params)
-        opt_state = optax.tree.where(finite, opt_state, state.opt_state)
-    return params, opt_state, grad_norm, lr, finite
+    squares = jax.tree.map(lambda p: jnp.sum(jnp.square(p.astype(jnp.float32))), params)
+    written = jax.tree.map(lambda square: ~(square < 0), squares)
+    keep = jax.tree.map(lambda w: finite & w, written) if spec.skip_nonfinite else written
+    _, opt_state = spec.optimizer.update(grads, state.opt_state, state.params)
+    opt_state = moments_after_params(opt_state, state.opt_state, keep=keep)
+    param_norm = jnp.sqrt(sum(jax.tree.leaves(squares)))
+    return params, opt_state, grad_norm, lr, finite, param_norm
+
+
+def moments_after_params(new_state, old_state, *, keep):
+    """`new_state` where the flag of its parameter in `keep` (a params-shaped tree of bools) is True, else
+    `old_state`, leaf by leaf: every params-shaped subtree of the optimizer state (AdamW's μ and ν) takes
+    its parameter's flag; the other leaves (the step count) take the conjunction of all flags."""
+    structure = jax.tree.structure(keep)
+    every = functools.reduce(jnp.logical_and, jax.tree.leaves(keep))
+
+    def select(new, old):
+        if jax.tree.structure(new) == structure:
+            return jax.tree.map(jnp.where, keep, new, old)
+        return jax.tree.map(lambda n, o: jnp.where(every, n, o), new, old)
+
+    is_params_like = lambda node: jax.tree.structure(node) == structure  # noqa: E731
+    return jax.tree.map(select, new_state, old_state, is_leaf=is_params_like)
 
 
 def train_step(state: TrainState, batch, schedule, *, spec: StepSpec, mesh: Mesh | None = None):
@@ -305,7 +346,8 @@ def train_step(state: TrainState, batch, schedule, *, spec: StepSpec, mesh: Mesh
     loss, grads, sums = accumulate_gradients(state.params, batch, loss=spec.loss,
                                              num_micro_batches=spec.num_micro_batches,
                                              accumulation=spec.accumulation, mesh=mesh)
-    params, opt_state, grad_norm, lr, finite = apply_gradients(state, grads, schedule, spec=spec, loss=loss)
+    params, opt_state, grad_norm, lr, finite, param_norm = apply_gradients(state, grads, schedule,
+                                                                           spec=spec, loss=loss)
     rng, _ = jax.random.split(state.rng)
     skipped = state.skipped_steps + (~finite).astype(jnp.int32)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, rng=rng,
@@ -316,7 +358,7 @@ def train_step(state: TrainState, batch, schedule, *, spec: StepSpec, mesh: Mesh
         "train/supervised_tokens": sums["supervised_tokens"],
         "train/tokens": sums["tokens"],
         "optim/grad_norm": grad_norm,
-        "optim/param_norm": global_norm(params),
+        "optim/param_norm": param_norm,
         "optim/lr": lr,
         "optim/skipped_steps": skipped,
         "optim/finite": finite.astype(jnp.float32),

@@ -8,9 +8,13 @@ of 0.05; "holds" needs every comparison of the family resolved in the claim's di
 quotes the raw 95% interval and Holm's adjusted p of every comparison it names; verdicts.md lists every
 comparison with its raw and adjusted interval.
 
+The axes study's blocks and files (experiments/continuum/axes_verdicts.py: results/axes/) are regenerated and
+checked the same way when its raw results are present.
+
 The prose blocks that the docs include between `<!-- BEGIN GENERATED: <name> -->` and `<!-- END GENERATED -->`
 markers are `blocks()`; --write_docs rewrites them in experiments/README.md and README.md (and the results
-directory's verdicts.md and summary.json), --check exits 1 when one of them differs. The probe's evidence (deft_jax/evaluation/continuum_evidence.json) is
+directory's verdicts.md and summary.json), --check exits 1 when one of them differs; `table-*` blocks are
+experiments/tables.py's (which also runs this check). The probe's evidence (deft_jax/evaluation/continuum_evidence.json) is
 `evidence()`: per prior level, each objective's score and which objectives the best one is resolved ahead
 of.
 
@@ -43,6 +47,7 @@ DOCS = (REPO_ROOT / "experiments" / "README.md", REPO_ROOT / "README.md")
 EVIDENCE = REPO_ROOT / "deft_jax" / "evaluation" / "continuum_evidence.json"
 BEGIN = "<!-- BEGIN GENERATED: {name} -->"
 END = "<!-- END GENERATED -->"
+FOREIGN = ("table-",)  # blocks of experiments/tables.py (the other published tables), left to it
 D = analyze.DISPLAY
 
 
@@ -404,12 +409,15 @@ def blocks(found: dict, *, rerun: bool = False) -> dict[str, str]:
 
 # ------------------------------------------------------------------------------------------------ docs
 
-def replace_blocks(text: str, generated: Mapping[str, str]) -> tuple[str, list[str]]:
-    """`text` with each generated block's body replaced; the names it held."""
+def replace_blocks(text: str, generated: Mapping[str, str], *, keep: Sequence[str] = ()) -> tuple[str, list[str]]:
+    """`text` with each generated block's body replaced; the names it held. Blocks whose name starts with
+    one of `keep` belong to another generator and are left as they are; any other unknown name is an error."""
     found = []
 
     def body(match):
         name = match.group(1)
+        if name.startswith(tuple(keep)):
+            return match.group(0)
         found.append(name)
         if name not in generated:
             raise KeyError(f"generated block {name!r} in the docs is not one of {sorted(generated)}")
@@ -515,8 +523,14 @@ def expected_files(results_dir: pathlib.Path) -> tuple[dict[pathlib.Path, str], 
         generated["continuum-streams"] = before_after((old_results, old_bases), (results, bases))
     files = {results_dir / "verdicts.md": verdicts_markdown(found), results_dir / "summary.json": summary_text,
              EVIDENCE: json.dumps(evidence(results, bases), indent=1, sort_keys=True) + "\n"}
+    if (results_dir / "axes" / "raw" / "results.jsonl").is_file():  # the axes study (axes_verdicts.py)
+        from experiments.continuum import axes_verdicts
+
+        axes_files, axes_blocks = axes_verdicts.expected_files(results_dir / "axes")
+        files.update(axes_files)
+        generated.update(axes_blocks)
     for doc in DOCS:
-        files[doc], names = replace_blocks(doc.read_text(), generated)
+        files[doc], names = replace_blocks(doc.read_text(), generated, keep=FOREIGN)
         missing = [name for name in generated if name.startswith("readme") == (doc.name == "README.md"
                                                                               and doc.parent == REPO_ROOT)
                    and name not in names]

@@ -26,7 +26,10 @@ import numpy as np
 from rapidfuzz.distance import Hamming
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyz012345"
-PURPOSES = {"pretrain": 101, "sft": 102, "noise": 103, "eval": 104}
+PURPOSES = {"pretrain": 101, "sft": 102, "noise": 103, "eval": 104,
+            # the axes study (experiments/continuum/axes.py): which symbols are ambiguous, and the choice
+            # among valid symbols in pretraining (seed = the level) and in the SFT labels (seed = the SFT seed)
+            "ambiguous": 105, "pretrain_choice": 106, "sft_choice": 107}
 
 
 def stream(purpose: str, seed: int) -> np.random.Generator:

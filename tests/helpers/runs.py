@@ -118,3 +118,12 @@ def trained_smoke_run(tmp_path_factory) -> pathlib.Path:
             assert final["step"] == 2 and not final["preempted"], final
             (workdir / "TRAINED").write_text("ok")
     return workdir
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (for a multi-process job's coordinator)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

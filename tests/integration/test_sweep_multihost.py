@@ -3,14 +3,13 @@ runs, only process 0 writes, and the summary equals the same sweep's in one proc
 from __future__ import annotations
 
 import csv
-import socket
 import subprocess
 import sys
 
 import pytest
 
 from deft_jax import sweeping as sweep
-from tests.helpers.runs import REPO_ROOT, subprocess_env
+from tests.helpers.runs import free_port, REPO_ROOT, subprocess_env
 
 pytestmark = pytest.mark.slow  # processes
 
@@ -29,12 +28,6 @@ def sweep():
 """
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _sweep_command(config_file, workdir):
     return [sys.executable, "-m", "deft_jax.sweep", f"--config={config_file}:smoke", "--config.eval.at_end=True",
             f"--workdir={workdir}", "--in_process", "--max_new_tokens=4", "--num_eval=8"]
@@ -48,7 +41,7 @@ def _summary(workdir):
 def test_two_process_sweep_matches_one_process(tmp_path):
     config_file = tmp_path / "two_points.py"
     config_file.write_text(TWO_POINT_SWEEP)
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port()}"
     pod_dir, single_dir = tmp_path / "two_processes", tmp_path / "one_process"
     processes, logs = [], []
     for process_id in range(2):

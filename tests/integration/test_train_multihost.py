@@ -1,6 +1,5 @@
 """Two processes on 127.0.0.1 (2 fake CPU devices each, gloo collectives) form one 4-device mesh and
 train exactly as one process does: same losses, and the checkpoint they write together restores here."""
-import socket
 
 import jax
 import numpy as np
@@ -8,25 +7,19 @@ import pytest
 
 from deft_jax.training import checkpointing
 from deft_jax.training import setup as build
-from tests.helpers.runs import (CONFIGS, REPO_ROOT, cli_command, losses_by_step, params_leaves, read_metrics,
-                              run_in_process, smoke_config, subprocess_env)
+from tests.helpers.runs import (CONFIGS, REPO_ROOT, cli_command, free_port, losses_by_step, params_leaves,
+                                read_metrics, run_in_process, smoke_config, subprocess_env)
 
 pytestmark = pytest.mark.slow  # processes
 
 STEPS = 3  # as test_sharding's one-device reference (the compiled step is shared in one session)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_match_one_process(tmp_path):
     import subprocess
 
     workdir = tmp_path / "two_processes"
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port()}"
     processes = []
     for process_id in range(2):
         env = subprocess_env(devices=2, extra={"DEFT_COORDINATOR_ADDRESS": address, "DEFT_NUM_PROCESSES": "2",
