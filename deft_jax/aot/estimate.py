@@ -73,6 +73,7 @@ class Estimate:
     tokens_per_second: float
     mfu: float
     per_layer: dict  # {'grads': [F(1), F(2)], 'train': [A(1), A(2)]} in seconds (splash kernels added)
+    per_layer_flops: dict  # the same programs' compiler FLOPs per chip (splash kernels added)
     micro_batches: int
     n_layers: int
     compiler_flops_per_chip: float  # per step, extrapolated like the seconds, splash kernels added
@@ -241,6 +242,7 @@ def estimate_train_step(config, *, devices: Sequence[Any], chips: int, peak_flop
     return Estimate(step_seconds=step, tokens_per_second=tokens_per_step / step,
                     mfu=flops_per_step / (chips * peak_flops * step),
                     per_layer={name: [c.seconds for c in program] for name, program in costs.items()},
+                    per_layer_flops={name: [c.flops for c in program] for name, program in costs.items()},
                     micro_batches=micro_batches, n_layers=n_layers, compiler_flops_per_chip=flops,
                     compiler_utilisation=flops / (peak_flops * step), flops_lower_bound_seconds=bound,
                     splash_seconds=step_of("splash_seconds"), while_loops=loops, reliable=not problem,
