@@ -15,6 +15,7 @@ import os
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
+import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -39,7 +40,7 @@ def probe(*, kernel: str, topology: str, seq_len: int, heads: int, kv_heads: int
         out = attention.self_attention(q=q, k=k, v=v, segment_ids=segment_ids, sliding_window=None, spec=spec)
         return jnp.sum(out.astype(jnp.float32))
 
-    with jax.set_mesh(mesh):
+    with jax.set_mesh(mesh), nn.logical_axis_rules([("batch", "fsdp")]):  # splash's shard_map: rows
         compiled = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(*args, ids).compile()
     costs = compiled.cost_analysis()
     costs = costs[0] if isinstance(costs, (list, tuple)) else costs
