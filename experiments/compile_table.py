@@ -102,7 +102,7 @@ def run_measured(command: list[str]) -> tuple[subprocess.CompletedProcess, dict]
     return done, {"wall_seconds": round(wall, 1),
                   "cpu_seconds": round(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime, 1),
                   "max_rss_gib": round(after.ru_maxrss / 1024**2, 2), "load_average_before": load_before,
-                  "load_average_after": os.getloadavg(), "exit_code": done.returncode}
+                  "load_average_after": os.getloadavg(), "exit_code": done.returncode, "machine": machine()}
 
 
 def merge_estimate(row: dict, report: dict, measured: dict) -> dict:
