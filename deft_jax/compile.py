@@ -45,6 +45,8 @@ def _define_flags() -> None:
     flags.DEFINE_boolean("estimate", True, "With the train program: also the TPU compiler's estimate of the step "
                          "time and MFU (compiles 1- and 2-layer loop-free variants: 4 more compiles); with the "
                          "decode program: of the decode step (2 more compiles).")
+    flags.DEFINE_boolean("estimate_only", False, "Only the compiler's estimate of the train step (its four 1- and "
+                         "2-layer loop-free compiles), not the programs themselves: no memory figures.")
     flags.DEFINE_string("json", None, "Also write the report as JSON to this file.")
     flags.mark_flags_as_required(["config", "topology"])
 
@@ -61,8 +63,9 @@ def main(argv: Sequence[str]) -> None:
                                  prompt_len=FLAGS.prompt_len or default.prompt_len,
                                  max_new_tokens=FLAGS.max_new_tokens or default.max_new_tokens,
                                  slots=FLAGS.slots, prefill_chunk=FLAGS.prefill_chunk)
-    result = compile_report(FLAGS.config, topology=FLAGS.topology, programs=FLAGS.programs, generation=generation)
-    if FLAGS.estimate and "train" in FLAGS.programs:
+    programs = () if FLAGS.estimate_only else FLAGS.programs
+    result = compile_report(FLAGS.config, topology=FLAGS.topology, programs=programs, generation=generation)
+    if FLAGS.estimate_only or (FLAGS.estimate and "train" in programs):
         result = estimate_lib.add_to_report(FLAGS.config, result)
     if "decode" in result["programs"]:
         result = estimate_lib.add_evaluation_to_report(FLAGS.config, result, mean_sample_tokens=FLAGS.mean_sample_tokens,

@@ -1,117 +1,266 @@
 """The paper presets compiled for TPU slices (deft_jax.compile, one process per row), as a markdown table.
 
-    python experiments/compile_table.py --out runs/compile_table          # compile missing rows, then print
-    python experiments/compile_table.py --out runs/compile_table --table  # print the table only
+    python experiments/compile_table.py                  # compile the missing rows in order, then print
+    python experiments/compile_table.py --table          # print the table from the JSON alone
+    python experiments/compile_table.py --only llama8b_math_v5p-32_splash_full   # one row
+    python experiments/compile_table.py --reestimate --only ROW ...   # redo only the compiler's estimate
 
-Each row's report is <out>/<label>.json (a row whose JSON exists is not compiled again); the table shows
-fits, per-chip GiB, mesh, micro-batches, the roofline and the compile time (with the machine's CPU).
+Each row is one `python -m deft_jax.compile --programs=train --json` process (with the compiler's step
+estimate: 1- and 2-layer loop-free compiles, deft_jax.aot.estimate). Its report lands in
+<out>/<label>.json (default experiments/results/compile_table/), with the row's attention and remat
+policy, the wall and CPU seconds of the process and the load average before and after. A row whose JSON
+exists is not compiled again; several workers may share one --out (a row being compiled is claimed by
+<label>.running). Rows are listed cheapest-most-informative first.
+
+--reestimate reruns, for compiled rows whose estimate predates the current method (no 'reliable' field),
+only the estimate (`deft_jax.compile --estimate_only`: its four compiles, not the full program): the new
+estimate replaces the old, which is kept as 'estimate_superseded', with the process's own wall / CPU
+seconds and load under 'estimate_run'. The memory figures stay those of the row's full compile.
+
+Table columns: GiB per chip (total, temporaries), fits, the roofline and the compiler's estimate of the
+step (s/step, MFU = model FLOPs / (chips x peak x estimate), and the compiler's own FLOPs as a share of
+peak), the superseded estimate's MFU where there is one, and the compile's wall / CPU seconds.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import pathlib
 import platform
+import re
+import resource
 import subprocess
 import sys
 import time
 
 PAPER = "configs/paper"
+DEFAULT_OUT = pathlib.Path(__file__).resolve().parent / "results" / "compile_table"
 
-# (label, config spec, topology, extra flags). The 8B FigFont rows compare objectives and heads.
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One compile: a paper config on a topology with an attention kernel and a remat policy."""
+
+    label: str
+    spec: str  # config file and its argument
+    topology: str
+    attention: str  # xla | splash
+    remat_policy: str  # deft_jax.model.remat.POLICIES
+    extra: tuple[str, ...] = ()  # further --config.* flags (mesh, micro-batch size)
+
+    def flags(self) -> list[str]:
+        remat = ["--config.model.remat=False"] if self.remat_policy == "none" else []
+        return [f"--config.model.attention={self.attention}", f"--config.model.remat_policy={self.remat_policy}",
+                *remat, *self.extra]
+
+
+def row(stem: str, config: str, regime: str, topology: str, attention: str, remat_policy: str,
+        *extra: str, tag: str = "") -> Row:
+    label = f"{stem}_{regime}_{topology}_{attention}_{remat_policy}{tag}"
+    return Row(label=label, spec=f"{PAPER}/{config}.py:regime={regime}", topology=topology, attention=attention,
+               remat_policy=remat_policy, extra=tuple(extra))
+
+
+LLAMA8B, QWEN_MATH_7B = ("llama8b", "llama_3_1_8b"), ("qwen_math_7b", "qwen2_5_math_7b")
+V5E16 = ("--config.mesh.fsdp=16",)
+
 ROWS = [
-    ("llama8b_figfont_deft_chunked_v5p-32", f"{PAPER}/llama_3_1_8b.py:regime=figfont", "v5p-32", []),
-    ("llama8b_figfont_nll_chunked_v5p-32", f"{PAPER}/llama_3_1_8b.py:regime=figfont,objective=nll", "v5p-32", []),
-    ("llama8b_figfont_deft_naive_v5p-32", f"{PAPER}/llama_3_1_8b.py:regime=figfont,impl=naive", "v5p-32", []),
-    ("llama8b_figfont_nll_naive_v5p-32", f"{PAPER}/llama_3_1_8b.py:regime=figfont,objective=nll,impl=naive",
-     "v5p-32", []),
-    ("qwen_math_1_5b_math_v5p-32", f"{PAPER}/qwen2_5_math_1_5b.py:regime=math", "v5p-32", []),
-    ("qwen_math_7b_math_v5p-32", f"{PAPER}/qwen2_5_math_7b.py:regime=math", "v5p-32", []),
-    ("llama8b_math_v5p-32", f"{PAPER}/llama_3_1_8b.py:regime=math", "v5p-32", []),
-    ("llama3b_figfont_v5p-32", f"{PAPER}/llama_3_2_3b.py:regime=figfont", "v5p-32", []),
-    ("deepseek_math_7b_math_v5p-32", f"{PAPER}/deepseek_math_7b_base.py:regime=math", "v5p-32", []),
-    ("qwen_7b_math_v5p-32", f"{PAPER}/qwen2_5_7b.py:regime=math", "v5p-32", []),
-    ("qwen_1_5b_math_v5p-32", f"{PAPER}/qwen2_5_1_5b.py:regime=math", "v5p-32", []),
-    ("llama8b_figfont_v4-32", f"{PAPER}/llama_3_1_8b.py:regime=figfont", "v4-32", ["--config.micro_batch_size=32"]),
-    ("llama8b_figfont_v5p-8", f"{PAPER}/llama_3_1_8b.py:regime=figfont", "v5p-8",
-     ["--config.mesh.fsdp=4", "--config.micro_batch_size=64"]),
-    ("llama8b_figfont_v6e-8", f"{PAPER}/llama_3_1_8b.py:regime=figfont", "v6e-8",
-     ["--config.mesh.fsdp=8", "--config.micro_batch_size=32"]),
-    ("llama8b_figfont_generation_v5p-32", f"{PAPER}/llama_3_1_8b.py:regime=figfont", "v5p-32",
-     ["--programs=eval,prefill,decode"]),
+    # 7-8B math on v5p-32: the attention kernel at the paper's remat (full), then the remat policies.
+    row(*LLAMA8B, "math", "v5p-32", "splash", "full"),
+    row(*LLAMA8B, "math", "v5p-32", "xla", "full"),
+    row(*QWEN_MATH_7B, "math", "v5p-32", "splash", "full"),
+    row(*QWEN_MATH_7B, "math", "v5p-32", "xla", "full"),
+    row(*LLAMA8B, "math", "v5p-32", "splash", "save_dot_except_mlp"),
+    row(*LLAMA8B, "math", "v5p-32", "splash", "minimal"),
+    row(*LLAMA8B, "math", "v5p-32", "splash", "none"),
+    row(*QWEN_MATH_7B, "math", "v5p-32", "splash", "save_dot_except_mlp"),
+    # The smallest slice where the sharded 7-8B state fits: v5e-16 (16 GiB HBM per chip).
+    row(*LLAMA8B, "math", "v5e-16", "splash", "full", *V5E16),
+    row(*QWEN_MATH_7B, "math", "v5e-16", "splash", "full", *V5E16),
+    row(*LLAMA8B, "math", "v5e-16", "splash", "full", *V5E16, "--config.micro_batch_size=16", tag="_mb16"),
+    row(*LLAMA8B, "math", "v5e-16", "xla", "full", *V5E16),
+    # FigFont 8B, then the smaller models.
+    row(*LLAMA8B, "figfont", "v5p-32", "splash", "full"),
+    row(*LLAMA8B, "figfont", "v5p-32", "xla", "full"),
+    row(*LLAMA8B, "figfont", "v5p-32", "splash", "save_dot_except_mlp"),
+    row("qwen_math_1_5b", "qwen2_5_math_1_5b", "math", "v5p-32", "splash", "full"),
+    row("qwen_math_1_5b", "qwen2_5_math_1_5b", "math", "v5p-32", "xla", "full"),
+    row("llama3b", "llama_3_2_3b", "figfont", "v5p-32", "splash", "full"),
+    row("llama3b", "llama_3_2_3b", "figfont", "v5p-32", "xla", "full"),
 ]
 
 
-def compile_row(label: str, spec: str, topology: str, extra: list[str], *, out: pathlib.Path) -> None:
-    path = out / f"{label}.json"
-    claim = out / f"{label}.running"
-    if path.exists():
-        return
-    try:  # several workers may share one --out: each row is compiled once
-        claim.touch(exist_ok=False)
-    except FileExistsError:
-        return
-    programs = [] if any(flag.startswith("--programs") for flag in extra) else ["--programs=train"]
-    command = [sys.executable, "-m", "deft_jax.compile", f"--config={spec}", f"--topology={topology}",
-               f"--json={path}", *programs, *extra]
+def run_measured(command: list[str]) -> tuple[subprocess.CompletedProcess, dict]:
+    """Run one compile process: its result and {wall, CPU seconds, max RSS, load average before and after}."""
+    load_before, before = os.getloadavg(), resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return done, {"wall_seconds": round(wall, 1),
+                  "cpu_seconds": round(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime, 1),
+                  "max_rss_gib": round(after.ru_maxrss / 1024**2, 2), "load_average_before": load_before,
+                  "load_average_after": os.getloadavg(), "exit_code": done.returncode, "machine": machine()}
+
+
+def merge_estimate(row: dict, report: dict, measured: dict) -> dict:
+    """A compiled row's JSON with `report`'s estimate in place of its own (kept as 'estimate_superseded')."""
+    merged = {**row, "estimate": report["estimate"], "estimate_run": measured}
+    if "estimate" in row and "estimate_superseded" not in row:
+        merged["estimate_superseded"] = row["estimate"]
+    return merged
+
+
+def needs_reestimate(row: dict) -> bool:
+    return "error" not in row and "reliable" not in row.get("estimate", {})
+
+
+def reestimate_row(r: Row, *, out: pathlib.Path) -> bool:
+    """Redo a compiled row's estimate alone (--estimate_only) when it predates the method; True when it ran."""
+    path, claim = out / f"{r.label}.json", out / f"{r.label}.reestimating"
+    if not path.exists() or not needs_reestimate(json.loads(path.read_text())):
+        return False
+    try:
+        claim.touch(exist_ok=False)
+    except FileExistsError:
+        return False
+    scratch = out / f"{r.label}.estimate.tmp"
+    command = [sys.executable, "-m", "deft_jax.compile", f"--config={r.spec}", f"--topology={r.topology}",
+               "--estimate_only", f"--json={scratch}", *r.flags()]
+    done, measured = run_measured(command)
+    if done.returncode == 0 and scratch.exists():
+        row = merge_estimate(json.loads(path.read_text()), json.loads(scratch.read_text()), measured)
+        path.write_text(json.dumps(row, indent=2, sort_keys=True) + "\n")
+        scratch.unlink()
+    else:
+        print(f"{r.label}: re-estimate failed: {done.stderr.strip().splitlines()[-3:]}", flush=True)
+    claim.unlink()
+    print(f"{r.label}: re-estimated in {measured['wall_seconds']:.0f}s wall, {measured['cpu_seconds']:.0f}s CPU "
+          f"(exit {done.returncode})", flush=True)
+    return True
+
+
+def compile_row(r: Row, *, out: pathlib.Path) -> bool:
+    """Compile one row into <out>/<label>.json unless it exists or is claimed; True when it compiled."""
+    path, claim = out / f"{r.label}.json", out / f"{r.label}.running"
+    if path.exists():
+        return False
+    try:
+        claim.touch(exist_ok=False)
+    except FileExistsError:
+        return False
+    command = [sys.executable, "-m", "deft_jax.compile", f"--config={r.spec}", f"--topology={r.topology}",
+               "--programs=train", "--estimate", f"--json={path}", *r.flags()]
+    done, measured = run_measured(command)
+    measured = {"label": r.label, "spec": r.spec, "flags": r.flags(), "row_attention": r.attention,
+                "row_remat_policy": r.remat_policy, **measured}
     if done.returncode not in (0, 1) or not path.exists():  # 1 = compiled, does not fit (JSON written)
-        failure = {"label": label, "error": done.stderr.strip().splitlines()[-1:] or ["?"], "wall_seconds": seconds}
-        path.write_text(json.dumps(failure, indent=2))
+        report = {"error": done.stderr.strip().splitlines()[-3:] or ["?"]}
     else:
         report = json.loads(path.read_text())
-        report.update(label=label, spec=spec, extra=extra, wall_seconds=round(seconds, 1))
-        path.write_text(json.dumps(report, indent=2, sort_keys=True))
+    path.write_text(json.dumps({**report, **measured}, indent=2, sort_keys=True) + "\n")
     claim.unlink()
-    print(f"{label}: {seconds:.0f}s (exit {done.returncode})", flush=True)
+    print(f"{r.label}: {measured['wall_seconds']:.0f}s wall, {measured['cpu_seconds']:.0f}s CPU (exit {done.returncode})",
+          flush=True)
+    return True
 
 
-def table(out: pathlib.Path) -> str:
-    lines = ["| row | model | objective / head | topology | mesh | micro-batches | fits | GiB/chip (params + opt + temps) "
-             "| roofline s/step | tokens/s at 40% MFU | compile s |", "|" + "---|" * 11]
-    for label, *_ in ROWS:
+HEADER = ("| row | model | regime | topology | mesh | micro-batches | attention | remat | fits "
+          "| GiB/chip total (temps) | roofline s/step | estimate s/step | estimated MFU | compiler's FLOPs, % of peak "
+          "| superseded MFU | compile wall / CPU s |")
+COLUMNS = HEADER.count("|") - 1
+
+
+def error_text(r: dict) -> str:
+    """An error row's message: 'does not fit' with the compiler's figures when it ran out of HBM."""
+    text = " ".join(r["error"])
+    if "RESOURCE_EXHAUSTED" in text:
+        needed = re.search(r"temporaries \(([\d.]+G)\) exceeds available HBM \(([\d.]+G)\)", text)
+        figures = f": temporaries {needed.group(1)} > {needed.group(2)} HBM" if needed else ""
+        return f"does NOT fit: the TPU compiler ran out of HBM{figures}"
+    return f"error: {text[-160:]}"
+
+
+def estimate_cells(r: dict) -> tuple[str, str, str, str]:
+    """(s/step, MFU, compiler's FLOPs % of peak, superseded MFU) of a row's estimate."""
+    estimate = r.get("estimate", {"error": "not run"})
+    old = r.get("estimate_superseded")
+    superseded = f"{100 * old['mfu']:.0f}%" if old and "mfu" in old else "–"
+    if "error" in estimate:
+        return "–", "–", "–", superseded
+    step, mfu = f"{estimate['step_seconds']:.2f}", f"{100 * estimate['mfu']:.1f}%"
+    if "reliable" not in estimate:
+        return step, f"{mfu} (old method)", "–", superseded
+    if not estimate["reliable"]:
+        mfu = f"unreliable ({mfu})"
+    return step, mfu, f"{100 * estimate['compiler_utilisation']:.0f}%", superseded
+
+
+def table_line(r: dict) -> str:
+    """One table line of a row's JSON report."""
+    if "error" in r:
+        return f"| {r['label']} | {error_text(r)} |" + " |" * (COLUMNS - 2)
+    train = r["programs"]["train"]
+    mesh = "x".join(str(r["mesh"][axis]) for axis in ("data", "fsdp", "tensor"))
+    regime = r["spec"].split("regime=")[1].split(",")[0]
+    step, mfu, utilisation, superseded = estimate_cells(r)
+    return (f"| {r['label']} | {r['model']} | {regime} | {r['topology']} ({r['chips']} chips) | {mesh} "
+            f"| {r['micro_batches']} | {r['attention']} | {r['remat_policy']} | {'yes' if train['fits'] else 'NO'} "
+            f"| {train['total_gib']:.1f} ({train['temporaries_gib']:.1f}) | {r['costs']['roofline_step_seconds']:.2f} "
+            f"| {step} | {mfu} | {utilisation} | {superseded} | {wall_cell(r)} |")
+
+
+def wall_cell(r: dict) -> str:
+    """'wall / CPU' of the row's compile, and of its re-estimate where there was one."""
+    cell = f"{r['wall_seconds']:.0f} / {r['cpu_seconds']:.0f}"
+    run = r.get("estimate_run")
+    return cell + (f" (re-estimate {run['wall_seconds']:.0f} / {run['cpu_seconds']:.0f})" if run else "")
+
+
+def table(out: pathlib.Path, *, rows: list[Row] = ROWS) -> str:
+    """The markdown table of every row, from <out>/*.json alone: listed rows in order, then any others."""
+    listed = [r.label for r in rows]
+    extra = sorted(p.stem for p in out.glob("*.json") if p.stem not in listed)
+    lines, missing = [HEADER, "|" + "---|" * COLUMNS], []
+    for label in listed + extra:
         path = out / f"{label}.json"
-        if not path.exists():
-            lines.append(f"| {label} | not compiled | | | | | | | | | |")
-            continue
-        r = json.loads(path.read_text())
-        if "error" in r:
-            lines.append(f"| {label} | error: {r['error'][0][:120]} | | | | | | | | | |")
-            continue
-        mesh = "x".join(str(r["mesh"][a]) for a in ("data", "fsdp", "tensor"))
-        for name, p in r["programs"].items():
-            parts = f"{p['total_gib']:.1f} ({p.get('params_gib', 0):.1f} + {p.get('optimizer_gib', 0):.1f} + {p['temporaries_gib']:.1f})"
-            costs = r["costs"]
-            roofline, tokens = ((f"{costs['roofline_step_seconds']:.2f}", f"{costs['tokens_per_second_at_40_mfu']:,.0f}")
-                                if name == "train" else ("–", "–"))
-            lines.append(
-                f"| {label}{'' if name == 'train' else ' ' + name} | {r['model']} | {r['objective']} / {r['loss_impl']} "
-                f"| {r['topology']} ({r['chips']} chips, {r['hosts']} hosts) | {mesh} | {r['micro_batches']} "
-                f"| {'yes' if p['fits'] else 'NO'} | {parts} | {roofline} | {tokens} | {p['compile_seconds']:.0f} |")
+        if path.exists():
+            lines.append(table_line(json.loads(path.read_text())))
+        else:
+            missing.append(label)
+    if missing:
+        lines += ["", "Not compiled: " + ", ".join(missing) + "."]
     return "\n".join(lines)
 
 
 def machine() -> str:
     model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
-    flags = next((line for line in open("/proc/cpuinfo") if line.startswith("flags")), "")
-    vector = [f for f in ("avx2", "avx512f") if f" {f}" in flags]
-    return f"{model} ({', '.join(vector)}), {platform.python_version()}"
+    return f"{os.cpu_count()}-core {model}, Python {platform.python_version()}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--table", action="store_true", help="only print the table")
-    parser.add_argument("--reverse", action="store_true", help="compile the rows last to first (a second worker)")
+    parser.add_argument("--out", default=str(DEFAULT_OUT), help="folder of the rows' JSON")
+    parser.add_argument("--table", action="store_true", help="only print the table from the JSON")
+    parser.add_argument("--only", nargs="*", default=None, help="compile only these row labels")
+    parser.add_argument("--reestimate", action="store_true", help="redo only the estimate of compiled rows "
+                        "whose estimate predates the current method")
     args = parser.parse_args()
     out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     if not args.table:
-        for row in (ROWS[::-1] if args.reverse else ROWS):
-            compile_row(*row, out=out)
-    print(f"machine: {machine()}")
+        out.mkdir(parents=True, exist_ok=True)
+        known = {r.label for r in ROWS}
+        unknown = sorted(set(args.only or ()) - known)
+        if unknown:
+            sys.exit(f"compile_table: unknown row(s) {unknown}; rows are listed in ROWS of {__file__}")
+        for r in ROWS:
+            if args.only is None or r.label in args.only:
+                (reestimate_row if args.reestimate else compile_row)(r, out=out)
+        print(f"machine: {machine()}")
+    elif not out.is_dir():
+        sys.exit(f"compile_table: no results folder {out}; compile rows first (without --table)")
     print(table(out))
 
 

@@ -39,6 +39,8 @@ class Plan:
     micro_batch_size: int  # global rows per micro-batch (256 / micro_batch_size micro-batches)
     data: int = 1
     tensor: int = 1
+    remat_policy: str = "full"  # deft_jax.model.remat.POLICIES other than 'none' (the paper checkpoints)
+    attention: str = "auto"  # splash on TPU (deft_jax.model.attention)
 
 
 def regime_data(config: ml_collections.ConfigDict, *, regime: str, data_path: str, eval_path: str) -> None:
@@ -77,6 +79,8 @@ def paper_config(arg: str | None, *, preset: str, lr: float, default_regime: str
     config.model.dtype = "bfloat16"
     config.model.param_dtype = "float32"
     config.model.remat = True
+    config.model.remat_policy = plan.remat_policy
+    config.model.attention = plan.attention
     regime_data(config, regime=parsed.regime, data_path=parsed.data_path, eval_path=parsed.eval_path)
     config.loss.impl = parsed.impl
     config.batch_size = 256

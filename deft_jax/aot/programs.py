@@ -529,7 +529,7 @@ def format_report(result: Mapping[str, Any]) -> str:
     mesh = " x ".join(f"{k}={v}" for k, v in result["mesh"].items())
     lines = [
         f"{result['model']} ({costs['params'] / 1e9:.2f}B params), {result['objective']} ({result['loss_impl']} head"
-        f"{', remat ' + result['remat_policy'] if result['remat'] else ''}, attention {result['attention']}), "
+        f", remat policy {result['remat_policy']}, attention {result['attention']}), "
         f"{result['batch_size']} rows x {result['seq_len']} tokens in "
         f"{result['micro_batches']} micro-batch(es)",
         f"topology {result['topology']} ({result['jax_topology']}): {result['chips']} {result['chip']} chips on "

@@ -9,12 +9,16 @@ other; 0 = padding) and, with a sliding window W, i - s < W.
 
   xla     the einsum softmax below: materialises the [B, H, T, S] scores (any platform, any shape).
   splash  `jax.experimental.pallas.ops.tpu.splash_attention`: blockwise (flash) attention that never
-          materialises the scores; block sizes (block_q, block_kv) must divide T and be multiples of 128.
+          materialises the scores; block sizes (block_q, block_kv) are multiples of 128, clamped to T
+          rounded up to 128. A row whose length the blocks do not divide is padded at its end to
+          T' = ceil(T / b) b, b = max(block_q, block_kv) (the blocks must divide one another), with
+          segment id 0 and the output cut back to T:
+          causality keeps every real query off the appended keys, so the first T outputs are exact.
           Under a mesh it runs in `shard_map` over the batch and head axes that the logical rules give
           the activations. `interpret=True` runs the same kernel on CPU in Pallas interpret mode (tests).
   cudnn   `jax.nn.dot_product_attention(implementation="cudnn")`: cuDNN's flash attention (GPU); packed
           segments enter as a [B, 1, T, T] boolean mask.
-  auto    splash on TPU (when T is a multiple of 128), cudnn on GPU, xla otherwise. The platform is the
+  auto    splash on TPU, cudnn on GPU, xla otherwise. The platform is the
           mesh's (an AOT compile for TPU topology devices picks splash on a CPU host).
 """
 from __future__ import annotations
@@ -108,21 +112,58 @@ def current_platform() -> str:
     return jax.default_backend()
 
 
+@dataclasses.dataclass(frozen=True)
+class SplashTiling:
+    """How splash tiles a row: blocks, the padded length T' and the (query, key) blocks it computes."""
+
+    seq_len: int
+    padded_len: int
+    block_q: int
+    block_kv: int
+    visible_blocks: int  # blocks with at least one visible (query, key) pair: the ones the kernel computes
+
+    @property
+    def block_fraction(self) -> float:
+        """visible blocks x block_q x block_kv / T^2: the share of the full T x T scores the kernel computes."""
+        return self.visible_blocks * self.block_q * self.block_kv / self.seq_len**2
+
+
+def splash_tiling(*, seq_len: int, spec: AttentionSpec, sliding_window: int | None = None) -> SplashTiling:
+    """Blocks clamped to T rounded up to 128; T' = T rounded up to max(block_q, block_kv); block (i, j) is
+    computed iff some query in i sees some key in j: j bkv <= (i + 1) bq - 1 and, with a window W,
+    i bq - ((j + 1) bkv - 1) < W."""
+    lanes = -(-seq_len // SPLASH_LANES) * SPLASH_LANES
+    block_q, block_kv = min(spec.block_q, lanes), min(spec.block_kv, lanes)
+    multiple = max(block_q, block_kv)  # the blocks divide one another (splash_problem)
+    padded = -(-seq_len // multiple) * multiple
+    i = np.arange(padded // block_q)[:, None]
+    j = np.arange(padded // block_kv)[None, :]
+    visible = j * block_kv <= (i + 1) * block_q - 1
+    if sliding_window is not None:
+        visible &= i * block_q - ((j + 1) * block_kv - 1) < sliding_window
+    return SplashTiling(seq_len=seq_len, padded_len=padded, block_q=block_q, block_kv=block_kv,
+                        visible_blocks=int(visible.sum()))
+
+
 def splash_problem(*, seq_len: int, spec: AttentionSpec) -> str | None:
-    """Why splash cannot tile a row of seq_len tokens with spec's blocks, or None."""
-    if seq_len % SPLASH_LANES:
-        return f"the sequence length {seq_len} is not a multiple of {SPLASH_LANES}"
+    """Why splash cannot tile rows of seq_len tokens with spec's blocks, or None: blocks must be multiples
+    of 128 and (clamped to T rounded up to 128) divide one another, so that padding stays under a block."""
     for name in ("block_q", "block_kv"):
-        block = min(getattr(spec, name), seq_len)
-        if block % SPLASH_LANES or seq_len % block:
-            return (f"{name}={getattr(spec, name)} (as {block}) must be a multiple of {SPLASH_LANES} "
-                    f"dividing the sequence length {seq_len}")
+        block = getattr(spec, name)
+        if block < SPLASH_LANES or block % SPLASH_LANES:
+            return f"{name}={block} must be a positive multiple of {SPLASH_LANES}"
+    lanes = -(-seq_len // SPLASH_LANES) * SPLASH_LANES
+    small, large = sorted((min(spec.block_q, lanes), min(spec.block_kv, lanes)))
+    if large % small:
+        return (f"block_q={spec.block_q} and block_kv={spec.block_kv} (as {min(spec.block_q, lanes)}, "
+                f"{min(spec.block_kv, lanes)} for {seq_len} tokens) must divide one another")
     return None
 
 
 def resolve(spec: AttentionSpec, *, platform: str, seq_len: int) -> str:
-    """The implementation that runs: spec's, or for 'auto' splash on TPU (when it tiles T), cudnn on GPU,
-    else xla. An explicit choice that cannot run raises AttentionError naming config.model.attention."""
+    """The implementation that runs: spec's, or for 'auto' splash on TPU (padding a row the blocks do not
+    divide), cudnn on GPU, else xla. An explicit choice that cannot run raises AttentionError naming
+    config.model.attention."""
     name = spec.implementation
     if name not in IMPLEMENTATIONS:
         raise AttentionError(f"config.model.attention={name!r} must be one of {IMPLEMENTATIONS}")
@@ -136,8 +177,8 @@ def resolve(spec: AttentionSpec, *, platform: str, seq_len: int) -> str:
                                  f" set model.attention='auto' or 'xla'")
         problem = splash_problem(seq_len=seq_len, spec=spec)
         if problem:
-            raise AttentionError(f"config.model.attention='splash': {problem}; change data.seq_len or "
-                                 f"model.attention_block_q/_kv, or set model.attention='auto'")
+            raise AttentionError(f"config.model.attention='splash': {problem}; change "
+                                 f"model.attention_block_q/_kv")
     if name == "cudnn" and platform != "gpu":
         raise AttentionError(f"config.model.attention='cudnn' needs a GPU (this program is for {platform!r}); "
                              f"set model.attention='auto' or 'xla'")
@@ -166,7 +207,8 @@ def _splash_kernel(*, n_heads: int, seq_len: int, sliding_window, spec: Attentio
         head_mask = mask_lib.CausalMask(shape=shape)
     else:  # key s visible from query i iff i - (W - 1) <= s <= i
         head_mask = mask_lib.LocalMask(shape=shape, window_size=(sliding_window - 1, 0), offset=0)
-    block_q, block_kv = min(spec.block_q, seq_len), min(spec.block_kv, seq_len)
+    tiling = splash_tiling(seq_len=seq_len, spec=spec)
+    block_q, block_kv = tiling.block_q, tiling.block_kv
     blocks = kernel_lib.BlockSizes(block_q=block_q, block_kv=block_kv, block_kv_compute=block_kv,
                                    block_q_dkv=block_q, block_kv_dkv=block_kv, block_kv_dkv_compute=block_kv,
                                    block_q_dq=block_q, block_kv_dq=block_kv)
@@ -201,7 +243,15 @@ def _mesh_spec(logical_axes, shape, mesh) -> PartitionSpec:
 
 
 def splash_attention(*, q, k, v, segment_ids, sliding_window, spec: AttentionSpec) -> jax.Array:
-    """Splash attention; under a mesh in shard_map over the batch and head axes of the logical rules."""
+    """Splash attention; under a mesh in shard_map over the batch and head axes of the logical rules. A row
+    the blocks do not divide is padded to T' (segment id 0) and the output cut back to T."""
+    length = q.shape[1]
+    padded = splash_tiling(seq_len=length, spec=spec).padded_len
+    if padded != length:
+        pad = lambda x: jnp.pad(x, [(0, 0), (0, padded - length)] + [(0, 0)] * (x.ndim - 2))
+        out = splash_attention(q=pad(q), k=pad(k), v=pad(v), segment_ids=pad(segment_ids),
+                               sliding_window=sliding_window, spec=spec)
+        return out[:, :length]
     local = functools.partial(_splash_local, sliding_window=sliding_window, spec=spec)
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty:

@@ -52,3 +52,15 @@ def test_paper_config_arguments():
         config_lib.load_config(f"{PAPER}/qwen2_5_math_1_5b.py:topology=v5e-4")
     with pytest.raises(ValueError, match="unknown"):
         config_lib.load_config(f"{PAPER}/qwen2_5_math_1_5b.py:objective=bogus")
+
+
+@pytest.mark.parametrize("regime", ["math", "figfont"])
+def test_paper_plans_set_the_attention_and_remat_policy_of_the_compile_table(regime):
+    """The table's choice (splash + full remat: save_dot_except_mlp was no faster for more memory)."""
+    from deft_jax.model import attention
+
+    config = config_lib.load_config(f"{PAPER}/llama_3_1_8b.py:regime={regime}")
+    model = build.architecture(config)
+    assert (config.model.attention, model.remat_name) == ("auto", "full")
+    assert attention.resolve(model.attention_spec, platform="tpu", seq_len=config.data.max_length) == "splash"
+    assert attention.resolve(model.attention_spec, platform="cpu", seq_len=config.data.max_length) == "xla"

@@ -57,6 +57,40 @@ def test_splash_matches_the_einsum_forward_and_gradients(case):
         np.testing.assert_allclose(g, w, atol=2e-4 * scale, err_msg=f"d{name}")
 
 
+@pytest.mark.parametrize("length, window", [(200, None), (200, 96)])
+def test_splash_pads_a_row_the_blocks_do_not_divide(length, window):
+    """T = 200 (not a multiple of 128): padded to 256 with segment 0, cut back; same as the einsum on T."""
+    q, k, v, ids = (a[:, :length] for a in _inputs(2, 1, True))  # segments 1 (100), 2 (100): no padding
+    xla = lambda q, k, v: attention_lib.xla_attention(q=q, k=k, v=v, segment_ids=ids, sliding_window=window)
+    splash = lambda q, k, v: attention_lib.splash_attention(q=q, k=k, v=v, segment_ids=ids,
+                                                            sliding_window=window, spec=SPLASH)
+    assert splash(q, k, v).shape == q.shape
+    np.testing.assert_allclose(splash(q, k, v), xla(q, k, v), atol=1e-5)
+    cotangent = jnp.asarray(np.random.default_rng(2).normal(size=q.shape), jnp.float32)
+    want = jax.grad(_loss(xla, cotangent), argnums=(0, 1, 2))(q, k, v)
+    got = jax.grad(_loss(splash, cotangent), argnums=(0, 1, 2))(q, k, v)
+    for name, g, w in zip("qkv", got, want):
+        np.testing.assert_allclose(g, w, atol=2e-4 * float(jnp.abs(w).max()), err_msg=f"d{name}")
+
+
+@pytest.mark.parametrize("length, block, window, padded, visible", [
+    (3072, 512, None, 3072, 21),  # 6 x 6 blocks, the causal triangle with its diagonal
+    (800, 512, None, 1024, 3),    # clamped to 512, padded to 1024: 2 x 2 blocks, 3 computed
+    (200, 512, None, 256, 1),     # clamped to 256 (200 rounded up to 128)
+    (1024, 128, 128, 1024, 15),   # window 128: the diagonal and the one below it (8 + 7)
+])
+def test_splash_tiling_counts_padding_and_the_blocks_it_computes(length, block, window, padded, visible):
+    spec = attention_lib.AttentionSpec("splash", block_q=block, block_kv=block)
+    tiling = attention_lib.splash_tiling(seq_len=length, spec=spec, sliding_window=window)
+    assert (tiling.padded_len, tiling.visible_blocks) == (padded, visible)
+    # Brute force over (query, key) pairs of the padded row: a block is computed iff some pair is visible.
+    b = tiling.block_q
+    q_idx, k_idx = np.arange(padded)[:, None], np.arange(padded)[None, :]
+    pairs = (k_idx <= q_idx) & (True if window is None else (q_idx - k_idx < window))
+    blocks = pairs.reshape(padded // b, b, padded // b, b).any(axis=(1, 3))
+    assert blocks.sum() == visible
+
+
 def test_the_reference_masks_what_it_should():
     """The einsum itself against a per-query NumPy loop (the reference the kernels are held to)."""
     q, k, v, ids = _inputs(2, 1, True)
@@ -128,8 +162,9 @@ def test_a_prefill_uses_the_kernel_and_fills_the_cache_as_the_einsum_does():
 
 
 @pytest.mark.parametrize("implementation, platform, seq_len, chosen", [
-    ("auto", "tpu", 256, "splash"), ("auto", "tpu", 200, "xla"), ("auto", "gpu", 200, "cudnn"),
-    ("auto", "cpu", 256, "xla"), ("xla", "tpu", 256, "xla"), ("splash", "tpu", 1024, "splash")])
+    ("auto", "tpu", 256, "splash"), ("auto", "tpu", 800, "splash"), ("auto", "gpu", 200, "cudnn"),
+    ("auto", "cpu", 256, "xla"), ("xla", "tpu", 256, "xla"), ("splash", "tpu", 1024, "splash"),
+    ("splash", "tpu", 200, "splash")])
 def test_auto_chooses_by_platform_and_shape(implementation, platform, seq_len, chosen):
     spec = attention_lib.AttentionSpec(implementation=implementation)
     assert attention_lib.resolve(spec, platform=platform, seq_len=seq_len) == chosen
@@ -138,8 +173,8 @@ def test_auto_chooses_by_platform_and_shape(implementation, platform, seq_len, c
 @pytest.mark.parametrize("spec, platform, seq_len, message", [
     (attention_lib.AttentionSpec("splash"), "cpu", 256, "needs a TPU"),
     (attention_lib.AttentionSpec("cudnn"), "tpu", 256, "needs a GPU"),
-    (attention_lib.AttentionSpec("splash"), "tpu", 200, "not a multiple of 128"),
-    (attention_lib.AttentionSpec("splash", block_q=384), "tpu", 512, "block_q=384"),
+    (attention_lib.AttentionSpec("splash", block_q=384), "tpu", 1024, "must divide one another"),
+    (attention_lib.AttentionSpec("splash", block_q=100), "tpu", 1024, "block_q=100 must be a positive multiple"),
 ])
 def test_an_explicit_choice_that_cannot_run_is_a_one_line_error(spec, platform, seq_len, message):
     with pytest.raises(attention_lib.AttentionError, match=message) as error:
