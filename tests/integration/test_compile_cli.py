@@ -30,7 +30,8 @@ def test_cli_estimate_only_prints_the_estimate_and_compiles_no_program(tmp_path)
                            "--topology=v5e:2x2", "--estimate_only", f"--json={report}", "--config.data.seq_len=128",
                            "--config.mesh.data=1", "--config.mesh.fsdp=4", "--config.batch_size=8",
                            "--config.micro_batch_size=8"],
-                          cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+                          cwd=REPO_ROOT, env=subprocess_env(extra={"JAX_DISABLE_MOST_OPTIMIZATIONS": "0"}),
+                          capture_output=True, text=True, timeout=300)  # the TPU compiler's figures, as users get them
     assert done.returncode == 0, done.stderr[-2000:]
     assert "compiler's estimate (TPU cost model, loops unrolled):" in done.stdout
     import json

@@ -15,7 +15,7 @@ from deft_jax.training import hosts
 from tests.helpers.runs import free_port, CONFIGS, REPO_ROOT, losses_by_step, read_metrics, subprocess_env
 
 
-STEPS, EVERY, LOG_EVERY = 24, 4, 2  # the tiny smoke model: a kill after step 8 leaves two thirds of the run
+STEPS, EVERY, LOG_EVERY = 16, 4, 2  # the tiny smoke model: a kill after step 8 leaves half of the run
 
 
 FAST = [f"--config.total_steps={STEPS}", f"--config.checkpoint.every_steps={EVERY}",
