@@ -33,8 +33,8 @@ PRIOR = pathlib.Path("experiments/results/prior/prior.json")
 NOISE_GATES = pathlib.Path("experiments/results/noise_gates/step0.json")
 PACKING = pathlib.Path("experiments/results/bench_data/packing.json")
 COMPARE = pathlib.Path("experiments/results/compare_runlocal")
-COMPARE_ROWS = (("base (no fine-tuning)", "base.json"), ("NLL", "nll_step_20.json"), ("−p", "prob_step_20.json"),
-                ("DEFT", "deft_step_20.json"))
+COMPARE_ROWS = (("base (no fine-tuning)", "base.json"), ("NLL", "nll_step_12.json"), ("−p", "prob_step_12.json"),
+                ("DEFT", "deft_step_12.json"))
 CONTINUUM_RESULTS = pathlib.Path("experiments/continuum/results")
 # doc (relative to the root) -> the generated blocks it must hold
 DOCS = {
