@@ -93,7 +93,7 @@ def _shrink_runlocal(config: ml_collections.ConfigDict) -> None:
     config.data.seq_len = 256
     config.data.truncation = "drop"
     config.data.bucket_lengths = ()  # one row length: the step compiles once
-    config.data.packing = True  # ~1.5 examples per 256-token row: 12 steps see what 20 unpacked ones did
+    config.data.packing = True  # ~1.5 examples per 256-token row: 12 steps see about the examples 20 unpacked ones did
     config.batch_size = 4
     config.micro_batch_size = 4  # one micro-batch: no gradient accumulator (the same exact-mean loss)
     config.loss.impl = "chunked"  # the lm head and the objective over token chunks: no [tokens, V] logits
