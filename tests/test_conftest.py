@@ -96,3 +96,17 @@ def test_a_full_optimization_test_compiles_as_users_do():
     import jax
 
     assert jax.config.values["jax_disable_most_optimizations"] is False
+
+
+
+def test_the_suite_and_its_subprocesses_compile_with_the_older_emitters_and_compile_as_users_undoes_it():
+    from tests.helpers.compiling import TEST_XLA_FLAGS, USER_CPU_COMPILER_OPTIONS
+    from tests.helpers.runs import subprocess_env
+
+    assert TEST_XLA_FLAGS in os.environ["XLA_FLAGS"].split()
+    env = subprocess_env(devices=2)
+    assert env["XLA_FLAGS"].split() == ["--xla_force_host_platform_device_count=2", TEST_XLA_FLAGS]
+    # compile_as_users sets back every option the suite's flags change (tests/training/test_step.py's
+    # bit-for-bit comparisons fail without it).
+    assert TEST_XLA_FLAGS.split() == [f"--{name}={str(not value).lower()}"
+                                      for name, value in USER_CPU_COMPILER_OPTIONS.items()]

@@ -49,7 +49,8 @@ def subprocess_env(*, devices=8, extra=None):
     session's JAX compilation cache (inherited from os.environ, set by conftest.py), so the programs a
     tiny run compiles are compiled once per session, whichever process asks first."""
     env = dict(os.environ)
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    kept = [flag for flag in env.get("XLA_FLAGS", "").split() if "host_platform_device_count" not in flag]
+    env["XLA_FLAGS"] = " ".join([f"--xla_force_host_platform_device_count={devices}", *kept])
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env.update(extra or {})

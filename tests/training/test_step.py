@@ -1,6 +1,5 @@
 """The train step's norm, clip and skip are optax's, with the numerics of the hand-written step they replaced,
 and a checkpoint written before the change restores into today's state layout."""
-import functools
 import pathlib
 import shutil
 
@@ -13,6 +12,7 @@ from deft_jax import objectives
 from deft_jax.model import decoder as model_lib
 from deft_jax.training import checkpointing
 from deft_jax.training import step as step_lib
+from tests.helpers.compiling import compile_as_users
 
 MODEL = model_lib.ModelConfig.tiny(vocab_size=64)
 OPTIMIZER = step_lib.make_optimizer(b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.01)
@@ -58,18 +58,19 @@ def _optax_formula_clip(grads, norm, clip):  # (g / ‖g‖) · c when ‖g‖ >
     return jax.tree.map(lambda g: jnp.where(norm < clip, g, (g / norm) * clip), grads)
 
 
-@functools.cache
-def _compiled_step(clip_norm):
-    """The project's jitted train step, traced once per clip (the two clipped comparisons share it)."""
-    spec = _spec(clip_norm=clip_norm)
-    return jax.jit(lambda s, b: step_lib.train_step(s, b, SCHEDULE, spec=spec))
+_COMPILED_STEPS = {}  # clip -> the project's train step, compiled once (the two clipped comparisons share it)
 
 
 def _run_both(*, clip_norm, clip_scale, batch):
+    """Both steps compiled as users' are: their results are compared bit for bit."""
     spec = _spec(clip_norm=clip_norm)
     state = step_lib.new_state(model_lib.init_params(MODEL, rng=jax.random.PRNGKey(0)), optimizer=OPTIMIZER, seed=0)
-    new, metrics = _compiled_step(clip_norm)(state, batch)
-    want = jax.jit(lambda s, b: _reference_step(s, b, spec=spec, clip_scale=clip_scale))(state, batch)
+    if clip_norm not in _COMPILED_STEPS:
+        _COMPILED_STEPS[clip_norm] = compile_as_users(
+            lambda s, b: step_lib.train_step(s, b, SCHEDULE, spec=spec), state, batch)
+    new, metrics = _COMPILED_STEPS[clip_norm](state, batch)
+    want = compile_as_users(lambda s, b: _reference_step(s, b, spec=spec, clip_scale=clip_scale), state, batch)(
+        state, batch)
     return state, new, metrics, want
 
 
