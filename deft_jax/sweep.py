@@ -105,23 +105,22 @@ def _sweep(FLAGS, *, config_arg: str, overrides, workdir: pathlib.Path) -> None:
     say(f"sweep: {len(runs)} runs of {config_arg} in {workdir}: {[run.name for run in runs]}"
         + (f" (process {hosts.index} of {hosts.count})" if hosts.count > 1 else ""))
     statuses = {} if FLAGS.summarize_only else run_all(runs, in_process=FLAGS.in_process, log=say, hosts=hosts)
-    if not FLAGS.evaluate:
-        return
-    options = evaluate.EvalOptions(num_eval=FLAGS.num_eval, max_new_tokens=FLAGS.max_new_tokens,
-                                   generate=FLAGS.generate)
-    results = evaluate_finished(runs, options=options, include_unmarked=FLAGS.summarize_only, log=say,
-                                hosts=hosts)
-    base = evaluate_base(runs[0], workdir=workdir, options=options, log=say, hosts=hosts) if FLAGS.base else None
-    if hosts.writer:
-        rows = summary_rows(runs, results=results, statuses=statuses)
-        if base is not None:
-            rows.insert(0, base_row(base, swept=list(runs[0].point)))
-        paths = write_summary(rows, workdir=workdir, title=f"{config_arg} {override_flags(overrides)}".strip())
-        print(reporting.markdown_table(rows))
-        for path in paths:
-            print(f"wrote {path}")
+    if FLAGS.evaluate:
+        options = evaluate.EvalOptions(num_eval=FLAGS.num_eval, max_new_tokens=FLAGS.max_new_tokens,
+                                       generate=FLAGS.generate)
+        results = evaluate_finished(runs, options=options, include_unmarked=FLAGS.summarize_only, log=say,
+                                    hosts=hosts)
+        base = evaluate_base(runs[0], workdir=workdir, options=options, log=say, hosts=hosts) if FLAGS.base else None
+        if hosts.writer:
+            rows = summary_rows(runs, results=results, statuses=statuses)
+            if base is not None:
+                rows.insert(0, base_row(base, swept=list(runs[0].point)))
+            paths = write_summary(rows, workdir=workdir, title=f"{config_arg} {override_flags(overrides)}".strip())
+            print(reporting.markdown_table(rows))
+            for path in paths:
+                print(f"wrote {path}")
     unfinished = [name for name, status in statuses.items() if status not in ("done", "skipped (done)")]
-    if unfinished:
+    if unfinished:  # with or without the evaluation: a failed run is not a finished sweep
         raise SystemExit(f"sweep: {len(unfinished)} run(s) did not finish: {unfinished}; launch the same command "
                          f"again to resume them.")
 

@@ -1,8 +1,8 @@
 """A lost host ends a multi-process job cleanly: every survivor prints one line (who stopped answering, the
 last complete checkpoint, relaunch to resume) and exits 75; the relaunch resumes bit-identically; SIGTERM
-to one host stops every host at the same step; a sweep survives a run that fails on every host; and no
-stray traceback follows a one-line error. Multi-process tests use two local processes (gloo, 2 fake CPU
-devices each) with a 5 s heartbeat timeout."""
+to one host stops every host at the same step; and no stray traceback follows a one-line error. (A sweep
+that survives a run failing on every host: test_sweep_multihost.py.) Multi-process tests use two local
+processes (gloo, 2 fake CPU devices each) with a 5 s heartbeat timeout."""
 
 from __future__ import annotations
 import json
@@ -15,7 +15,7 @@ from deft_jax.training import hosts
 from tests.helpers.runs import free_port, CONFIGS, REPO_ROOT, losses_by_step, read_metrics, subprocess_env
 
 
-STEPS, EVERY, LOG_EVERY = 16, 4, 2  # the tiny smoke model: a kill after step 8 leaves half of the run
+STEPS, EVERY, LOG_EVERY = 24, 4, 2  # the tiny smoke model: room for three interruptions, 4 steps apart
 
 
 FAST = [f"--config.total_steps={STEPS}", f"--config.checkpoint.every_steps={EVERY}",
@@ -94,69 +94,16 @@ def _assert_resumed_exactly(workdir, reference):
     assert losses_by_step(workdir) == losses_by_step(reference)
 
 
-def _relaunch(workdir, *, cache_root):
-    results = _finish(_launch(_train_command(workdir), logs=workdir.parent, cache_root=cache_root, tag="relaunch"))
-    assert [code for code, _ in results] == [0, 0], results
-    assert all("Traceback" not in err for _, err in results), results
-    assert "resumed from" in results[0][1]
+def _assert_resumed(err, *, workdir, after):
+    """Process 0's report says it resumed from checkpoint `after`."""
+    assert f"resumed from {workdir / 'checkpoints'}/{after} (" in err, err[-3000:]
 
 
-@pytest.mark.slow
-def test_a_killed_host_ends_the_job_on_the_other_and_the_relaunch_resumes_exactly(tmp_path, cache_root,
-                                                                                   uninterrupted):
-    workdir = tmp_path / "run"
-    processes = _launch(_train_command(workdir), logs=tmp_path, cache_root=cache_root, tag="killed")
-    _wait_for(lambda: 8 in hosts.complete_steps(workdir / "checkpoints"), processes=processes)
-    processes[1].kill()  # SIGKILL: the host is gone
-    killed = time.monotonic()
-    code = processes[0].wait(timeout=120)
-    took = time.monotonic() - killed
-    err = _finish(processes)[0][1]
-    lines = err.strip().splitlines()
-    last = max(hosts.complete_steps(workdir / "checkpoints"))
-    assert code == 75, err
-    assert lines[-1].startswith(f"train: process 1 of 2 stopped answering; the last complete checkpoint is step {last} in "
-                         f"{workdir / 'checkpoints'}; relaunch the same command on every host to resume from it "
-                         f"(exit status 75; JAX's report: ")
-    assert "Traceback" not in err and "Check failure" not in err and "Gloo" not in err
-    assert took < 60, took  # within the 5 s heartbeat timeout (plus the load of the machine)
-    assert last < STEPS
-    _relaunch(workdir, cache_root=cache_root)
-    _assert_resumed_exactly(workdir, uninterrupted)
-
-
-@pytest.mark.slow
-def test_the_coordinator_killed_while_a_checkpoint_is_written(tmp_path, cache_root, uninterrupted):
-    """SIGKILL of process 0 while a checkpoint is being written: process 1 names it, the unfinished write
-    is not counted as complete, and the relaunch resumes exactly from the step before."""
-    workdir = tmp_path / "run"
-    checkpoints = workdir / "checkpoints"
-    processes = _launch(_train_command(workdir), logs=tmp_path, cache_root=cache_root, tag="killed")
-
-    def writing():
-        return checkpoints.is_dir() and any(hosts.complete_steps(checkpoints)) and any(
-            p.name.startswith(str(s)) and "tmp" in p.name for p in checkpoints.iterdir()
-            for s in range(8, STEPS, EVERY))
-    _wait_for(writing, processes=processes, poll=0.002)
-    processes[0].kill()
-    unfinished = sorted(p.name for p in checkpoints.iterdir() if "tmp" in p.name)
-    (_, _), (code, err) = _finish(processes, timeout=120)
-    last = max(hosts.complete_steps(checkpoints))
-    assert code == 75, err
-    assert err.strip().splitlines()[-1].startswith(
-        f"train: process 0 of 2 (the coordinator) stopped answering; the last complete checkpoint is step {last} ")
-    assert "Traceback" not in err and "Check failure" not in err
-    assert unfinished and all(int(name.split(".")[0]) > last for name in unfinished), (unfinished, last)
-    _relaunch(workdir, cache_root=cache_root)
-    _assert_resumed_exactly(workdir, uninterrupted)
-
-
-@pytest.mark.slow
-def test_sigterm_to_one_host_stops_both_at_the_same_step_and_the_relaunch_resumes(tmp_path, cache_root,
-                                                                                    uninterrupted):
-    workdir = tmp_path / "run"
-    processes = _launch(_train_command(workdir), logs=tmp_path, cache_root=cache_root, tag="preempted")
-    _wait_for(lambda: 8 in hosts.complete_steps(workdir / "checkpoints"), processes=processes)
+def _sigterm_to_one_host(workdir, *, cache_root, logs):
+    """SIGTERM to host 1 once checkpoint 4 is complete: both hosts stop at the same step, saved by both.
+    Returns that step."""
+    processes = _launch(_train_command(workdir), logs=logs, cache_root=cache_root, tag="preempted")
+    _wait_for(lambda: 4 in hosts.complete_steps(workdir / "checkpoints"), processes=processes)
     processes[1].send_signal(signal.SIGTERM)  # one host only
     results = _finish(processes)
     assert [code for code, _ in results] == [75, 75], results
@@ -165,44 +112,75 @@ def test_sigterm_to_one_host_stops_both_at_the_same_step_and_the_relaunch_resume
     assert max(hosts.complete_steps(workdir / "checkpoints")) == stopped[0]  # saved by both, together
     # Metrics are written every LOG_EVERY steps: the last record is the last of those at or before the stop.
     assert [r["step"] for r in read_metrics(workdir)][-1] == stopped[0] - stopped[0] % LOG_EVERY
-    _relaunch(workdir, cache_root=cache_root)
-    _assert_resumed_exactly(workdir, uninterrupted)
+    return stopped[0]
 
 
-SWEEP_WITH_A_FAILING_RUN = f"""
-import sys
-sys.path.insert(0, {str(REPO_ROOT)!r})
-from configs import deft
+def _sigkill_one_host(workdir, *, cache_root, logs, resumes_from):
+    """The relaunch resumes; SIGKILL of host 1 once a newer checkpoint is complete: host 0 prints one line
+    (who stopped answering, the last complete checkpoint, relaunch to resume) and exits 75 within the
+    heartbeat timeout. Returns the last complete step."""
+    checkpoints = workdir / "checkpoints"
+    processes = _launch(_train_command(workdir), logs=logs, cache_root=cache_root, tag="killed")
+    _wait_for(lambda: max(hosts.complete_steps(checkpoints)) > resumes_from, processes=processes)
+    processes[1].kill()  # SIGKILL: the host is gone
+    killed = time.monotonic()
+    code = processes[0].wait(timeout=120)
+    took = time.monotonic() - killed
+    err = _finish(processes)[0][1]
+    lines = err.strip().splitlines()
+    last = max(hosts.complete_steps(checkpoints))
+    _assert_resumed(err, workdir=workdir, after=resumes_from)
+    assert code == 75, err
+    assert lines[-1].startswith(f"train: process 1 of 2 stopped answering; the last complete checkpoint is step {last} in "
+                         f"{checkpoints}; relaunch the same command on every host to resume from it "
+                         f"(exit status 75; JAX's report: ")
+    assert "Traceback" not in err and "Check failure" not in err and "Gloo" not in err
+    assert took < 60, took  # within the 5 s heartbeat timeout (plus the load of the machine)
+    assert last < STEPS
+    return last
 
 
-def get_config(arg=None):
-    return deft.get_config(arg)
+def _sigkill_the_coordinator_while_it_writes(workdir, *, cache_root, logs, resumes_from):
+    """The relaunch resumes; SIGKILL of process 0 while a newer checkpoint is being written: process 1
+    names it, and the unfinished write is not counted as complete. Returns the last complete step."""
+    checkpoints = workdir / "checkpoints"
+    processes = _launch(_train_command(workdir), logs=logs, cache_root=cache_root, tag="coordinator_killed")
 
-
-def sweep():
-    # 6 rows do not split over the 4 devices: valid as a config, it fails on every host when the run starts
-    return [{{"batch_size": 6, "micro_batch_size": 6}}, {{"seed": 1}}]
-"""
+    def writing():
+        return any(p.name.startswith(str(s)) and "tmp" in p.name for p in checkpoints.iterdir()
+                   for s in range(resumes_from + EVERY, STEPS, EVERY))
+    _wait_for(writing, processes=processes, poll=0.002)
+    processes[0].kill()
+    unfinished = sorted(p.name for p in checkpoints.iterdir() if "tmp" in p.name)
+    (_, coordinator_err), (code, err) = _finish(processes, timeout=120)
+    last = max(hosts.complete_steps(checkpoints))
+    _assert_resumed(coordinator_err, workdir=workdir, after=resumes_from)
+    assert code == 75, err
+    assert err.strip().splitlines()[-1].startswith(
+        f"train: process 0 of 2 (the coordinator) stopped answering; the last complete checkpoint is step {last} ")
+    assert "Traceback" not in err and "Check failure" not in err
+    assert unfinished and all(int(name.split(".")[0]) > last for name in unfinished), (unfinished, last)
+    return last
 
 
 @pytest.mark.slow
-def test_a_sweep_on_two_hosts_records_a_run_that_fails_on_every_host_and_goes_on(tmp_path, cache_root):
-    config_file = tmp_path / "sweep_config.py"
-    config_file.write_text(SWEEP_WITH_A_FAILING_RUN)
-    workdir = tmp_path / "sweep"
-    command = [sys.executable, "-m", "deft_jax.sweep", f"--config={config_file}:smoke", f"--workdir={workdir}",
-               "--in_process", "--noevaluate", "--config.total_steps=4", "--config.eval.at_end=False",
-               "--config.progress=off", "--config.distributed.heartbeat_timeout_seconds=5"]
-    results = _finish(_launch(command, logs=tmp_path, cache_root=cache_root, tag="sweep"))
+def test_a_job_stopped_by_sigterm_a_killed_host_and_a_killed_coordinator_resumes_exactly(tmp_path, cache_root,
+                                                                                        uninterrupted):
+    """One job interrupted three ways, each relaunch resuming the last (4 launches where one job per way
+    would take 6): SIGTERM to one host, SIGKILL of a host, SIGKILL of the coordinator mid-write; the last
+    relaunch ends bit-identically to the uninterrupted run."""
+    workdir = tmp_path / "run"
+    stopped = _sigterm_to_one_host(workdir, cache_root=cache_root, logs=tmp_path)
+    killed = _sigkill_one_host(workdir, cache_root=cache_root, logs=tmp_path, resumes_from=stopped)
+    written = _sigkill_the_coordinator_while_it_writes(workdir, cache_root=cache_root, logs=tmp_path,
+                                                       resumes_from=killed)
+    results = _finish(_launch(_train_command(workdir), logs=tmp_path, cache_root=cache_root, tag="relaunch"))
     assert [code for code, _ in results] == [0, 0], results
-    log = (tmp_path / "sweep.process0.log").read_text()
-    failed = "batch_size=6,micro_batch_size=6"
-    assert f"[1/2] {failed}: failed: config.micro_batch_size=6 (rows per micro-batch) is not divisible" in log, log
-    assert "[2/2] seed=1: finished at step 4" in log, log
-    assert "Traceback" in (workdir / failed / "error.txt").read_text()
-    assert not (workdir / failed / "SWEEP_DONE.json").exists()
-    assert (workdir / "seed=1" / "SWEEP_DONE.json").is_file()
     assert all("Traceback" not in err for _, err in results), results
+    _assert_resumed(results[0][1], workdir=workdir, after=written)
+    _assert_resumed_exactly(workdir, uninterrupted)
+    print(f"SIGTERM: stopped at step {stopped}; host 1 killed: last complete {killed}; the coordinator killed "
+          f"mid-write: last complete {written}")
 
 
 @pytest.mark.slow
