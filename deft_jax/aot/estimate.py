@@ -30,7 +30,8 @@ imply, compiler FLOPs / (peak x step). An estimate faster than the FLOPs lower b
 
 Evaluation (the decode program compiled): one decode step of the engine's S slots, priced two ways,
   compiler   D(L) = D(1) + (L - 1) (D(2) - D(1)), D(l) the optimal_seconds of a one-step decode chunk
-             with l layers unrolled (loop-free);
+             with l layers unrolled, compiled with windowed einsums off as above (no loop but the chunk's
+             own, one trip; flagged as unreliable when another is left or D(L) beats the HBM bound below);
   HBM        bytes per chip / bandwidth, bytes = N x itemsize(param_dtype) / tensor [every weight read
              once per step, gathered over fsdp] + the KV cache per chip [every slot attends over all of it];
 then tokens/s per chip = S / chips / step, and the chip-hours of the paper's math avg@16 evaluation =
@@ -151,7 +152,17 @@ def program_cost(compiled, *, splash_flops: dict[str, float], peak_flops: float)
     kernels = sum(count * splash_flops.get(name, 0.0) for name, count in splash_calls(text).items())
     return ProgramCost(seconds=optimal_seconds(compiled) + kernels / peak_flops,
                        flops=float(costs.get("flops", 0.0)) + kernels, splash_seconds=kernels / peak_flops,
-                       while_loops=len(re.findall(r"\swhile\(", text)))
+                       while_loops=count_while_loops(text))
+
+
+def count_while_loops(text: str) -> int:
+    """While loops in a compiled program's HLO text."""
+    return len(re.findall(r"\swhile\(", text))
+
+
+def while_loops(compiled) -> int:
+    """While loops left in a compiled program (cost_analysis counts each body once)."""
+    return count_while_loops(compiled.as_text())
 
 
 def loop_free_config(config, *, n_layers: int) -> ml_collections.ConfigDict:
@@ -314,15 +325,27 @@ def slots_that_fit(*, slots: int, multiple: int, total_bytes: int, kv_cache_byte
     return multiple * max(0, int((HBM_MARGIN * capacity - (total_bytes - kv_cache_bytes)) // per_group))
 
 
-def estimate_decode_step(config, *, devices: Sequence[Any], generation, n_layers: int) -> dict[str, Any]:
-    """The compiler's D(L) of one decode step (see the module doc) from loop-free 1- and 2-layer compiles."""
-    seconds = []
+def estimate_decode_step(config, *, devices: Sequence[Any], generation, n_layers: int,
+                         hbm_bound_seconds: float) -> dict[str, Any]:
+    """The compiler's D(L) of one decode step (see the module doc) from loop-free 1- and 2-layer compiles,
+    with windowed einsums off as for the train step; 'problem' says why it cannot be trusted ('' when it
+    can): loops left in the programs beside the one-step chunk's own, or a step faster than the HBM bound."""
+    seconds, loops = [], 0
     for layers in LAYER_COUNTS:
         target = programs_lib.build_programs(loop_free_config(config, n_layers=layers), devices=devices,
                                              generation=generation)
         lowered, _ = programs_lib.lower_decode(target, steps=1)
-        seconds.append(optimal_seconds(lowered.compile()))
-    return {"step_seconds": extrapolate(seconds, n_layers=n_layers), "per_layer": seconds}
+        compiled = lowered.compile(compiler_options=COMPILER_OPTIONS)
+        seconds.append(optimal_seconds(compiled))
+        loops += while_loops(compiled) - 1  # the chunk's own loop runs its body once: counted right
+    step = extrapolate(seconds, n_layers=n_layers)
+    problem = ""
+    if loops:
+        problem = f"{loops} while loop(s) left in the loop-free programs: their bodies are counted once"
+    elif step < hbm_bound_seconds:
+        problem = (f"{step * 1e3:.3g} ms/step is below the HBM lower bound {hbm_bound_seconds * 1e3:.3g} ms (bytes "
+                   f"per chip / bandwidth): the compiler's cost model missed traffic")
+    return {"step_seconds": step, "per_layer": seconds, "while_loops": loops, "problem": problem}
 
 
 def add_evaluation_to_report(config, result: dict, *, mean_sample_tokens: float = DEFAULT_MEAN_SAMPLE_TOKENS,
@@ -347,9 +370,12 @@ def add_evaluation_to_report(config, result: dict, *, mean_sample_tokens: float 
     if compiler:
         try:
             compiled = estimate_decode_step(config, devices=programs_lib.topology_devices(topology),
-                                            generation=generation, n_layers=model.n_layers)
+                                            generation=generation, n_layers=model.n_layers,
+                                            hbm_bound_seconds=steps["hbm"])
             steps["compiler"] = compiled["step_seconds"]
             evaluation["compiler_per_layer_seconds"] = compiled["per_layer"]
+            evaluation["compiler_while_loops"] = compiled["while_loops"]
+            evaluation["compiler_problem"] = compiled["problem"]
         except programs_lib.CompileError as error:
             evaluation["compiler_error"] = str(error)
     for name, seconds in steps.items():
@@ -372,6 +398,8 @@ def format_evaluation(result: dict) -> str:
             c = e[name]
             lines.append(f"  {labels[name]}: {c['step_seconds'] * 1e3:.2f} ms/step, {c['tokens_per_second_per_chip']:,.0f} "
                          f"tokens/s per chip, {c['chip_hours']:,.1f} chip-hours ({c['slice_hours']:.2f} h on the slice)")
+    if e.get("compiler_problem"):
+        lines.append(f"  UNRELIABLE compiler's estimate: {e['compiler_problem']}; report the HBM bound instead")
     if "compiler_error" in e:
         lines.append(f"  compiler's estimate: none ({e['compiler_error']})")
     return "\n".join(lines)
