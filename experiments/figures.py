@@ -131,6 +131,21 @@ def initial_panels(workdir: pathlib.Path, *, smoke: bool, num_examples: int, log
     return panels
 
 
+def initial_summary(panels: dict) -> dict:
+    """{regime: {tokens, mean_p, mean_entropy, objectives: {label: {mean_gate, grad_ratio}}}} of the untrained
+    model's panels: mean gate and mean gate·‖π − e_y‖ relative to NLL's, over the same supervised tokens."""
+    summary = {}
+    for regime in study.REGIMES:
+        nll = panels[(regime, "nll")]
+        labels = [label for r, label in panels if r == regime]
+        summary[regime] = {
+            "tokens": int(nll["p"].size), "mean_p": float(np.mean(nll["p"])), "mean_entropy": float(np.mean(nll["entropy"])),
+            "objectives": {label: {"mean_gate": float(np.mean(panels[(regime, label)]["gate"])),
+                                   "grad_ratio": float(np.mean(panels[(regime, label)]["grad_norm"]) / np.mean(nll["grad_norm"]))}
+                           for label in labels}}
+    return summary
+
+
 def run_token_statistics(*, run_dir: pathlib.Path | None, config, num_examples: int) -> dict[str, np.ndarray]:
     """Token statistics of a run's latest checkpoint (run_dir) or of the base model (run_dir None: config's
     untrained model, objective forced to NLL); cached in <run_dir or its cache dir>/token_stats.npz."""
@@ -354,6 +369,8 @@ def main(argv: Sequence[str] | None = None) -> list[pathlib.Path]:
     parser.add_argument("--out", default="experiments/figures", help="folder for the PNGs")
     parser.add_argument("--smoke", action="store_true", help="the smoke studies' runs (titles say so)")
     parser.add_argument("--scatter_examples", type=int, default=8, help="eval examples per scatter panel")
+    parser.add_argument("--json", default=None, help="with initial_scatter: also write its mean gate and gradient "
+                        "per regime and objective (raw output, experiments/raw.py) here")
     parser.add_argument("--only", default="token_scatter,dynamics,scores",
                         help="comma-separated, of token_scatter, dynamics, scores, initial_scatter (the untrained "
                              "model under every objective's gate; needs no study run)")
@@ -370,6 +387,12 @@ def main(argv: Sequence[str] | None = None) -> list[pathlib.Path]:
     written = []
     if "initial_scatter" in wanted:
         panels = initial_panels(workdir, smoke=args.smoke, num_examples=args.scatter_examples)
+        if args.json:
+            from experiments import raw
+
+            raw.write(args.json, raw.record(script="figures_initial", figures=initial_summary(panels),
+                                            settings={"num_examples": args.scatter_examples, "smoke": args.smoke}))
+            print(f"wrote {args.json}")
         written.append(plot_token_scatter(panels, path=out / "initial_scatter.png",
                                           title=f"untrained model, {args.scatter_examples} eval examples per regime: "
                                                 f"p vs entropy, colour = each objective's gradient magnitude{note}"))

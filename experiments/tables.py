@@ -32,18 +32,30 @@ from experiments.continuum import verdicts  # noqa: E402
 PRIOR = pathlib.Path("experiments/results/prior/prior.json")
 NOISE_GATES = pathlib.Path("experiments/results/noise_gates/step0.json")
 PACKING = pathlib.Path("experiments/results/bench_data/packing.json")
+INITIAL_GATES = pathlib.Path("experiments/results/initial_gates/initial.json")
+COMPILE_EVAL = pathlib.Path("experiments/results/compile_eval")
 COMPARE = pathlib.Path("experiments/results/compare_runlocal")
 COMPARE_ROWS = (("base (no fine-tuning)", "base.json"), ("NLL", "nll_step_12.json"), ("−p", "prob_step_12.json"),
                 ("DEFT", "deft_step_12.json"))
 CONTINUUM_RESULTS = pathlib.Path("experiments/continuum/results")
+BENCHMARKS_PAGE = pathlib.Path("docs/results/2026-12-benchmarks.md")
+# generated block -> the raw file it renders whole (machine line + the script's tables: `render`)
+RENDERED = {f"table-{name.replace('_', '-')}": pathlib.Path(f"experiments/results/{name}/2026-12-04.json")
+            for name in ("bench_generate", "bench_data", "bench_sampler", "profile_train_step", "bench_objectives",
+                         "bench_train")}
+# every raw input of the `table-*` blocks (relative to the root): files, and folders read whole
+RAW_FILES = (PRIOR, NOISE_GATES, PACKING, INITIAL_GATES, *RENDERED.values())
+RAW_FOLDERS = (COMPARE, COMPILE_EVAL)
 # doc (relative to the root) -> the generated blocks it must hold
 DOCS = {
     pathlib.Path("experiments/prior.md"): ("table-prior",),
     pathlib.Path("experiments/noise_gates.md"): ("table-noise-gates",),
-    pathlib.Path("experiments/README.md"): ("table-prior", "table-noise-gates-study"),
+    pathlib.Path("experiments/README.md"): ("table-prior", "table-noise-gates-study", "table-initial-gates"),
     pathlib.Path("docs/results/2026-12-continuum.md"): ("readme-accuracy", "readme-claims"),
     pathlib.Path("README.md"): ("table-compare-runlocal",),
     pathlib.Path("docs/results/2026-11-amd-epyc.md"): ("table-packing",),
+    BENCHMARKS_PAGE: tuple(RENDERED),
+    pathlib.Path("docs/results/2026-12-inference.md"): ("table-compile-eval",),
 }
 
 
@@ -196,10 +208,60 @@ def render_study(figures: Mapping, settings: Mapping) -> str:
                        for entry in figures["studies"].values())
 
 
+def compile_eval_table(reports: Sequence[Mapping]) -> str:
+    """One row per `deft_jax.compile --programs=prefill,decode --json` report: per-chip GiB of the prefill and
+    the decode step, whether both fit, and the decode step's time, tokens/s per chip and the chip-hours of the
+    paper's math avg@16 evaluation by the compiler's estimate and by the HBM bound."""
+    gib = 2**30
+    lines = ["| preset | topology (HBM/chip) | slots | prefill GiB (temps) | decode GiB | KV cache GiB | fits | "
+             "decode ms/step: compiler / HBM bound | tokens/s per chip: compiler / HBM | math avg@16 chip-hours: "
+             "compiler / HBM |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in reports:
+        prefill, decode = r["programs"]["prefill"]["bytes"], r["programs"]["decode"]["bytes"]
+        e = r["evaluation"]
+        compiler = e.get("compiler")
+        flag = " (unreliable)" if e.get("compiler_problem") else ""
+        if compiler:
+            times = f"{compiler['step_seconds'] * 1e3:.1f}{flag} / {e['hbm']['step_seconds'] * 1e3:.1f}"
+            rates = f"{compiler['tokens_per_second_per_chip']:,.0f} / {e['hbm']['tokens_per_second_per_chip']:,.0f}"
+            hours = f"{compiler['chip_hours']:,.1f} / {e['hbm']['chip_hours']:,.1f}"
+        else:
+            times = f"– / {e['hbm']['step_seconds'] * 1e3:.1f}"
+            rates = f"– / {e['hbm']['tokens_per_second_per_chip']:,.0f}"
+            hours = f"– / {e['hbm']['chip_hours']:,.1f}"
+        fits = "yes" if r["programs"]["prefill"]["fits"] and r["programs"]["decode"]["fits"] else "NO"
+        decode_total = decode.get("total") or 0  # 0: the compiler refused it (out of HBM)
+        lines.append(f"| {r['model']} | {r['topology']} ({r['hbm_capacity_gib']:g}) | {r['decode_slots']} | "
+                     f"{prefill['total'] / gib:.2f} ({prefill['temporaries'] / gib:.2f}) | "
+                     f"{(f'{decode_total / gib:.2f}' if decode_total else 'out of HBM')} | "
+                     f"{decode['parts']['kv_cache'] / gib:.2f} | {fits} | {times} | {rates} | {hours} |")
+    return "\n".join(lines)
+
+
+INITIAL_COLUMNS = (("nll", "NLL"), ("prob", "−p"), ("dft", "DFT"), ("eaft", "EAFT"), ("cayley", "Cayley"),
+                   ("deft", "DEFT"), ("deformed_log(α=0.5)", "deformed-log α=0.5"))
+
+
+def render_figures_initial(figures: Mapping, settings: Mapping) -> str:
+    """Mean gate and ‖grad‖ relative to NLL's at step 0, per regime (figures.py --only initial_scatter --json)."""
+    lines = ["| regime (tokens, mean p, mean H) | | " + " | ".join(name for _, name in INITIAL_COLUMNS) + " |",
+             "|---|---|" + "---|" * len(INITIAL_COLUMNS)]
+    order = ("weak", "intermediate", "strong")  # the study's regimes, weak prior first
+    for regime in sorted(figures, key=lambda name: (order.index(name) if name in order else len(order), name)):
+        row = figures[regime]
+        cells = row["objectives"]
+        lines.append(f"| {regime} ({row['tokens']}, {row['mean_p']:.3f}, {row['mean_entropy']:.2f}) | mean gate | "
+                     + " | ".join(f"{cells[label]['mean_gate']:.3f}" for label, _ in INITIAL_COLUMNS) + " |")
+        lines.append("| | ‖grad‖ / NLL's | "
+                     + " | ".join(f"{cells[label]['grad_ratio']:.3f}" for label, _ in INITIAL_COLUMNS) + " |")
+    return "\n".join(lines)
+
+
 RENDERERS = {"bench_data": render_bench_data, "bench_generate": render_bench_generate,
              "bench_sampler": render_bench_sampler, "bench_objectives": render_bench_objectives,
              "bench_train": render_bench_train, "profile_train_step": render_profile_train_step,
-             "measure_prior": render_measure_prior, "noise_gates": render_noise_gates, "study": render_study}
+             "measure_prior": render_measure_prior, "noise_gates": render_noise_gates, "study": render_study,
+             "figures_initial": render_figures_initial}
 
 
 def machine_line(machine: Mapping) -> str:
@@ -228,7 +290,10 @@ def own_blocks(root: pathlib.Path) -> dict[str, str]:
             "table-noise-gates-study": noise_gates_study_table(gates["figures"]),
             "table-packing": packing_table(raw.read(root / PACKING)["figures"]),
             "table-compare-runlocal": compare_table([(label, raw.read(root / COMPARE / name))
-                                                     for label, name in COMPARE_ROWS])}
+                                                     for label, name in COMPARE_ROWS]),
+            "table-initial-gates": render_figures_initial(raw.read(root / INITIAL_GATES)["figures"], {}),
+            "table-compile-eval": compile_eval_table([raw.read(path) for path in sorted((root / COMPILE_EVAL).glob("*.json"))]),
+            **{name: render(raw.read(root / path)) for name, path in RENDERED.items()}}
 
 
 def continuum_files(root: pathlib.Path) -> tuple[dict[pathlib.Path, str], dict[str, str]]:

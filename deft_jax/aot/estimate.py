@@ -365,8 +365,10 @@ def add_evaluation_to_report(config, result: dict, *, mean_sample_tokens: float 
         "slots": slots, "mean_sample_tokens": mean_sample_tokens, "problems": MATH_PROBLEMS,
         "samples": MATH_SAMPLES, "hbm_bytes_per_step_per_chip": hbm_bytes,
         "hbm_bandwidth": topology.chip.hbm_bandwidth,
+        # Extrapolated from the compiled decode's bytes: none when the compiler refused it (out of HBM).
         "slots_that_fit": slots_that_fit(slots=slots, multiple=multiple, total_bytes=decode["bytes"]["total"],
-                                         kv_cache_bytes=kv, capacity=topology.chip.hbm_bytes)}
+                                         kv_cache_bytes=kv, capacity=topology.chip.hbm_bytes)
+        if decode["fits"] else None}
     if compiler:
         try:
             compiled = estimate_decode_step(config, devices=programs_lib.topology_devices(topology),
@@ -387,8 +389,9 @@ def add_evaluation_to_report(config, result: dict, *, mean_sample_tokens: float 
 def format_evaluation(result: dict) -> str:
     """The decode step's time, tokens/s per chip and the math avg@16 chip-hours, one line per estimate."""
     e = result["evaluation"]
-    lines = [f"evaluation: {e['slots']} decode slots ({e['slots_that_fit']} would fit in "
-             f"{int(HBM_MARGIN * 100)}% of HBM); math avg@16 = {e['problems']} problems x {e['samples']} samples x "
+    fit = (f"{e['slots_that_fit']} would fit in {int(HBM_MARGIN * 100)}% of HBM" if e["slots_that_fit"] is not None
+           else "the decode does not fit: compile fewer --slots")
+    lines = [f"evaluation: {e['slots']} decode slots ({fit}); math avg@16 = {e['problems']} problems x {e['samples']} samples x "
              f"{e['mean_sample_tokens']:g} mean new tokens (assumed) = {e['problems'] * e['samples'] * e['mean_sample_tokens'] / 1e6:.1f}M tokens"]
     labels = {"compiler": "compiler's estimate (one loop-free step)",
               "hbm": f"HBM bound ({e['hbm_bytes_per_step_per_chip'] / 2**30:.2f} GiB/chip/step at "

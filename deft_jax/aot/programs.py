@@ -472,8 +472,11 @@ def advice(target: Programs, report: ProgramReport, *, capacity: int) -> str:
             fixes.append("remat (config.model.remat_policy='full', or a lighter policy)")
         if config.loss.impl == "naive":
             fixes.append("the chunked head (config.loss.impl='chunked')")
-    elif report.name in ("prefill", "decode"):
-        fixes.append("fewer prompts per generation batch (--generate_batch_size) or more fsdp/tensor")
+    elif report.name == "prefill":
+        fixes.append("fewer prompts per generation batch (--generate_batch_size), a smaller --prefill_chunk, or "
+                     "more fsdp/tensor")
+    elif report.name == "decode":
+        fixes.append("fewer decode slots (--slots: the KV cache grows with them) or more fsdp/tensor")
     else:
         fixes.append("a smaller config.eval.batch_size")
     return f"{head}; largest: {listed}. Change: {'; '.join(fixes)}."

@@ -423,7 +423,8 @@ def replace_blocks(text: str, generated: Mapping[str, str], *, keep: Sequence[st
             raise KeyError(f"generated block {name!r} in the docs is not one of {sorted(generated)}")
         return f"{BEGIN.format(name=name)}\n{generated[name]}\n{END}"
 
-    pattern = re.compile(r"<!-- BEGIN GENERATED: ([\w-]+) -->\n.*?\n<!-- END GENERATED -->", re.DOTALL)
+    # The body may be empty (markers just added): then END follows BEGIN's line directly.
+    pattern = re.compile(r"<!-- BEGIN GENERATED: ([\w-]+) -->\n(?:.*?\n)??<!-- END GENERATED -->", re.DOTALL)
     return pattern.sub(body, text), found
 
 

@@ -53,3 +53,17 @@ def test_report_prices_the_compiled_decode_step():
     for name in ("hbm", "compiler"):
         assert e[name]["tokens_per_second_per_chip"] == pytest.approx(8 / 4 / e[name]["step_seconds"])
         assert e[name]["chip_hours"] == pytest.approx(1517 * 16 * 100 / e[name]["tokens_per_second_per_chip"] / 3600)
+
+
+def test_a_decode_out_of_hbm_gets_no_slot_extrapolation_and_says_so():
+    from tests.helpers.runs import smoke_config
+
+    config = smoke_config("nll")
+    # What compile_report gives for a decode the compiler refused: no bytes but the analytic parts.
+    result = {"jax_topology": "v5e:2x2", "mesh": {"data": 1, "fsdp": 4, "tensor": 1}, "costs": {"params": 1e9},
+              "generation": {"batch_size": 4, "prompt_len": 32, "max_new_tokens": 8, "slots": 8, "prefill_chunk": 16},
+              "decode_slots": 8, "decode_row_split": 4,
+              "programs": {"decode": {"fits": False, "bytes": {"total": 0, "parts": {"kv_cache": 20 * GIB}}}}}
+    e = E.add_evaluation_to_report(config, result, compiler=False)["evaluation"]
+    assert e["slots_that_fit"] is None
+    assert "the decode does not fit: compile fewer --slots" in E.format_evaluation({"evaluation": e})

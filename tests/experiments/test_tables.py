@@ -89,6 +89,53 @@ def test_prior_and_noise_gate_tables_from_hand_made_rows():
     assert lines[3] == "| t | deft | 2 of 10 | 0.2 | 0.1 | 0.25 | 0.010 (0.500) | 0.700 | 0.2 | 2.00 |"
 
 
+def test_initial_gates_from_hand_made_panels():
+    from experiments import figures
+
+    labels = [label for label, _ in tables.INITIAL_COLUMNS]
+    tokens = {"p": np.array([0.2, 0.6]), "entropy": np.array([1.0, 2.0]), "collision": np.array([0.5, 0.5])}
+    panels = {}
+    for regime in figures.study.REGIMES:
+        for i, label in enumerate(labels):  # objective i: gate = (i + 1) / 8 on both tokens
+            gate = np.full(2, 1.0 if label == "nll" else (i + 1) / 8)
+            grad = figures.gradient_magnitude(p=tokens["p"], gate=gate, collision=tokens["collision"])
+            panels[(regime, label)] = {**tokens, "gate": gate, "grad_norm": grad}
+    summary = figures.initial_summary(panels)
+    weak = summary["weak"]
+    assert (weak["tokens"], weak["mean_p"], weak["mean_entropy"]) == (2, pytest.approx(0.4), pytest.approx(1.5))
+    # A constant gate g scales every token's gradient by g: the ratio to NLL's is g itself.
+    assert weak["objectives"]["deft"] == {"mean_gate": 0.75, "grad_ratio": pytest.approx(0.75)}
+    lines = tables.render(payload("figures_initial", {}, summary)).splitlines()
+    assert lines[4:6] == ["| weak (2, 0.400, 1.50) | mean gate | 1.000 | 0.250 | 0.375 | 0.500 | 0.625 | 0.750 | 0.875 |",
+                          "| | ‖grad‖ / NLL's | 1.000 | 0.250 | 0.375 | 0.500 | 0.625 | 0.750 | 0.875 |"]
+
+
+def test_an_empty_block_is_filled_and_leaves_the_next_block_alone():
+    from experiments.continuum import verdicts
+
+    text = ("<!-- BEGIN GENERATED: a -->\n<!-- END GENERATED -->\nprose\n"
+            "<!-- BEGIN GENERATED: b -->\nold\n<!-- END GENERATED -->\n")
+    filled, found = verdicts.replace_blocks(text, {"a": "A", "b": "B"})
+    assert found == ["a", "b"]
+    assert filled == ("<!-- BEGIN GENERATED: a -->\nA\n<!-- END GENERATED -->\nprose\n"
+                      "<!-- BEGIN GENERATED: b -->\nB\n<!-- END GENERATED -->\n")
+
+
+def test_compile_eval_table_from_a_hand_made_report():
+    gib = 2**30
+    report = {"model": "m", "topology": "v5e-16", "hbm_capacity_gib": 16.0, "decode_slots": 128,
+              "programs": {"prefill": {"fits": True, "bytes": {"total": 3 * gib, "temporaries": gib // 2}},
+                           "decode": {"fits": False, "bytes": {"total": 17 * gib, "parts": {"kv_cache": 4 * gib}}}},
+              "evaluation": {"compiler": {"step_seconds": 0.1, "tokens_per_second_per_chip": 80.0, "chip_hours": 86.3},
+                             "hbm": {"step_seconds": 0.045, "tokens_per_second_per_chip": 177.8, "chip_hours": 38.84},
+                             "compiler_problem": ""}}
+    line = tables.compile_eval_table([report]).splitlines()[2]
+    assert line == ("| m | v5e-16 (16) | 128 | 3.00 (0.50) | 17.00 | 4.00 | NO | 100.0 / 45.0 | 80 / 178 | "
+                    "86.3 / 38.8 |")
+    report["evaluation"]["compiler_problem"] = "beats the HBM bound"
+    assert "100.0 (unreliable) / 45.0" in tables.compile_eval_table([report])
+
+
 def test_unknown_script_is_refused():
     with pytest.raises(ValueError, match="no renderer"):
         tables.render(payload("not_a_script", {}, {}))
@@ -105,10 +152,11 @@ def test_raw_record_names_the_machine_and_writes_numpy_values(tmp_path):
 @pytest.fixture()
 def tree(tmp_path):
     """A copy of the managed docs and the raw files (the continuum's results linked, read only)."""
-    for relative in list(tables.DOCS) + [tables.PRIOR, tables.NOISE_GATES, tables.PACKING]:
+    for relative in list(tables.DOCS) + list(tables.RAW_FILES):
         (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / relative, tmp_path / relative)
-    shutil.copytree(ROOT / tables.COMPARE, tmp_path / tables.COMPARE)
+    for relative in tables.RAW_FOLDERS:
+        shutil.copytree(ROOT / relative, tmp_path / relative)
     (tmp_path / tables.CONTINUUM_RESULTS).parent.mkdir(parents=True, exist_ok=True)
     (tmp_path / tables.CONTINUUM_RESULTS).symlink_to(ROOT / tables.CONTINUUM_RESULTS)
     return tmp_path
