@@ -137,12 +137,13 @@ def initial_summary(panels: dict) -> dict:
     summary = {}
     for regime in study.REGIMES:
         nll = panels[(regime, "nll")]
-        labels = [label for r, label in panels if r == regime]
+        objectives = {label: values for (r, label), values in panels.items() if r == regime}
         summary[regime] = {
-            "tokens": int(nll["p"].size), "mean_p": float(np.mean(nll["p"])), "mean_entropy": float(np.mean(nll["entropy"])),
-            "objectives": {label: {"mean_gate": float(np.mean(panels[(regime, label)]["gate"])),
-                                   "grad_ratio": float(np.mean(panels[(regime, label)]["grad_norm"]) / np.mean(nll["grad_norm"]))}
-                           for label in labels}}
+            "tokens": int(nll["p"].size), "mean_p": float(np.mean(nll["p"])),
+            "mean_entropy": float(np.mean(nll["entropy"])),
+            "objectives": {label: {"mean_gate": float(np.mean(values["gate"])),
+                                   "grad_ratio": float(np.mean(values["grad_norm"]) / np.mean(nll["grad_norm"]))}
+                           for label, values in objectives.items()}}
     return summary
 
 

@@ -219,16 +219,14 @@ def compile_eval_table(reports: Sequence[Mapping]) -> str:
     for r in reports:
         prefill, decode = r["programs"]["prefill"]["bytes"], r["programs"]["decode"]["bytes"]
         e = r["evaluation"]
-        compiler = e.get("compiler")
+        compiler, hbm = e.get("compiler") or {}, e["hbm"]
         flag = " (unreliable)" if e.get("compiler_problem") else ""
-        if compiler:
-            times = f"{compiler['step_seconds'] * 1e3:.1f}{flag} / {e['hbm']['step_seconds'] * 1e3:.1f}"
-            rates = f"{compiler['tokens_per_second_per_chip']:,.0f} / {e['hbm']['tokens_per_second_per_chip']:,.0f}"
-            hours = f"{compiler['chip_hours']:,.1f} / {e['hbm']['chip_hours']:,.1f}"
-        else:
-            times = f"– / {e['hbm']['step_seconds'] * 1e3:.1f}"
-            rates = f"– / {e['hbm']['tokens_per_second_per_chip']:,.0f}"
-            hours = f"– / {e['hbm']['chip_hours']:,.1f}"
+
+        def both(key, fmt, *, scale=1.0, note=""):
+            left = f"{compiler[key] * scale:{fmt}}{note}" if compiler else "–"
+            return f"{left} / {hbm[key] * scale:{fmt}}"
+        times = both("step_seconds", ".1f", scale=1e3, note=flag)
+        rates, hours = both("tokens_per_second_per_chip", ",.0f"), both("chip_hours", ",.1f")
         fits = "yes" if r["programs"]["prefill"]["fits"] and r["programs"]["decode"]["fits"] else "NO"
         decode_total = decode.get("total") or 0  # 0: the compiler refused it (out of HBM)
         lines.append(f"| {r['model']} | {r['topology']} ({r['hbm_capacity_gib']:g}) | {r['decode_slots']} | "
@@ -292,7 +290,8 @@ def own_blocks(root: pathlib.Path) -> dict[str, str]:
             "table-compare-runlocal": compare_table([(label, raw.read(root / COMPARE / name))
                                                      for label, name in COMPARE_ROWS]),
             "table-initial-gates": render_figures_initial(raw.read(root / INITIAL_GATES)["figures"], {}),
-            "table-compile-eval": compile_eval_table([raw.read(path) for path in sorted((root / COMPILE_EVAL).glob("*.json"))]),
+            "table-compile-eval": compile_eval_table([raw.read(path)
+                                                      for path in sorted((root / COMPILE_EVAL).glob("*.json"))]),
             **{name: render(raw.read(root / path)) for name, path in RENDERED.items()}}
 
 
