@@ -1,8 +1,8 @@
 """How the suite compiles (no tests here; imports no jax at module level, so conftest.py can read it
 before jax starts).
 
-The suite compiles with XLA CPU's older loop emitters (TEST_XLA_FLAGS): they compile its tiny programs in
-about half the time and round a few elementwise and reduction results differently. Two programs that a
+The suite compiles with XLA CPU's older loop emitters (TEST_XLA_FLAGS): its tiny programs compile faster
+(docs/testing.md has the figures), and a few reductions round differently. Two programs that a
 test compares bit for bit (or to a few ulps) are compiled as users' are, with `compile_as_users`."""
 
 TEST_XLA_FLAGS = "--xla_cpu_use_fusion_emitters=false"
