@@ -71,6 +71,7 @@ def _sweep(FLAGS, *, config_arg: str, overrides, workdir: pathlib.Path) -> None:
         run_all,
         summary_rows,
         sweep_points,
+        unfinished,
         write_commands,
         write_run_files,
         write_summary,
@@ -119,9 +120,9 @@ def _sweep(FLAGS, *, config_arg: str, overrides, workdir: pathlib.Path) -> None:
             print(reporting.markdown_table(rows))
             for path in paths:
                 print(f"wrote {path}")
-    unfinished = [name for name, status in statuses.items() if status not in ("done", "skipped (done)")]
-    if unfinished:  # with or without the evaluation: a failed run is not a finished sweep
-        raise SystemExit(f"sweep: {len(unfinished)} run(s) did not finish: {unfinished}; launch the same command "
+    left = unfinished(statuses)
+    if left:  # with or without the evaluation: a failed run is not a finished sweep
+        raise SystemExit(f"sweep: {len(left)} run(s) did not finish: {left}; launch the same command "
                          f"again to resume them.")
 
 

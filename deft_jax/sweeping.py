@@ -345,6 +345,14 @@ def mark_done(run: SweepRun, *, message: str, steps: Sequence[int] | None = None
                                   "finished": time.time(), "message": message})
 
 
+FINISHED_STATUSES = ("done", "skipped (done)")
+
+
+def unfinished(statuses: Mapping[str, str]) -> list[str]:
+    """The runs of run_all's {name: status} that did not finish (failed, interrupted): the sweep exits 1 on any."""
+    return [name for name, status in statuses.items() if status not in FINISHED_STATUSES]
+
+
 def run_all(runs: Sequence[SweepRun], *, in_process: bool = False, log=print,
             hosts: Hosts = SINGLE_HOST) -> dict[str, str]:
     """Train every unfinished run in order; returns {name: status} ('done', 'skipped (done)', 'failed: ...',

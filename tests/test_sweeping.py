@@ -52,3 +52,10 @@ def test_bad_sweep_input(tmp_path):
     point_file.write_text(json.dumps(stored))
     with pytest.raises(sweep.SweepError, match="distributed.heartbeat_timeout_seconds"):
         sweep.check_same_config(run)
+
+
+def test_only_done_and_skipped_runs_count_as_finished():
+    statuses = {"a": "done", "b": "skipped (done)", "c": "failed: boom (traceback in c/error.txt)",
+                "d": "interrupted: SIGTERM"}
+    assert sweep.unfinished(statuses) == ["c", "d"]
+    assert sweep.unfinished({"a": "done"}) == []
