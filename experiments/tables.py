@@ -26,7 +26,7 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from experiments import raw  # noqa: E402
+from experiments import compile_table, raw  # noqa: E402
 from experiments.continuum import verdicts  # noqa: E402
 
 PRIOR = pathlib.Path("experiments/results/prior/prior.json")
@@ -34,6 +34,7 @@ NOISE_GATES = pathlib.Path("experiments/results/noise_gates/step0.json")
 PACKING = pathlib.Path("experiments/results/bench_data/packing.json")
 INITIAL_GATES = pathlib.Path("experiments/results/initial_gates/initial.json")
 COMPILE_EVAL = pathlib.Path("experiments/results/compile_eval")
+COMPILE_TABLE = pathlib.Path("experiments/results/compile_table")
 COMPARE = pathlib.Path("experiments/results/compare_runlocal")
 COMPARE_ROWS = (("base (no fine-tuning)", "base.json"), ("NLL", "nll_step_12.json"), ("−p", "prob_step_12.json"),
                 ("DEFT", "deft_step_12.json"))
@@ -45,7 +46,7 @@ RENDERED = {f"table-{name.replace('_', '-')}": pathlib.Path(f"experiments/result
                          "bench_train")}
 # every raw input of the `table-*` blocks (relative to the root): files, and folders read whole
 RAW_FILES = (PRIOR, NOISE_GATES, PACKING, INITIAL_GATES, *RENDERED.values())
-RAW_FOLDERS = (COMPARE, COMPILE_EVAL)
+RAW_FOLDERS = (COMPARE, COMPILE_EVAL, COMPILE_TABLE)
 # doc (relative to the root) -> the generated blocks it must hold
 DOCS = {
     pathlib.Path("experiments/prior.md"): ("table-prior",),
@@ -56,6 +57,7 @@ DOCS = {
     pathlib.Path("docs/results/2026-11-amd-epyc.md"): ("table-packing",),
     BENCHMARKS_PAGE: tuple(RENDERED),
     pathlib.Path("docs/results/2026-12-inference.md"): ("table-compile-eval",),
+    pathlib.Path("docs/results/2026-12-tpu-compile.md"): ("table-compile-train",),
 }
 
 
@@ -290,6 +292,7 @@ def own_blocks(root: pathlib.Path) -> dict[str, str]:
             "table-compare-runlocal": compare_table([(label, raw.read(root / COMPARE / name))
                                                      for label, name in COMPARE_ROWS]),
             "table-initial-gates": render_figures_initial(raw.read(root / INITIAL_GATES)["figures"], {}),
+            "table-compile-train": compile_table.table(root / COMPILE_TABLE),
             "table-compile-eval": compile_eval_table([raw.read(path)
                                                       for path in sorted((root / COMPILE_EVAL).glob("*.json"))]),
             **{name: render(raw.read(root / path)) for name, path in RENDERED.items()}}
