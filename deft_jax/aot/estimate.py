@@ -337,7 +337,7 @@ def estimate_decode_step(config, *, devices: Sequence[Any], generation, n_layers
         lowered, _ = programs_lib.lower_decode(target, steps=1)
         compiled = lowered.compile(compiler_options=COMPILER_OPTIONS)
         seconds.append(optimal_seconds(compiled))
-        loops += while_loops(compiled) - 1  # the chunk's own loop runs its body once: counted right
+        loops += max(0, while_loops(compiled) - 1)  # the chunk's own loop runs its body once: counted right
     step = extrapolate(seconds, n_layers=n_layers)
     problem = ""
     if loops:
