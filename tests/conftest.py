@@ -9,8 +9,8 @@
   is loaded from disk afterwards instead of being compiled again. DEFT_TEST_COMPILATION_CACHE=<dir>
   keeps the cache in <dir> across sessions instead.
 - XLA CPU's older loop emitters (tests/helpers/compiling.py, also inherited by subprocesses): the suite's
-  tiny programs compile faster (the whole suite 10 min 17 s -> 8 min 52 s on 2 cores); tests that compare
-  two programs bit for bit compile both as users' are (`compile_as_users`).
+  tiny programs compile faster (docs/testing.md has the figures); tests that compare two programs bit for
+  bit compile both as users' are (`compile_as_users`).
 - XLA's backend (LLVM) optimisations off (`JAX_DISABLE_MOST_OPTIMIZATIONS=1`, JAX's switch for smoke
   tests, inherited by every subprocess): the same programs with less-optimised machine code, ~30% less
   wall time for the suite's tiny programs. Tests marked `full_optimization` (the TPU compiler's figures:
