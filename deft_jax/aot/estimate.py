@@ -219,14 +219,19 @@ def extrapolate(values: Sequence[float], *, n_layers: int) -> float:
     return one + (n_layers - 1) * (two - one)
 
 
-def reliability_problem(*, step_seconds: float, bound_seconds: float, while_loops: int) -> str:
+FLOPS_BOUND = "the FLOPs lower bound (model FLOPs / (chips x peak))"
+HBM_BOUND = "the HBM lower bound (bytes per chip / bandwidth)"
+
+
+def reliability_problem(*, step_seconds: float, bound_seconds: float, while_loops: int,
+                        bound: str = FLOPS_BOUND) -> str:
     """Why an estimate cannot be trusted ('' when it can): loops left in its programs (bodies counted once),
-    or a step faster than the FLOPs lower bound (MFU above 100%)."""
+    or a step faster than its lower bound (for the train step, MFU above 100%)."""
     if while_loops:
         return f"{while_loops} while loop(s) left in the loop-free programs: their bodies are counted once"
     if step_seconds < bound_seconds:
-        return (f"{step_seconds:.3g} s/step is below the FLOPs lower bound {bound_seconds:.3g} s (model FLOPs / "
-                f"(chips x peak)): the compiler's cost model missed work")
+        return (f"{step_seconds:.3g} s/step is below {bound} {bound_seconds:.3g} s: the compiler's cost model "
+                f"missed work")
     return ""
 
 
@@ -339,12 +344,8 @@ def estimate_decode_step(config, *, devices: Sequence[Any], generation, n_layers
         seconds.append(optimal_seconds(compiled))
         loops += max(0, while_loops(compiled) - 1)  # the chunk's own loop runs its body once: counted right
     step = extrapolate(seconds, n_layers=n_layers)
-    problem = ""
-    if loops:
-        problem = f"{loops} while loop(s) left in the loop-free programs: their bodies are counted once"
-    elif step < hbm_bound_seconds:
-        problem = (f"{step * 1e3:.3g} ms/step is below the HBM lower bound {hbm_bound_seconds * 1e3:.3g} ms (bytes "
-                   f"per chip / bandwidth): the compiler's cost model missed traffic")
+    problem = reliability_problem(step_seconds=step, bound_seconds=hbm_bound_seconds, while_loops=loops,
+                                  bound=HBM_BOUND)
     return {"step_seconds": step, "per_layer": seconds, "while_loops": loops, "problem": problem}
 
 
