@@ -28,7 +28,7 @@ FAST = [f"--config.total_steps={STEPS}", f"--config.checkpoint.every_steps={EVER
 JOB_TIMEOUT = 420  # generous: the machine may be loaded; each job itself is short
 
 
-def _launch(command, *, logs, cache_root, tag):
+def _launch(command, *, logs, tag):
     """Both processes of a 2-process job (each under its supervisor); returns the Popens."""
     address = f"127.0.0.1:{free_port()}"
     processes = []
@@ -74,15 +74,10 @@ def _final_state(workdir):
 
 
 @pytest.fixture(scope="module")
-def cache_root(tmp_path_factory):
-    return tmp_path_factory.mktemp("jax_cache")
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, cache_root):
+def uninterrupted(tmp_path_factory):
     """An uninterrupted 2-process run of STEPS steps: its workdir."""
     workdir = tmp_path_factory.mktemp("uninterrupted") / "run"
-    results = _finish(_launch(_train_command(workdir), logs=workdir.parent, cache_root=cache_root, tag="run"))
+    results = _finish(_launch(_train_command(workdir), logs=workdir.parent, tag="run"))
     assert [code for code, _ in results] == [0, 0], results
     return workdir
 
@@ -99,10 +94,10 @@ def _assert_resumed(err, *, workdir, after):
     assert f"resumed from {workdir / 'checkpoints'}/{after} (" in err, err[-3000:]
 
 
-def _sigterm_to_one_host(workdir, *, cache_root, logs):
+def _sigterm_to_one_host(workdir, *, logs):
     """SIGTERM to host 1 once checkpoint 4 is complete: both hosts stop at the same step, saved by both.
     Returns that step."""
-    processes = _launch(_train_command(workdir), logs=logs, cache_root=cache_root, tag="preempted")
+    processes = _launch(_train_command(workdir), logs=logs, tag="preempted")
     _wait_for(lambda: 4 in hosts.complete_steps(workdir / "checkpoints"), processes=processes)
     processes[1].send_signal(signal.SIGTERM)  # one host only
     results = _finish(processes)
@@ -115,12 +110,12 @@ def _sigterm_to_one_host(workdir, *, cache_root, logs):
     return stopped[0]
 
 
-def _sigkill_one_host(workdir, *, cache_root, logs, resumes_from):
+def _sigkill_one_host(workdir, *, logs, resumes_from):
     """The relaunch resumes; SIGKILL of host 1 once a newer checkpoint is complete: host 0 prints one line
     (who stopped answering, the last complete checkpoint, relaunch to resume) and exits 75 within the
     heartbeat timeout. Returns the last complete step."""
     checkpoints = workdir / "checkpoints"
-    processes = _launch(_train_command(workdir), logs=logs, cache_root=cache_root, tag="killed")
+    processes = _launch(_train_command(workdir), logs=logs, tag="killed")
     _wait_for(lambda: max(hosts.complete_steps(checkpoints)) > resumes_from, processes=processes)
     processes[1].kill()  # SIGKILL: the host is gone
     killed = time.monotonic()
@@ -140,11 +135,11 @@ def _sigkill_one_host(workdir, *, cache_root, logs, resumes_from):
     return last
 
 
-def _sigkill_the_coordinator_while_it_writes(workdir, *, cache_root, logs, resumes_from):
+def _sigkill_the_coordinator_while_it_writes(workdir, *, logs, resumes_from):
     """The relaunch resumes; SIGKILL of process 0 while a newer checkpoint is being written: process 1
     names it, and the unfinished write is not counted as complete. Returns the last complete step."""
     checkpoints = workdir / "checkpoints"
-    processes = _launch(_train_command(workdir), logs=logs, cache_root=cache_root, tag="coordinator_killed")
+    processes = _launch(_train_command(workdir), logs=logs, tag="coordinator_killed")
 
     def writing():
         return any(p.name.startswith(str(s)) and "tmp" in p.name for p in checkpoints.iterdir()
@@ -164,17 +159,16 @@ def _sigkill_the_coordinator_while_it_writes(workdir, *, cache_root, logs, resum
 
 
 @pytest.mark.slow
-def test_a_job_stopped_by_sigterm_a_killed_host_and_a_killed_coordinator_resumes_exactly(tmp_path, cache_root,
-                                                                                        uninterrupted):
+def test_a_job_stopped_by_sigterm_a_killed_host_and_a_killed_coordinator_resumes_exactly(tmp_path, uninterrupted):
     """One job interrupted three ways, each relaunch resuming the last (4 launches where one job per way
     would take 6): SIGTERM to one host, SIGKILL of a host, SIGKILL of the coordinator mid-write; the last
     relaunch ends bit-identically to the uninterrupted run."""
     workdir = tmp_path / "run"
-    stopped = _sigterm_to_one_host(workdir, cache_root=cache_root, logs=tmp_path)
-    killed = _sigkill_one_host(workdir, cache_root=cache_root, logs=tmp_path, resumes_from=stopped)
-    written = _sigkill_the_coordinator_while_it_writes(workdir, cache_root=cache_root, logs=tmp_path,
+    stopped = _sigterm_to_one_host(workdir, logs=tmp_path)
+    killed = _sigkill_one_host(workdir, logs=tmp_path, resumes_from=stopped)
+    written = _sigkill_the_coordinator_while_it_writes(workdir, logs=tmp_path,
                                                        resumes_from=killed)
-    results = _finish(_launch(_train_command(workdir), logs=tmp_path, cache_root=cache_root, tag="relaunch"))
+    results = _finish(_launch(_train_command(workdir), logs=tmp_path, tag="relaunch"))
     assert [code for code, _ in results] == [0, 0], results
     assert all("Traceback" not in err for _, err in results), results
     _assert_resumed(results[0][1], workdir=workdir, after=written)
