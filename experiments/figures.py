@@ -381,6 +381,8 @@ def main(argv: Sequence[str] | None = None) -> list[pathlib.Path]:
     unknown = sorted(wanted - {"token_scatter", "dynamics", "scores", "initial_scatter"})
     if unknown:
         raise SystemExit(f"figures: unknown figure(s) {unknown} in --only")
+    if args.json and "initial_scatter" not in wanted:
+        raise SystemExit("figures: --json writes initial_scatter's figures: add initial_scatter to --only")
     if not workdir.is_dir() and wanted != {"initial_scatter"}:
         raise SystemExit(f"figures: --workdir {workdir} does not exist; run experiments/study.py first")
     out.mkdir(parents=True, exist_ok=True)

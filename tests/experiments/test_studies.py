@@ -108,6 +108,8 @@ def test_unknown_study_and_config_arguments_raise():
         study_config.get_config("regime=medium,smoke")
     with pytest.raises(ValueError, match="objective"):
         study_config.get_config("objective=tsallis,smoke")
+    with pytest.raises(SystemExit, match="add initial_scatter to --only"):  # before any work
+        figures.main(["--only=scores", "--json=unused.json", "--workdir=/nonexistent"])
 
 
 def test_only_selects_named_runs_and_rejects_unknown_names():
