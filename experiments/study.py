@@ -199,12 +199,32 @@ def markdown_table(rows: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-def per_run(specs: Sequence[RunSpec], *, results: dict, base: dict) -> list[dict[str, Any]]:
-    """The raw figures behind aggregate's rows: each run's (and each base model's) metrics."""
+def training_record(run_dir: pathlib.Path) -> dict[str, Any]:
+    """What a run's metrics.jsonl says of its training: {"steps": per-step mean α (= mean Σπ²) and mean target
+    p, "training_seconds": from the first step's start to the last step's end}."""
+    path = run_dir / "metrics.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    steps = [r for r in records if "train/mean_p" in r]
+    seconds = None
+    if steps and "time" in steps[0] and "perf/first_step_seconds" in steps[0]:
+        seconds = steps[-1]["time"] - steps[0]["time"] + steps[0]["perf/first_step_seconds"]
+    return {"steps": {"mean_alpha": [r.get("train/mean_alpha") for r in steps],
+                      "mean_p": [r["train/mean_p"] for r in steps]},
+            "training_seconds": seconds}
+
+
+def per_run(specs: Sequence[RunSpec], *, results: dict, base: dict,
+            workdir: pathlib.Path | None = None) -> list[dict[str, Any]]:
+    """The raw figures behind aggregate's rows: each run's (and each base model's) metrics and supervised
+    token count; with `workdir`, each run's training record (training_record) too."""
+    def tokens(result):
+        return ((result or {}).get("teacher_forced") or {}).get("supervised_tokens")
+
     out = [{"name": f"base-{regime}", "regime": regime, "objective": "base", "noise": 0.0, "seed": None,
-            **_metrics(result)} for regime, result in base.items()]
+            **_metrics(result), "supervised_tokens": tokens(result)} for regime, result in base.items()]
     out += [{"name": spec.name, "regime": spec.regime, "objective": spec.point()["objective"], "noise": spec.noise,
-             "seed": spec.seed, **_metrics(results.get(spec.name))} for spec in specs]
+             "seed": spec.seed, **_metrics(results.get(spec.name)), "supervised_tokens": tokens(results.get(spec.name)),
+             **(training_record(workdir / spec.name) if workdir is not None else {})} for spec in specs]
     return out
 
 
@@ -258,7 +278,8 @@ def run_study(study: str, *, workdir: pathlib.Path, smoke: bool, in_process: boo
     title = f"{study} study{' (SMOKE: tiny random model, not a result)' if smoke else ''}"
     write_table(rows, path=workdir / study, title=title)
     if record is not None:
-        record[study] = {"title": title, "rows": rows, "runs": per_run(specs, results=results, base=base)}
+        record[study] = {"title": title, "rows": rows,
+                         "runs": per_run(specs, results=results, base=base, workdir=workdir)}
     log((workdir / f"{study}.md").read_text())
     unfinished = [name for name, status in statuses.items() if status not in ("done", "skipped (done)")]
     if unfinished:

@@ -64,6 +64,24 @@ def test_relaunch_skips_finished_runs(smoke_workdir):
     assert sum("already finished" in m for m in messages) == len(study.study_specs("noise", smoke=True))
 
 
+
+@pytest.mark.slow
+def test_the_raw_record_keeps_each_runs_training_curve_and_token_count(smoke_workdir):
+    workdir, _ = smoke_workdir
+    record = {}
+    study.run_study("seeds", workdir=workdir, smoke=True, in_process=True, record=record, log=lambda m: None)
+    runs = record["seeds"]["runs"]
+    for spec, row in zip(study.study_specs("seeds", smoke=True), runs):
+        lines = [json.loads(line) for line in (workdir / spec.name / "metrics.jsonl").read_text().splitlines()]
+        steps = [line for line in lines if "train/mean_p" in line]
+        assert len(steps) == study.plan([spec], workdir=workdir, smoke=True)[0].config.total_steps
+        assert row["steps"]["mean_p"] == [line["train/mean_p"] for line in steps]
+        assert row["steps"]["mean_alpha"] == [line["train/mean_alpha"] for line in steps]
+        assert steps[-1]["time"] - steps[0]["time"] < row["training_seconds"]
+        report = json.loads(next((workdir / spec.name / "eval").glob("step_*.json")).read_text())
+        assert row["supervised_tokens"] == report["teacher_forced"]["supervised_tokens"] > 0
+        assert row["mean_p"] == report["teacher_forced"]["mean_p"]  # the eval metric, not the curve
+
 def test_studies_share_runs():
     names = {name: {s.name for s in study.study_specs(name, smoke=False)} for name in study.STUDIES}
     without_dft = len(study.REGIMES) - len(study.DFT_REGIMES)  # DFT trains −p's model: weak regime only
