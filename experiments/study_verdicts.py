@@ -21,7 +21,7 @@ import statistics
 from collections.abc import Mapping, Sequence
 
 from experiments import study as study_lib
-from experiments.continuum import stats
+from experiments.continuum import stats, verdicts
 
 DEFORMED = f"deformed_log(α={study_lib.DEFORMED_ALPHA:g})"
 NAMES = {"nll": "NLL", "prob": "−p", "dft": "DFT", "eaft": "EAFT", "cayley": "Cayley", "deft": "DEFT",
@@ -33,6 +33,11 @@ PAPER_INTERMEDIATE_RANGE = (49.8, 52.0)
 PAPER_ALPHA = {"strong": "≈ 0.93", "intermediate": "≈ 0.85", "weak": "a rise from ≈ 0 to 0.42"}
 PAPER_MEAN_P = {"strong": 0.84, "intermediate": 0.73, "weak": 0.53}
 NOISE = 0.2
+# noise_gates.py --workdir runs (experiments/README.md "Label noise"): (task, objective) -> the run's directory
+TRAINED_RUNS = {("gsm8k", "nll"): "runs/gsm8k_noise/nll", ("gsm8k", "deft"): "runs/gsm8k_noise/deft",
+                ("figfont", "nll"): "runs/study/weak-nll-noise0.2-seed0",
+                ("figfont", "prob"): "runs/study/weak-prob-noise0.2-seed0",
+                ("figfont", "deft"): "runs/study/weak-deft-noise0.2-seed0"}
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -95,14 +100,6 @@ def robustness(runs: Sequence[dict]) -> stats.Comparison:
 def verdict(*, claim: str, metric: str, family: Sequence[stats.Comparison]) -> dict:
     adjusted = stats.adjust(family)
     return {"claim": claim, "metric": metric, "status": stats.verdict(adjusted), "family": adjusted}
-
-
-def difference_text(c: stats.Comparison) -> str:
-    """'−0.029 ± 0.110 (95% t, 3 seeds; Holm p 0.41)', or '+0.012 (1 seed)'."""
-    raw = c.raw
-    if raw.n < 2:
-        return f"{raw.mean:+.3f} (1 seed, no interval)"
-    return f"{raw.mean:+.3f} ± {raw.half:.3f} (95% t, {raw.n} seeds; Holm p {c.p_holm:.2g})"
 
 
 def mean_interval(values: Sequence[float]) -> str:
@@ -168,8 +165,8 @@ def seeds_text(runs: Sequence[dict]) -> str:
     accuracy = stats.adjust([against(runs, a="deft", b="nll", metric="token_accuracy")])[0]
     return (f"Between seeds the Jaro-Winkler score has a standard deviation of {min(sds):.3f}–{max(sds):.3f}, "
             f"more than most gaps between objectives in the one-seed table above. Paired by seed, DEFT − NLL is "
-            f"{difference_text(stats.adjust([score])[0])} in score, {difference_text(mean_p)} in teacher-forced "
-            f"mean p and {difference_text(accuracy)} in token accuracy.")
+            f"{verdicts.signed(stats.adjust([score])[0])} in score, {verdicts.signed(mean_p)} in teacher-forced "
+            f"mean p and {verdicts.signed(accuracy)} in token accuracy.")
 
 
 def noise_text(runs: Sequence[dict]) -> str:
@@ -179,8 +176,8 @@ def noise_text(runs: Sequence[dict]) -> str:
     diff, at_noise = found["family"]
     lines = [f"- Mean change of the score from 0% to 20% noise: NLL {mean_interval(nll)}, DEFT "
              f"{mean_interval(deft)}" + (f", −p {next(iter(prob.values())):+.3f} (seed 0)" if prob else "") + ".",
-             f"- DEFT's change minus NLL's, per seed: {difference_text(diff)}; DEFT − NLL at 20% noise: "
-             f"{difference_text(at_noise)}. The claim that DEFT is the more robust is **{found['status']}** "
+             f"- DEFT's change minus NLL's, per seed: {verdicts.signed(diff)}; DEFT − NLL at 20% noise: "
+             f"{verdicts.signed(at_noise)}. The claim that DEFT is the more robust is **{found['status']}** "
              f"(Holm over these two)."]
     return "\n".join(lines)
 
@@ -210,16 +207,16 @@ def paper_bullets(runs: Sequence[dict], *, gates_step0: Mapping, gates_trained: 
     out.append(f"- **NLL ≥ the base model on the weak regime (score): {v['status']}.** Over "
                f"{len(nll3)} seeds NLL scores {mean_interval(nll3)} against the base's {weak_base:.3f} (paper "
                f"{PAPER_WEAK['nll']} vs {PAPER_WEAK['base']}); seed 0 alone has {s0['nll']:.3f}. NLL − base: "
-               f"{difference_text(v['family'][0])}.")
+               f"{verdicts.signed(v['family'][0])}.")
     v = found["DEFT best on the weak regime"]
     out.append(f"- **DEFT best on the weak regime (score): {v['status']}.** The paper has DEFT {PAPER_WEAK['deft']} > "
                f"EAFT {PAPER_WEAK['eaft']} > Cayley {PAPER_WEAK['cayley']} > NLL {PAPER_WEAK['nll']}. Ours, seed 0: "
                + ", ".join(f"{NAMES[o]} {s0[o]:.3f}" for o in order)
-               + f". Only NLL has the seeds to test against: DEFT − NLL {difference_text(v['family'][0])}; the "
+               + f". Only NLL has the seeds to test against: DEFT − NLL {verdicts.signed(v['family'][0])}; the "
                "others are one-seed comparisons, never resolved.")
     v = found["DEFT's mean p above NLL's"]
     out.append(f"- **DEFT's teacher-forced mean p above NLL's on the weak regime (mean p): {v['status']}.** DEFT − "
-               f"NLL {difference_text(v['family'][0])}.")
+               f"NLL {verdicts.signed(v['family'][0])}.")
     for regime in ("intermediate", "strong"):
         present = [o for o in RANKED if per_seed(runs, regime=regime, objective=o)]
         scores = {o: seed0(runs, regime=regime, objective=o) for o in present}
@@ -243,7 +240,7 @@ def paper_bullets(runs: Sequence[dict], *, gates_step0: Mapping, gates_trained: 
     gates = {(r["task"], r["objective"]): r for r in gates_step0["rows"]}
     share = gates[("gsm8k", "deft")]["gradient_share"] / gates[("gsm8k", "nll")]["gradient_share"]
     line = (f"- **DEFT more robust to noisy supervision (score): {v['status']}.** With 20% of FigFont's answers "
-            f"corrupted, DEFT's change minus NLL's is {difference_text(v['family'][0])}. On GSM8K, where the model "
+            f"corrupted, DEFT's change minus NLL's is {verdicts.signed(v['family'][0])}. On GSM8K, where the model "
             f"knows the answer, DEFT's gate gives the wrong final numbers {share:.2f} of NLL's gradient share at "
             "step 0, as the paper argues")
     if gates_trained is not None:
@@ -278,6 +275,56 @@ def paper_bullets(runs: Sequence[dict], *, gates_step0: Mapping, gates_trained: 
     return "\n".join(out)
 
 
+def step0_gates_text(gates_step0: Mapping) -> str:
+    """What the base model's gates do to the corrupted answers (noise_gates.py at step 0), per task."""
+    row = {(r["task"], r["objective"]): r for r in gates_step0["rows"]}
+
+    def of_nll(task, objective):
+        return row[(task, objective)]["gradient_share"] / row[(task, "nll")]["gradient_share"]
+    g, f = row[("gsm8k", "deft")], row[("figfont", "deft")]
+    nll = row[("gsm8k", "nll")]
+    return "\n".join([
+        f"- **GSM8K: where the model knows the answer.** It gives the wrong final numbers p = {g['mean_p_wrong']:.3f} "
+        f"where it gives the right ones {g['mean_p_twin']:.3f}, with a confident distribution (α = Σπ² = "
+        f"{g['mean_alpha_wrong']:.2f}). NLL hands those tokens {nll['gradient_share'] / nll['token_share']:.1f}× "
+        f"their token share of the gradient ({nll['grad_wrong_over_twin']:.1f}× the gradient of a right-answer "
+        f"token). DEFT's gate p^α averages {g['mean_gate_wrong']:.3f} on them: they get {of_nll('gsm8k', 'deft'):.2f} "
+        f"of NLL's share, {g['gradient_share'] / g['token_share']:.2f} of their token share, and "
+        f"{g['grad_wrong_over_twin']:.2f}× the gradient of a right answer. Share relative to NLL's: "
+        + ", ".join(f"{NAMES[o]} {of_nll('gsm8k', o):.2f}" for o in RANKED if o != "nll" and ("gsm8k", o) in row)
+        + " (EAFT looks at the entropy, not at the target).",
+        f"- **FigFont: where the model has no belief to contradict.** p is {f['mean_p_wrong']:.3f} on a wrong word "
+        f"and {f['mean_p_twin']:.3f} on the right one, α = {f['mean_alpha_wrong']:.2f}; relative to NLL's share: "
+        + ", ".join(f"{NAMES[o]} {of_nll('figfont', o):.2f}" for o in RANKED if o != "nll" and ("figfont", o) in row)
+        + ". No objective singles out the wrong words."])
+
+
+def trained_gates_text(*, gates_step0: Mapping, gates_trained: Mapping) -> str:
+    """What training on the wrong answers did (noise_gates.py on the trained runs), against step 0."""
+    rows = gates_trained["rows"]
+    p = {(r["model"], r["task"]): (r["mean_p_wrong"], r["mean_p_twin"]) for r in rows if r["objective"] == "nll"}
+    share = {(r["model"], r["task"], r["objective"]): r["gradient_share"] for r in rows}
+
+    def after(task, objective):
+        return p[(TRAINED_RUNS[(task, objective)], task)]
+
+    def relative(model, task):
+        return share[(model, task, "deft")] / share[(model, task, "nll")]
+    g_base, g_nll, g_deft = p[("base", "gsm8k")], after("gsm8k", "nll"), after("gsm8k", "deft")
+    f_base = p[("base", "figfont")]
+    figfont = [o for o in ("nll", "deft", "prob") if (TRAINED_RUNS[("figfont", o)], "figfont") in p]
+    return "\n".join([
+        f"- **GSM8K:** the wrong final numbers' mean p went {g_base[0]:.3f} → {g_nll[0]:.3f} under NLL and → "
+        f"{g_deft[0]:.3f} under DEFT, although at step 0 DEFT's gate gave them {relative('base', 'gsm8k'):.2f} of "
+        f"NLL's gradient share (on the trained DEFT model: {relative(TRAINED_RUNS[('gsm8k', 'deft')], 'gsm8k'):.2f})."
+        f" On the same corrupted examples the right number, never seen in training, went {g_base[1]:.3f} → "
+        f"{g_nll[1]:.3f} (NLL) and {g_deft[1]:.3f} (DEFT). One run per objective and one epoch: no verdict.",
+        f"- **FigFont** (the noise study's seed-0 runs): the wrong words' mean p went {f_base[0]:.4f} → "
+        + ", ".join(f"{after('figfont', o)[0]:.4f} ({NAMES[o]})" for o in figfont)
+        + f"; the right words' {f_base[1]:.4f} → "
+        + ", ".join(f"{after('figfont', o)[1]:.4f} ({NAMES[o]})" for o in figfont) + "."])
+
+
 def short_findings(runs: Sequence[dict]) -> str:
     """One paragraph for the top-level README."""
     found = {v["claim"]: v for v in weak_findings(runs)}
@@ -294,6 +341,8 @@ def short_findings(runs: Sequence[dict]) -> str:
 def blocks(*, study: Mapping, gates_step0: Mapping, gates_trained: Mapping | None) -> dict[str, str]:
     """The studies' generated blocks, by name, from the raw figures of study.py, and of noise_gates.py at step 0
     and (when there) after training."""
+    from experiments import noise_gates  # imports the model code: only when the blocks are made
+
     entries = study["studies"]
     runs = runs_of(study)
     found = weak_findings(runs)
@@ -309,4 +358,8 @@ def blocks(*, study: Mapping, gates_step0: Mapping, gates_trained: Mapping | Non
         "table-study-paper": (paper_bullets(runs, gates_step0=gates_step0, gates_trained=gates_trained)
                               + "\n\n" + policy + "\n\n" + comparisons_table(found)),
         "table-study-readme": short_findings(runs),
+        "table-study-step0-gates": step0_gates_text(gates_step0),
+        **({"table-study-trained-gates": (noise_gates.trained_markdown(gates_trained["rows"]) + "\n"
+                                          + trained_gates_text(gates_step0=gates_step0, gates_trained=gates_trained))}
+           if gates_trained is not None else {}),
     }

@@ -46,7 +46,7 @@ def test_a_paired_comparison_against_the_base_model_has_the_hand_computed_interv
     assert c.values == pytest.approx((0.10, 0.11, 0.12))
     assert c.raw.mean == pytest.approx(0.11)
     assert c.raw.half == pytest.approx(T2 * 0.01 / math.sqrt(3))  # sd of (0.10, 0.11, 0.12) = 0.01
-    assert "+0.110 ± 0.025 (95% t, 3 seeds" in sv.difference_text(sv.stats.adjust([c])[0])
+    assert sv.verdicts.signed(sv.stats.adjust([c])[0]).startswith("+0.110 ± 0.025 (Holm p ")
 
 
 def test_nll_above_base_holds_when_resolved_and_is_unresolved_when_the_seeds_disagree():
@@ -61,7 +61,7 @@ def test_a_one_seed_comparison_is_never_resolved():
     v = findings(hand_made())["−p falls below the base model"]
     (c,) = v["family"]
     assert c.raw.n == 1 and math.isnan(c.raw.half) and v["status"] == "unresolved"
-    assert sv.difference_text(c) == "-0.250 (1 seed, no interval)"
+    assert sv.verdicts.signed(c) == "-0.250 (1 seed)"
 
 
 def test_deft_best_fails_when_nll_is_resolved_ahead_and_the_rest_are_one_seed():
@@ -105,3 +105,36 @@ def test_blocks_quote_the_numbers_they_rest_on():
     assert "DEFT best on the weak regime (score): fails" in text
     assert "trained the identical model" in text
     assert "Cayley 0.600, NLL 0.500" in text  # seed 0 ordered by score 
+
+
+def gate_row(task, objective, *, model=None, share, p_wrong=0.02, p_twin=0.8):
+    row = {"task": task, "objective": objective, "gradient_share": share, "token_share": 0.004, "tokens": 1000,
+           "wrong_tokens": 4, "mean_p_wrong": p_wrong, "mean_p_twin": p_twin, "mean_alpha_wrong": 0.7,
+           "mean_gate_wrong": 0.1, "grad_wrong_over_twin": 2.0}
+    return row if model is None else {"model": model, **row}
+
+
+def test_step0_gate_text_gives_each_share_relative_to_nlls():
+    rows = [gate_row(task, o, share=s) for task in ("gsm8k", "figfont")
+            for o, s in (("nll", 0.008), ("prob", 0.0004), ("deft", 0.002))]
+    text = sv.step0_gates_text({"rows": rows})
+    assert "NLL hands those tokens 2.0× their token share" in text  # 0.008 / 0.004
+    assert "they get 0.25 of NLL's share, 0.50 of their token share" in text  # 0.002 / 0.008, 0.002 / 0.004
+    assert "−p 0.05, DEFT 0.25" in text
+
+
+def test_trained_gate_text_compares_each_run_with_the_base_model():
+    runs = sv.TRAINED_RUNS
+    rows = [gate_row("gsm8k", "nll", model="base", share=0.008, p_wrong=0.016, p_twin=0.76),
+            gate_row("gsm8k", "deft", model="base", share=0.0016, p_wrong=0.016, p_twin=0.76),
+            gate_row("gsm8k", "nll", model=runs[("gsm8k", "nll")], share=0.01, p_wrong=0.041, p_twin=0.913),
+            gate_row("gsm8k", "deft", model=runs[("gsm8k", "nll")], share=0.004, p_wrong=0.041, p_twin=0.913),
+            gate_row("gsm8k", "nll", model=runs[("gsm8k", "deft")], share=0.01, p_wrong=0.042, p_twin=0.974),
+            gate_row("gsm8k", "deft", model=runs[("gsm8k", "deft")], share=0.003, p_wrong=0.042, p_twin=0.974),
+            gate_row("figfont", "nll", model="base", share=0.1, p_wrong=0.0044, p_twin=0.0107),
+            gate_row("figfont", "nll", model=runs[("figfont", "nll")], share=0.1, p_wrong=0.025, p_twin=0.0128)]
+    text = sv.trained_gates_text(gates_step0={"rows": []}, gates_trained={"rows": rows})
+    assert "went 0.016 → 0.041 under NLL and → 0.042 under DEFT" in text
+    assert "0.20 of NLL's gradient share (on the trained DEFT model: 0.30)" in text
+    assert "went 0.760 → 0.913 (NLL) and 0.974 (DEFT)" in text
+    assert "0.0044 → 0.0250 (NLL); the right words' 0.0107 → 0.0128 (NLL)" in text  # only the runs measured
