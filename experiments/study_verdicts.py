@@ -28,7 +28,7 @@ NAMES = {"nll": "NLL", "prob": "−p", "dft": "DFT", "eaft": "EAFT", "cayley": "
          DEFORMED: f"the deformed log (α = {study_lib.DEFORMED_ALPHA:g})", "base": "the base model"}
 RANKED = ("nll", "prob", "eaft", "cayley", "deft", DEFORMED)  # DFT trains −p's model (its gradient is −p's)
 # The paper's weak regime (FigFont, Jaro-Winkler × 100) and DEFT's dynamics, read off its figures.
-PAPER_WEAK = {"base": 30.17, "prob": 14.26, "nll": 33.40, "cayley": 36.95, "eaft": 42.71, "deft": 46.34}
+PAPER_WEAK = {"base": "30.17", "prob": "14.26", "nll": "33.40", "cayley": "36.95", "eaft": "42.71", "deft": "46.34"}
 PAPER_INTERMEDIATE_RANGE = (49.8, 52.0)
 PAPER_ALPHA = {"strong": "≈ 0.93", "intermediate": "≈ 0.85", "weak": "a rise from ≈ 0 to 0.42"}
 PAPER_MEAN_P = {"strong": 0.84, "intermediate": 0.73, "weak": 0.53}
@@ -116,7 +116,7 @@ def comparisons_table(found: Sequence[dict]) -> str:
     for v in found:
         for c in v["family"]:
             raw = c.raw
-            half = "–" if math.isnan(raw.half) else f"± {raw.half:.3f}"
+            half = "(1 seed)" if math.isnan(raw.half) else f"± {raw.half:.3f}"
             p = "–" if math.isnan(c.p) else f"{c.p:.3g}"
             b = "base" if c.b == "base" else NAMES[c.b]
             lines.append(f"| {v['claim']} | {c.metric} | {NAMES[c.a] if c.a in NAMES else c.a} − {b} | "
@@ -224,8 +224,10 @@ def paper_bullets(runs: Sequence[dict], *, gates_step0: Mapping, gates_trained: 
         by_p = sorted(present, key=lambda o: -mean_p[o])
         line = (f"- **{regime.capitalize()} ({'word_sorting' if regime == 'intermediate' else 'number_sorting'}), "
                 f"one seed: no verdict.** Score from the base's {base_value(runs, regime=regime):.3f} to "
-                f"{min(scores.values()):.3f}–{max(scores.values()):.3f} (highest {NAMES[max(scores, key=scores.get)]}); "
-                f"teacher-forced mean p {min(mean_p.values()):.3f}–{max(mean_p.values()):.3f}, in order "
+                + (f"{min(scores.values()):.3f} for every objective; " if min(scores.values()) == max(scores.values())
+                   else f"{min(scores.values()):.3f}–{max(scores.values()):.3f} (highest "
+                        f"{NAMES[max(scores, key=scores.get)]}); ")
+                + f"teacher-forced mean p {min(mean_p.values()):.3f}–{max(mean_p.values()):.3f}, in order "
                 + ", ".join(f"{NAMES[o]} {mean_p[o]:.3f}" for o in by_p) + ".")
         if regime == "intermediate":
             line += (f" The paper's intermediate regime (medical) also has small gaps: {PAPER_INTERMEDIATE_RANGE[0]}–"
@@ -249,7 +251,7 @@ def paper_bullets(runs: Sequence[dict], *, gates_step0: Mapping, gates_trained: 
              (("base", "base"), ("nll", "runs/gsm8k_noise/nll"), ("deft", "runs/gsm8k_noise/deft"))}
         line += (f"; after one epoch on the noisy set the wrong numbers' mean p went {p['base']:.3f} → "
                  f"{p['deft']:.3f} under DEFT and → {p['nll']:.3f} under NLL (one run each)")
-    out.append(line + ". See [Label noise](#label-noise).")
+    out.append(line + " (experiments/README.md, \"Label noise\").")
     deft_runs = {r["regime"]: r for r in runs if r["objective"] == "deft" and r["noise"] == 0 and r["seed"] == 0}
     if all((deft_runs[regime].get("steps") or {}).get("mean_alpha") for regime in study_lib.REGIMES):
         alpha = {regime: plateau(deft_runs[regime]["steps"]["mean_alpha"]) for regime in study_lib.REGIMES}
@@ -268,7 +270,7 @@ def paper_bullets(runs: Sequence[dict], *, gates_step0: Mapping, gates_trained: 
               for regime in study_lib.REGIMES}
     out.append("- **What limits these conclusions.** 16 steps of 96 examples per regime; 3 seeds for NLL and DEFT "
                "on FigFont and one for the rest; 32 eval examples per regime (the teacher-forced columns average "
-               + ", ".join(f"{tokens[r]:,} ({r})" for r in study_lib.REGIMES) + " supervised tokens and are "
+               + ", ".join(f"{int(tokens[r]):,} ({r})" for r in study_lib.REGIMES) + " supervised tokens and are "
                "steadier than the scores); a 135M model whose strongest scoreable task has base mean p "
                f"{base_value(runs, regime='strong', metric='mean_p'):.2f}. Read the one-seed score gaps as "
                "\"not separable at this size\", not as a ranking.")

@@ -26,13 +26,15 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from experiments import compile_table, raw  # noqa: E402
+from experiments import compile_table, raw, study_verdicts  # noqa: E402
 from experiments.continuum import verdicts  # noqa: E402
 
 PRIOR = pathlib.Path("experiments/results/prior/prior.json")
 NOISE_GATES = pathlib.Path("experiments/results/noise_gates/step0.json")
 PACKING = pathlib.Path("experiments/results/bench_data/packing.json")
 INITIAL_GATES = pathlib.Path("experiments/results/initial_gates/initial.json")
+STUDY = pathlib.Path("experiments/results/study/2026-12-06.json")
+NOISE_GATES_TRAINED = pathlib.Path("experiments/results/noise_gates/trained-2026-12-06.json")
 COMPILE_EVAL = pathlib.Path("experiments/results/compile_eval")
 COMPILE_TABLE = pathlib.Path("experiments/results/compile_table")
 COMPARE = pathlib.Path("experiments/results/compare_runlocal")
@@ -45,15 +47,20 @@ RENDERED = {f"table-{name.replace('_', '-')}": pathlib.Path(f"experiments/result
             for name in ("bench_generate", "bench_data", "bench_sampler", "profile_train_step", "bench_objectives",
                          "bench_train")}
 # every raw input of the `table-*` blocks (relative to the root): files, and folders read whole
-RAW_FILES = (PRIOR, NOISE_GATES, PACKING, INITIAL_GATES, *RENDERED.values())
+RAW_FILES = (PRIOR, NOISE_GATES, NOISE_GATES_TRAINED, PACKING, INITIAL_GATES, STUDY, *RENDERED.values())
 RAW_FOLDERS = (COMPARE, COMPILE_EVAL, COMPILE_TABLE)
 # doc (relative to the root) -> the generated blocks it must hold
 DOCS = {
     pathlib.Path("experiments/prior.md"): ("table-prior",),
     pathlib.Path("experiments/noise_gates.md"): ("table-noise-gates",),
-    pathlib.Path("experiments/README.md"): ("table-prior", "table-noise-gates-study", "table-initial-gates"),
+    pathlib.Path("experiments/noise_gates_trained.md"): ("table-noise-gates-trained",),
+    pathlib.Path("experiments/README.md"): ("table-prior", "table-noise-gates-study", "table-initial-gates",
+                                            "table-study-continuum", "table-study-seeds", "table-study-noise",
+                                            "table-study-step0-gates", "table-study-trained-gates",
+                                            "table-study-paper"),
+    pathlib.Path("docs/results/2026-11-studies.md"): ("table-study-paper",),
     pathlib.Path("docs/results/2026-12-continuum.md"): ("readme-accuracy", "readme-claims"),
-    pathlib.Path("README.md"): ("table-compare-runlocal",),
+    pathlib.Path("README.md"): ("table-compare-runlocal", "table-study-readme"),
     pathlib.Path("docs/results/2026-11-amd-epyc.md"): ("table-packing",),
     BENCHMARKS_PAGE: tuple(RENDERED),
     pathlib.Path("docs/results/2026-12-inference.md"): ("table-compile-eval",),
@@ -285,9 +292,13 @@ def own_blocks(root: pathlib.Path) -> dict[str, str]:
     """The `table-*` blocks, from the raw files under `root`."""
     prior = raw.read(root / PRIOR)
     gates = raw.read(root / NOISE_GATES)
+    trained = raw.read(root / NOISE_GATES_TRAINED)
     return {"table-prior": prior_table(prior),
             "table-noise-gates": render_noise_gates(gates["figures"], gates["settings"]),
             "table-noise-gates-study": noise_gates_study_table(gates["figures"]),
+            "table-noise-gates-trained": render_noise_gates(trained["figures"], trained["settings"]),
+            **study_verdicts.blocks(study=raw.read(root / STUDY)["figures"], gates_step0=gates["figures"],
+                                    gates_trained=trained["figures"]),
             "table-packing": packing_table(raw.read(root / PACKING)["figures"]),
             "table-compare-runlocal": compare_table([(label, raw.read(root / COMPARE / name))
                                                      for label, name in COMPARE_ROWS]),
