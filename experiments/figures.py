@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 import os
 import pathlib
@@ -252,13 +251,6 @@ def plot_token_scatter(panels: dict, *, path: pathlib.Path, title: str) -> pathl
     return path
 
 
-def read_metrics(run_dir: pathlib.Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def _series(records: Sequence[dict], key: str) -> tuple[list[int], list[float]]:
     points = {r["step"]: r[key] for r in records if key in r}  # a resumed run may repeat steps: keep the last
     steps = sorted(points)
@@ -267,11 +259,13 @@ def _series(records: Sequence[dict], key: str) -> tuple[list[int], list[float]]:
 
 def plot_dynamics(workdir: pathlib.Path, *, path: pathlib.Path, title: str) -> pathlib.Path | None:
     """DEFT's mean α and mean p per step, per regime (NLL's mean p dashed)."""
+    from deft_jax.training import metrics
+
     lines = {}
     for regime in study.REGIMES:
-        deft = read_metrics(workdir / study.RunSpec(regime, "deft").name)
+        deft = metrics.read_records(workdir / study.RunSpec(regime, "deft").name)
         if deft:
-            lines[regime] = (deft, read_metrics(workdir / study.RunSpec(regime, "nll").name))
+            lines[regime] = (deft, metrics.read_records(workdir / study.RunSpec(regime, "nll").name))
     if not lines:
         return None
     plt = _pyplot()

@@ -202,9 +202,9 @@ def markdown_table(rows: Sequence[dict]) -> str:
 def training_record(run_dir: pathlib.Path) -> dict[str, Any]:
     """What a run's metrics.jsonl says of its training: {"steps": per-step mean α (= mean Σπ²) and mean target
     p, "training_seconds": from the first step's start to the last step's end}."""
-    path = run_dir / "metrics.jsonl"
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
-    steps = [r for r in records if "train/mean_p" in r]
+    from deft_jax.training import metrics
+
+    steps = [r for r in metrics.read_records(run_dir) if "train/mean_p" in r]
     seconds = None
     if steps and "time" in steps[0] and "perf/first_step_seconds" in steps[0]:
         seconds = steps[-1]["time"] - steps[0]["time"] + steps[0]["perf/first_step_seconds"]

@@ -119,7 +119,7 @@ def comparisons_table(found: Sequence[dict]) -> str:
             half = "(1 seed)" if math.isnan(raw.half) else f"± {raw.half:.3f}"
             p = "–" if math.isnan(c.p) else f"{c.p:.3g}"
             b = "base" if c.b == "base" else NAMES[c.b]
-            lines.append(f"| {v['claim']} | {c.metric} | {NAMES[c.a] if c.a in NAMES else c.a} − {b} | "
+            lines.append(f"| {v['claim']} | {c.metric} | {NAMES[c.a]} − {b} | "
                          f"{raw.mean:+.3f} {half} | {raw.n} | {p} | {c.p_holm:.3g} | {v['status']} |")
     return "\n".join(lines)
 

@@ -152,6 +152,14 @@ def _hidden_module(name: str):
             del sys.modules[name]
 
 
+def read_records(workdir: str | pathlib.Path) -> list[dict[str, Any]]:
+    """The records MetricWriter wrote to <workdir>/metrics.jsonl, one dict per line ([] when there is none)."""
+    path = pathlib.Path(workdir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def drop_records_after(path: pathlib.Path, *, step: int) -> int:
     """Rewrite the JSON-lines file `path` without records whose 'step' exceeds `step` (atomically);
     returns how many were dropped."""
